@@ -1,0 +1,199 @@
+//! `fhir-export`: wiring only. Each subcommand parses its flags and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fhir_export::serve::{ServeConfig, start};
+use fhir_export::synth::{GenOptions, generate};
+use fhir_export::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "fhir-export",
+    version,
+    about = "FHIR Bulk Data $export service and tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole service (kick-off, status, cancel, files, workers) in one process.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "FHIR_EXPORT_BIND", default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// NDJSON folder to export from (a path or file:// URL). Default: a generated sample
+        /// dataset under the state folder.
+        #[arg(long, env = "FHIR_EXPORT_SOURCE")]
+        source: Option<String>,
+        /// Where exports are written (file:///path). Default: <state>/output.
+        #[arg(long, env = "FHIR_EXPORT_OUTPUT")]
+        output: Option<String>,
+        /// Folder for the job database, the default output and the sample data.
+        #[arg(long, env = "FHIR_EXPORT_STATE", default_value = "fhir-export-data")]
+        state: PathBuf,
+        /// Base URL clients use to reach this server (for absolute links). Default:
+        /// http://<bound address>.
+        #[arg(long, env = "FHIR_EXPORT_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Worker tasks pulling chunks from the queue.
+        #[arg(long, env = "FHIR_EXPORT_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+        workers: u16,
+        /// Seconds between sweeps for stalled and expired exports.
+        #[arg(long, env = "FHIR_EXPORT_SWEEP_SECS", default_value_t = 30)]
+        sweep_secs: u64,
+    },
+    /// Start the server on its embedded defaults, run one system export against it over
+    /// HTTP, print the manifest and where the files are, and stop.
+    Demo {
+        /// Folder for the job database, the output and the sample data.
+        #[arg(long, env = "FHIR_EXPORT_STATE", default_value = "fhir-export-data")]
+        state: PathBuf,
+        /// NDJSON folder to export from. Default: a generated sample dataset.
+        #[arg(long, env = "FHIR_EXPORT_SOURCE")]
+        source: Option<String>,
+    },
+    /// Write deterministic synthetic FHIR R4 NDJSON.
+    Gen {
+        #[arg(long, default_value_t = 100)]
+        patients: u64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Write .ndjson.gz files.
+        #[arg(long)]
+        gzip: bool,
+        /// Split every type over this many files.
+        #[arg(long, default_value_t = 1)]
+        files_per_type: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fhir-export: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fhir-export: {}", shared::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match command {
+        Command::Serve {
+            bind,
+            source,
+            output,
+            state,
+            public_url,
+            workers,
+            sweep_secs,
+        } => {
+            let server = start(ServeConfig {
+                bind,
+                source,
+                output,
+                state,
+                public_url,
+                workers: usize::from(workers),
+                sweep_every: Duration::from_secs(sweep_secs.max(1)),
+                env: Vec::new(),
+            })
+            .await?;
+            eprintln!(
+                "fhir-export: FHIR base {} ; exports are written to {}",
+                server.base_url,
+                server.output.describe()
+            );
+            let token = server.shutdown_token();
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = token.cancelled() => {}
+            }
+            tracing::info!("shutting down");
+            server.stop().await;
+            Ok(())
+        }
+        Command::Demo { state, source } => {
+            let mut config = ServeConfig::new(state);
+            config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+            config.source = source;
+            fhir_export::demo::run(config).await?;
+            Ok(())
+        }
+        Command::Gen {
+            patients,
+            out,
+            seed,
+            gzip,
+            files_per_type,
+        } => {
+            let opts = GenOptions {
+                patients,
+                seed,
+                gzip,
+                files_per_type: files_per_type.max(1),
+            };
+            let started = std::time::Instant::now();
+            let summary = tokio::task::spawn_blocking(move || generate(&opts, &out)).await??;
+            let total: u64 = summary.counts.values().sum();
+            for (t, n) in &summary.counts {
+                println!("{t:<20} {n:>10}");
+            }
+            println!(
+                "{total} resources, {} bytes of NDJSON in {:.2} s",
+                summary.bytes,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

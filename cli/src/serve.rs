@@ -1,0 +1,357 @@
+//! `fhir-export serve`: every function of the service in one process on embedded defaults:
+//! job store and work queue in one SQLite file, output in a local folder, worker tasks
+//! polling the queue, and (when no source is given) a generated sample dataset.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use shared::adapters::local_fs::LocalFsStore;
+use shared::adapters::ndjson_source::NdjsonSource;
+use shared::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
+use shared::config::{ConfigError, Env};
+use shared::http::{
+    CancelState, FilesState, KickoffState, MetadataState, StatusState, cancel_router, files_router,
+    kickoff_router, metadata_router, status_router, with_fallbacks,
+};
+use shared::ports::{JobStore, ObjectStore, ResourceSource, WorkQueue};
+use shared::request::Capabilities;
+use shared::worker::WorkerDeps;
+use shared::worker::runner::{PoolConfig, spawn_pool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::synth::{GenOptions, generate};
+
+/// Where the FHIR base is mounted on the local server.
+pub const FHIR_PATH: &str = "/fhir";
+/// Patients in the sample dataset generated when no source is given.
+pub const SAMPLE_PATIENTS: u64 = 200;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub bind: SocketAddr,
+    /// NDJSON folder (a path or `file://` URL); `None` generates sample data under `state`.
+    pub source: Option<String>,
+    /// Output target URL (`file:///path`, or a path); `None` is `<state>/output`.
+    pub output: Option<String>,
+    /// Folder for the SQLite file, the default output and the sample data.
+    pub state: PathBuf,
+    /// Base URL clients reach this server at; `None` is `http://<bound address>`.
+    pub public_url: Option<String>,
+    /// Worker tasks; 0 runs no workers at all (tests drive the queue themselves).
+    pub workers: usize,
+    /// How often the sweep runs (stalled and expired jobs).
+    pub sweep_every: Duration,
+    /// Variables read before the process environment (tests run servers with different
+    /// settings side by side in one process).
+    pub env: Vec<(String, String)>,
+}
+
+impl ServeConfig {
+    pub fn new(state: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            source: None,
+            output: None,
+            state: state.into(),
+            public_url: None,
+            workers: 4,
+            sweep_every: Duration::from_secs(30),
+            env: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create the state folder {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] shared::adapters::sqlite::SqliteOpenError),
+    #[error("{what} `{url}` is not supported: {reason}")]
+    UnsupportedUrl {
+        what: &'static str,
+        url: String,
+        reason: &'static str,
+    },
+    #[error("cannot open {what} folder")]
+    Store {
+        what: &'static str,
+        #[source]
+        source: shared::ports::ObjectError,
+    },
+    #[error("cannot generate the sample dataset")]
+    Sample(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::stop`].
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// Absolute FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
+    pub base_url: String,
+    pub output: Arc<dyn ObjectStore>,
+    /// Where exports land when the output is a local folder.
+    pub output_dir: Option<PathBuf>,
+    pub source_dir: PathBuf,
+    pub deps: WorkerDeps,
+    pub dead_letters: Arc<SqliteQueue>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests and stops the workers; waits for both.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Resolves when the server has been asked to stop.
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// A local folder from `file:///path` or a plain path.
+fn local_path(what: &'static str, url: &str) -> Result<PathBuf, ServeError> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Ok(PathBuf::from(rest));
+    }
+    if url.contains("://") {
+        let reason = if url.starts_with("s3://") {
+            "the S3 adapter is not part of this build yet"
+        } else if url.starts_with("az://") || url.starts_with("abfss://") {
+            "the Azure adapter is not part of this build yet"
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            "an upstream FHIR server source is not part of this build yet"
+        } else {
+            "unknown scheme"
+        };
+        return Err(ServeError::UnsupportedUrl {
+            what,
+            url: url.to_owned(),
+            reason,
+        });
+    }
+    Ok(PathBuf::from(url))
+}
+
+/// Generates the sample dataset once; a marker file says it is complete.
+fn ensure_sample_data(dir: &Path) -> Result<(), ServeError> {
+    let marker = dir.join(".complete");
+    if marker.exists() {
+        return Ok(());
+    }
+    tracing::info!(dir = %dir.display(), patients = SAMPLE_PATIENTS, "generating the sample dataset");
+    let summary = generate(
+        &GenOptions {
+            patients: SAMPLE_PATIENTS,
+            ..GenOptions::default()
+        },
+        dir,
+    )
+    .map_err(ServeError::Sample)?;
+    let total: u64 = summary.counts.values().sum();
+    std::fs::write(&marker, format!("{total}\n")).map_err(ServeError::Sample)?;
+    tracing::info!(resources = total, "sample dataset ready");
+    Ok(())
+}
+
+async fn log_requests(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "http"
+    );
+    resp
+}
+
+/// Starts the server and its workers.
+pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    std::fs::create_dir_all(&config.state).map_err(|source| ServeError::StateDir {
+        path: config.state.clone(),
+        source,
+    })?;
+    let db = SqliteDb::open(&config.state.join("fhir-export.sqlite"))?;
+    let overrides = config.env.clone();
+    let env = Env::new(move |k: &str| {
+        overrides
+            .iter()
+            .rev()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(k).ok())
+    });
+
+    let output_dir = match &config.output {
+        Some(url) => local_path("output", url)?,
+        None => config.state.join("output"),
+    };
+    let output: Arc<dyn ObjectStore> = Arc::new(LocalFsStore::new(&output_dir).map_err(
+        |source| ServeError::Store {
+            what: "output",
+            source,
+        },
+    )?);
+    let source_dir = match &config.source {
+        Some(url) => local_path("source", url)?,
+        None => {
+            let dir = config.state.join("sample-data");
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || ensure_sample_data(&d))
+                .await
+                .map_err(|e| ServeError::Sample(std::io::Error::other(e)))??;
+            dir
+        }
+    };
+    let source: Arc<dyn ResourceSource> = Arc::new(NdjsonSource::new(
+        Arc::new(
+            LocalFsStore::new(&source_dir).map_err(|source| ServeError::Store {
+                what: "source",
+                source,
+            })?,
+        ),
+        "",
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let public = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let settings =
+        Arc::new(env.settings(&format!("{}{}", public.trim_end_matches('/'), FHIR_PATH))?);
+
+    let dead = Arc::new(SqliteQueue::new(
+        db.clone(),
+        "dead-letter",
+        settings.visibility_timeout,
+    ));
+    let max_receives = env.parse::<u32>("FHIR_EXPORT_MAX_RECEIVES")?.unwrap_or(5);
+    let queue: Arc<dyn WorkQueue> = Arc::new(
+        SqliteQueue::new(db.clone(), "work", settings.visibility_timeout)
+            .with_dead_letter(&dead, max_receives),
+    );
+    let jobs: Arc<dyn JobStore> = Arc::new(SqliteJobStore::new(db));
+
+    let fhir = Router::new()
+        .merge(kickoff_router(KickoffState {
+            jobs: jobs.clone(),
+            queue: queue.clone(),
+            source: source.clone(),
+            settings: settings.clone(),
+            caps: Capabilities::CURRENT,
+        }))
+        .merge(status_router(StatusState {
+            jobs: jobs.clone(),
+            output: output.clone(),
+            settings: settings.clone(),
+        }))
+        .merge(cancel_router(CancelState {
+            jobs: jobs.clone(),
+            output: output.clone(),
+            settings: settings.clone(),
+        }))
+        .merge(files_router(FilesState {
+            jobs: jobs.clone(),
+            output: output.clone(),
+            settings: settings.clone(),
+        }))
+        .merge(metadata_router(MetadataState {
+            settings: settings.clone(),
+            started: chrono::Utc::now(),
+        }));
+    let app = with_fallbacks(Router::new().nest(FHIR_PATH, fhir))
+        .layer(axum::middleware::from_fn(log_requests));
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    {
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        }));
+    }
+    let deps = WorkerDeps {
+        jobs,
+        queue,
+        output: output.clone(),
+        source,
+        settings: settings.clone(),
+    };
+    if config.workers > 0 {
+        tasks.extend(spawn_pool(
+            deps.clone(),
+            dead.clone(),
+            PoolConfig {
+                workers: config.workers,
+                sweep_every: config.sweep_every,
+                ..PoolConfig::default()
+            },
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(
+        addr = %addr,
+        base = %settings.public_base_url,
+        source = %source_dir.display(),
+        output = %output.describe(),
+        workers = config.workers,
+        "fhir-export serving"
+    );
+    Ok(RunningServer {
+        addr,
+        base_url: settings.public_base_url.clone(),
+        output,
+        output_dir: Some(output_dir),
+        source_dir,
+        deps,
+        dead_letters: dead,
+        shutdown,
+        tasks,
+    })
+}

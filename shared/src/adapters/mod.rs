@@ -1,0 +1,7 @@
+//! Adapters that ship with the domain crate. Cloud adapters live behind cargo features so
+//! that each function links only what it uses.
+
+pub mod local_fs;
+pub mod ndjson_source;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

@@ -1,0 +1,585 @@
+//! `ResourceSource` over NDJSON objects in any `ObjectStore` (a local folder, an S3 prefix).
+//!
+//! Files are `<Type>[anything].ndjson` or `.ndjson.gz` anywhere under the prefix; the type is
+//! the longest leading run of letters of the file name that is an R4 type name.
+//!
+//! Planning splits uncompressed files into byte ranges, each line belonging to the range its
+//! first byte falls in, so every line is read exactly once however many chunks a file has; a
+//! gzip file cannot be entered in the middle and is one range. Small pieces of one type are
+//! packed together up to the chunk size. (An NDJSON file has no index by `meta.lastUpdated`
+//! or by patient: splitting by time window or patient batch would read every file once per
+//! chunk, so byte ranges are the split that reads each byte once.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_compression::tokio::bufread::GzipDecoder;
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio_util::io::StreamReader;
+
+use crate::job::{ChunkSpec, ChunkWork, FileRange};
+use crate::model::{LogicalId, ResourceType};
+use crate::ndjson::read_head;
+use crate::ports::{
+    ObjectError, ObjectStore, Origin, RecordBatch, RecordReader, ResourceSource, SourceError,
+};
+
+/// A batch is handed on once it holds this many bytes or records.
+const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_RECORDS: usize = 4096;
+/// Lines longer than this are reported as errors instead of being buffered.
+pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// Planning's guess of how much a gzip file expands, to size its chunk.
+const GZIP_RATIO: u64 = 8;
+
+pub struct NdjsonSource {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix of the source inside the store, `""` or ending in `/`.
+    prefix: String,
+}
+
+#[derive(Debug, Clone)]
+struct SourceFile {
+    key: String,
+    resource_type: ResourceType,
+    size: u64,
+    gzip: bool,
+}
+
+fn source_err(e: ObjectError) -> SourceError {
+    match e {
+        ObjectError::NotFound(k) => SourceError::NotFound(k),
+        other => SourceError::Backend(Box::new(other)),
+    }
+}
+
+/// The resource type a file name stands for, and whether it is gzipped.
+pub fn classify(file_name: &str) -> Option<(ResourceType, bool)> {
+    let (stem, gzip) = match file_name.strip_suffix(".gz") {
+        Some(s) => (s, true),
+        None => (file_name, false),
+    };
+    let stem = stem.strip_suffix(".ndjson")?;
+    let letters = stem.bytes().take_while(u8::is_ascii_alphabetic).count();
+    (1..=letters)
+        .rev()
+        .find_map(|n| ResourceType::parse(&stem[..n]).ok())
+        .map(|t| (t, gzip))
+}
+
+impl NdjsonSource {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}/")
+        };
+        NdjsonSource { store, prefix }
+    }
+
+    async fn files(&self) -> Result<Vec<SourceFile>, SourceError> {
+        let objects = self.store.list(&self.prefix).await.map_err(source_err)?;
+        let mut files = Vec::new();
+        for o in objects {
+            let name = o.key.rsplit('/').next().unwrap_or(&o.key);
+            match classify(name) {
+                Some((resource_type, gzip)) if o.size > 0 => files.push(SourceFile {
+                    key: o.key.clone(),
+                    resource_type,
+                    size: o.size,
+                    gzip,
+                }),
+                Some(_) => {}
+                None => tracing::debug!(key = %o.key, "not an NDJSON resource file; skipped"),
+            }
+        }
+        Ok(files)
+    }
+
+    fn relative<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(&self.prefix).unwrap_or(key)
+    }
+}
+
+#[async_trait]
+impl ResourceSource for NdjsonSource {
+    async fn plan(
+        &self,
+        types: &[ResourceType],
+        chunk_bytes: u64,
+    ) -> Result<Vec<ChunkSpec>, SourceError> {
+        let chunk_bytes = chunk_bytes.max(1);
+        let mut by_type: BTreeMap<ResourceType, Vec<SourceFile>> = BTreeMap::new();
+        for f in self.files().await? {
+            if types.contains(&f.resource_type) {
+                by_type.entry(f.resource_type).or_default().push(f);
+            }
+        }
+        let mut chunks = Vec::new();
+        for (resource_type, files) in by_type {
+            let mut ranges: Vec<FileRange> = Vec::new();
+            let mut weight = 0u64;
+            let mut flush = |ranges: &mut Vec<FileRange>, weight: &mut u64| {
+                if !ranges.is_empty() {
+                    chunks.push(ChunkSpec {
+                        index: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
+                        resource_type,
+                        work: ChunkWork::Files {
+                            ranges: std::mem::take(ranges),
+                        },
+                    });
+                }
+                *weight = 0;
+            };
+            for f in files {
+                let object = self.relative(&f.key).to_owned();
+                let pieces: Vec<(FileRange, u64)> = if f.gzip {
+                    vec![(
+                        FileRange {
+                            object,
+                            start: 0,
+                            end: None,
+                            gzip: true,
+                        },
+                        f.size.saturating_mul(GZIP_RATIO),
+                    )]
+                } else {
+                    (0..f.size.div_ceil(chunk_bytes))
+                        .map(|k| {
+                            let start = k * chunk_bytes;
+                            let end = (start + chunk_bytes).min(f.size);
+                            let range = FileRange {
+                                object: object.clone(),
+                                start,
+                                end: (end < f.size).then_some(end),
+                                gzip: false,
+                            };
+                            (range, end - start)
+                        })
+                        .collect()
+                };
+                for (range, w) in pieces {
+                    if !ranges.is_empty() && weight + w > chunk_bytes {
+                        flush(&mut ranges, &mut weight);
+                    }
+                    ranges.push(range);
+                    weight += w;
+                }
+            }
+            flush(&mut ranges, &mut weight);
+        }
+        Ok(chunks)
+    }
+
+    async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
+        let mut types: Vec<ResourceType> = self
+            .files()
+            .await?
+            .into_iter()
+            .map(|f| f.resource_type)
+            .collect();
+        types.sort();
+        types.dedup();
+        Ok(types)
+    }
+
+    async fn open(&self, chunk: &ChunkSpec) -> Result<Box<dyn RecordReader>, SourceError> {
+        let ChunkWork::Files { ranges } = &chunk.work;
+        Ok(Box::new(NdjsonReader {
+            store: self.store.clone(),
+            prefix: self.prefix.clone(),
+            ranges: ranges.clone(),
+            next_range: 0,
+            open: None,
+            line_bases: HashMap::new(),
+        }))
+    }
+
+    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
+        for f in self
+            .files()
+            .await?
+            .into_iter()
+            .filter(|f| f.resource_type == t)
+        {
+            let mut reader = open_lines(&self.store, &f.key, 0, f.gzip).await?;
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let (n, too_long) = read_line_bounded(&mut reader, &mut line).await?;
+                if n == 0 {
+                    break;
+                }
+                if too_long {
+                    continue;
+                }
+                let line = trim_line(&line);
+                if let Ok(head) = read_head(line)
+                    && head.id == id.as_str()
+                    && head.resource_type == t.as_str()
+                {
+                    return serde_json::from_slice(line)
+                        .map(Some)
+                        .map_err(|e| SourceError::Backend(Box::new(e)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn describe(&self) -> String {
+        format!("ndjson:{}/{}", self.store.describe(), self.prefix)
+    }
+}
+
+type LineStream = Box<dyn AsyncBufRead + Unpin + Send>;
+
+async fn open_lines(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    start: u64,
+    gzip: bool,
+) -> Result<LineStream, SourceError> {
+    let stream = store
+        .read(key, start, None)
+        .await
+        .map_err(source_err)?
+        .map_err(std::io::Error::other);
+    let raw = StreamReader::new(stream);
+    Ok(if gzip {
+        let mut decoder = GzipDecoder::new(raw);
+        decoder.multiple_members(true);
+        Box::new(BufReader::with_capacity(256 * 1024, decoder))
+    } else {
+        Box::new(raw)
+    })
+}
+
+fn io_err(e: std::io::Error) -> SourceError {
+    SourceError::Backend(Box::new(e))
+}
+
+/// Reads one line (terminator included) into `buf`, keeping at most `MAX_LINE_BYTES` of it.
+/// Returns the bytes consumed and whether the line was cut.
+async fn read_line_bounded(
+    reader: &mut LineStream,
+    buf: &mut Vec<u8>,
+) -> Result<(usize, bool), SourceError> {
+    let start_len = buf.len();
+    let mut consumed = 0usize;
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await.map_err(io_err)?;
+        if available.is_empty() {
+            break;
+        }
+        let (take, found) = match memchr::memchr(b'\n', available) {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if !too_long {
+            if buf.len() - start_len + take > MAX_LINE_BYTES {
+                too_long = true;
+                buf.truncate(start_len);
+            } else {
+                buf.extend_from_slice(&available[..take]);
+            }
+        }
+        reader.consume(take);
+        consumed += take;
+        if found {
+            break;
+        }
+    }
+    Ok((consumed, too_long))
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+struct OpenRange {
+    index: usize,
+    reader: LineStream,
+    /// Offset of the next line in the object.
+    pos: u64,
+    end: Option<u64>,
+    line: u64,
+}
+
+struct NdjsonReader {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    ranges: Vec<FileRange>,
+    next_range: usize,
+    open: Option<OpenRange>,
+    /// Line number at which a range starts, computed only when an error needs it.
+    line_bases: HashMap<usize, u64>,
+}
+
+impl NdjsonReader {
+    async fn open_next(&mut self) -> Result<bool, SourceError> {
+        let Some(range) = self.ranges.get(self.next_range).cloned() else {
+            return Ok(false);
+        };
+        let index = self.next_range;
+        self.next_range += 1;
+        let key = format!("{}{}", self.prefix, range.object);
+        let (mut reader, mut pos) = if range.start > 0 && !range.gzip {
+            // Start one byte early: if that byte ends a line, the line at `start` is ours;
+            // otherwise the partial line belongs to the previous range.
+            (
+                open_lines(&self.store, &key, range.start - 1, false).await?,
+                range.start - 1,
+            )
+        } else {
+            (open_lines(&self.store, &key, 0, range.gzip).await?, 0)
+        };
+        if range.start > 0 && !range.gzip {
+            let mut skipped = Vec::new();
+            let (n, _) = read_line_bounded(&mut reader, &mut skipped).await?;
+            pos += n as u64;
+        }
+        self.open = Some(OpenRange {
+            index,
+            reader,
+            pos,
+            end: range.end,
+            line: 0,
+        });
+        Ok(true)
+    }
+
+    async fn line_base(&mut self, range: usize) -> u64 {
+        if let Some(b) = self.line_bases.get(&range) {
+            return *b;
+        }
+        let Some(r) = self.ranges.get(range) else {
+            return 0;
+        };
+        let base = if r.start == 0 || r.gzip {
+            0
+        } else {
+            let key = format!("{}{}", self.prefix, r.object);
+            match self.store.read(&key, 0, Some(r.start)).await {
+                Ok(stream) => stream
+                    .try_fold(0u64, |n, bytes| async move {
+                        Ok(n + memchr::memchr_iter(b'\n', &bytes).count() as u64)
+                    })
+                    .await
+                    .unwrap_or(0),
+                Err(_) => 0,
+            }
+        };
+        self.line_bases.insert(range, base);
+        base
+    }
+}
+
+#[async_trait]
+impl RecordReader for NdjsonReader {
+    async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError> {
+        batch.clear();
+        while batch.data.len() < BATCH_BYTES && batch.records.len() < BATCH_RECORDS {
+            if self.open.is_none() && !self.open_next().await? {
+                break;
+            }
+            let Some(open) = self.open.as_mut() else {
+                break;
+            };
+            if open.end.is_some_and(|end| open.pos >= end) {
+                self.open = None;
+                continue;
+            }
+            let start = batch.data.len();
+            let (n, too_long) = read_line_bounded(&mut open.reader, &mut batch.data).await?;
+            if n == 0 {
+                self.open = None;
+                continue;
+            }
+            let origin = Origin {
+                range: open.index,
+                offset: open.pos,
+                line_in_range: open.line + 1,
+            };
+            open.pos += n as u64;
+            open.line += 1;
+            if too_long {
+                // An empty record stands for the cut line; the worker reports it.
+                batch.records.push((start..start, origin));
+                continue;
+            }
+            let trimmed = trim_line(&batch.data[start..]).len();
+            batch.data.truncate(start + trimmed);
+            if batch.data[start..].iter().all(u8::is_ascii_whitespace) {
+                batch.data.truncate(start);
+                continue;
+            }
+            batch.records.push((start..start + trimmed, origin));
+        }
+        Ok(!batch.records.is_empty())
+    }
+
+    async fn describe(&mut self, origin: Origin) -> String {
+        let base = self.line_base(origin.range).await;
+        let object = self
+            .ranges
+            .get(origin.range)
+            .map(|r| r.object.as_str())
+            .unwrap_or("?");
+        format!("{object} line {}", base + origin.line_in_range)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::local_fs::LocalFsStore;
+    use std::io::Write;
+
+    fn store(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
+        Arc::new(LocalFsStore::new(dir).expect("store"))
+    }
+
+    #[test]
+    fn classifies_file_names() {
+        assert_eq!(
+            classify("Patient.ndjson"),
+            Some((ResourceType::PATIENT, false))
+        );
+        assert_eq!(
+            classify("Patient-2.ndjson.gz"),
+            Some((ResourceType::PATIENT, true))
+        );
+        assert_eq!(
+            classify("MedicationRequest.000.ndjson").map(|c| c.0.as_str()),
+            Some("MedicationRequest")
+        );
+        assert_eq!(classify("Patient.json"), None);
+        assert_eq!(classify("README.md"), None);
+        assert_eq!(classify("Unknown.ndjson"), None);
+    }
+
+    async fn read_all(source: &NdjsonSource, chunks: &[ChunkSpec]) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in chunks {
+            let mut r = source.open(c).await.expect("open");
+            let mut batch = RecordBatch::default();
+            while r.next_batch(&mut batch).await.expect("batch") {
+                for (line, _) in batch.iter() {
+                    out.push(String::from_utf8(line.to_vec()).expect("utf8"));
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn every_line_once_whatever_the_split() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut text = String::new();
+        for i in 0..200 {
+            // Lines of varying length, one blank line and CRLF endings in the mix.
+            text.push_str(&format!(
+                "{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"pad\":\"{}\"}}{}",
+                "x".repeat(i % 17),
+                if i % 10 == 0 { "\r\n" } else { "\n" }
+            ));
+            if i == 50 {
+                text.push('\n');
+            }
+        }
+        std::fs::write(dir.path().join("Patient.ndjson"), &text).expect("write");
+        let source = NdjsonSource::new(store(dir.path()), "");
+        for chunk_bytes in [1u64, 7, 50, 333, 1000, 100_000] {
+            let chunks = source
+                .plan(&[ResourceType::PATIENT], chunk_bytes)
+                .await
+                .expect("plan");
+            let lines = read_all(&source, &chunks).await;
+            assert_eq!(lines.len(), 200, "chunk_bytes {chunk_bytes}");
+            for (i, l) in lines.iter().enumerate() {
+                assert!(l.contains(&format!("\"p{i}\"")), "{chunk_bytes}: {l}");
+                assert!(!l.ends_with('\r'));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn gzip_files_and_packing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        for i in 0..10 {
+            writeln!(gz, "{{\"resourceType\":\"Observation\",\"id\":\"o{i}\"}}").expect("gz");
+        }
+        std::fs::write(
+            dir.path().join("Observation.ndjson.gz"),
+            gz.finish().expect("gz"),
+        )
+        .expect("write");
+        std::fs::create_dir(dir.path().join("more")).expect("dir");
+        std::fs::write(
+            dir.path().join("more/Observation-2.ndjson"),
+            "{\"resourceType\":\"Observation\",\"id\":\"o10\"}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "hello").expect("write");
+        let source = NdjsonSource::new(store(dir.path()), "");
+        assert_eq!(
+            source.types().await.expect("types"),
+            vec![ResourceType::parse("Observation").expect("t")]
+        );
+        let chunks = source
+            .plan(&[ResourceType::parse("Observation").expect("t")], 1 << 20)
+            .await
+            .expect("plan");
+        assert_eq!(chunks.len(), 1, "small files are packed into one chunk");
+        let lines = read_all(&source, &chunks).await;
+        assert_eq!(lines.len(), 11);
+        let found = source
+            .read(
+                ResourceType::parse("Observation").expect("t"),
+                &LogicalId::parse("o10").expect("id"),
+            )
+            .await
+            .expect("read");
+        assert_eq!(
+            found
+                .and_then(|v| v["id"].as_str().map(str::to_owned))
+                .as_deref(),
+            Some("o10")
+        );
+    }
+
+    #[tokio::test]
+    async fn describes_lines_in_later_ranges() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text: String = (0..100).map(|i| format!("{{\"n\":{i:03}}}\n")).collect();
+        std::fs::write(dir.path().join("Patient.ndjson"), &text).expect("write");
+        let source = NdjsonSource::new(store(dir.path()), "");
+        let chunks = source
+            .plan(&[ResourceType::PATIENT], 100)
+            .await
+            .expect("plan");
+        assert!(chunks.len() > 3);
+        let mut r = source.open(&chunks[3]).await.expect("open");
+        let mut batch = RecordBatch::default();
+        assert!(r.next_batch(&mut batch).await.expect("batch"));
+        let (line, origin) = batch.iter().next().expect("a record");
+        let n: usize = std::str::from_utf8(&line[5..8])
+            .expect("utf8")
+            .parse()
+            .expect("n");
+        assert_eq!(
+            r.describe(origin).await,
+            format!("Patient.ndjson line {}", n + 1)
+        );
+    }
+}

@@ -1,0 +1,743 @@
+//! Embedded `JobStore` and `WorkQueue` in one SQLite file: the local server's defaults.
+//!
+//! The queue keeps SQS's semantics (visibility timeout, receive count, dead-letter queue after
+//! N receives) so the domain is exercised locally exactly as it runs on AWS.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::Notify;
+
+use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
+use crate::model::JobId;
+use crate::ports::{
+    BoxError, ChunkCompletion, Delivery, JobStore, QueueError, StoreError, WorkQueue,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    chunks_done INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, updated_at);
+CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs(expires_at);
+CREATE TABLE IF NOT EXISTS chunks (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    result TEXT,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages(queue, visible_at);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receipt ON messages(receipt);
+"#;
+
+/// One SQLite database shared by the job store and the queues.
+#[derive(Clone)]
+pub struct SqliteDb {
+    conn: Arc<Mutex<Connection>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteOpenError {
+    #[error("cannot open SQLite database `{path}`")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+fn backend(e: impl Into<BoxError>) -> StoreError {
+    StoreError::Backend(e.into())
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Self, SqliteOpenError> {
+        let err = |source| SqliteOpenError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        Self::init(conn).map_err(err)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self, SqliteOpenError> {
+        let conn = Connection::open_in_memory().map_err(|source| SqliteOpenError::Open {
+            path: ":memory:".into(),
+            source,
+        })?;
+        Self::init(conn).map_err(|source| SqliteOpenError::Open {
+            path: ":memory:".into(),
+            source,
+        })
+    }
+
+    fn init(conn: Connection) -> Result<Self, rusqlite::Error> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteDb {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection in a blocking thread.
+    async fn with<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<BoxError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| E::from("sqlite connection mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| E::from(Box::new(e)))?
+    }
+}
+
+impl From<BoxError> for StoreError {
+    fn from(e: BoxError) -> Self {
+        StoreError::Backend(e)
+    }
+}
+
+impl From<BoxError> for QueueError {
+    fn from(e: BoxError) -> Self {
+        QueueError::Backend(e)
+    }
+}
+
+/// `JobStore` on [`SqliteDb`].
+#[derive(Clone)]
+pub struct SqliteJobStore {
+    db: SqliteDb,
+}
+
+impl SqliteJobStore {
+    pub fn new(db: SqliteDb) -> Self {
+        SqliteJobStore { db }
+    }
+}
+
+fn read_job(doc: String, chunks_done: i64) -> Result<Job, StoreError> {
+    let mut job: Job = serde_json::from_str(&doc).map_err(backend)?;
+    job.chunks_done = u32::try_from(chunks_done).map_err(backend)?;
+    Ok(job)
+}
+
+fn select_jobs(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> Result<Vec<Job>, StoreError> {
+    let mut stmt = conn.prepare(sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(p, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(backend)?;
+    rows.map(|r| r.map_err(backend).and_then(|(d, c)| read_job(d, c)))
+        .collect()
+}
+
+#[async_trait]
+impl JobStore for SqliteJobStore {
+    async fn create(&self, job: &Job) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(job).map_err(backend)?;
+        let job = job.clone();
+        self.db
+            .with(move |c| {
+                let n = c
+                    .execute(
+                        "INSERT OR IGNORE INTO jobs (id, state, version, updated_at, expires_at, chunks_done, doc)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![
+                            job.id.as_str(),
+                            job.state.as_str(),
+                            job.version as i64,
+                            ms(job.updated_at),
+                            ms(job.expires_at),
+                            i64::from(job.chunks_done),
+                            doc
+                        ],
+                    )
+                    .map_err(backend)?;
+                if n == 0 {
+                    Err(StoreError::AlreadyExists)
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                let row: Option<(String, i64)> = c
+                    .query_row(
+                        "SELECT doc, chunks_done FROM jobs WHERE id = ?1",
+                        [id.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                row.map(|(d, n)| read_job(d, n)).transpose()
+            })
+            .await
+    }
+
+    async fn update(&self, job: &Job, expected_version: u64) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(job).map_err(backend)?;
+        let job = job.clone();
+        self.db
+            .with(move |c| {
+                let n = c
+                    .execute(
+                        "UPDATE jobs SET state = ?2, version = ?3, updated_at = ?4, expires_at = ?5, doc = ?6
+                         WHERE id = ?1 AND version = ?7",
+                        params![
+                            job.id.as_str(),
+                            job.state.as_str(),
+                            job.version as i64,
+                            ms(job.updated_at),
+                            ms(job.expires_at),
+                            doc,
+                            expected_version as i64
+                        ],
+                    )
+                    .map_err(backend)?;
+                if n == 1 {
+                    return Ok(());
+                }
+                let exists: bool = c
+                    .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job.id.as_str()], |_| Ok(()))
+                    .optional()
+                    .map_err(backend)?
+                    .is_some();
+                Err(if exists { StoreError::Conflict } else { StoreError::NotFound })
+            })
+            .await
+    }
+
+    async fn put_chunks(&self, id: &JobId, chunks: &[ChunkSpec]) -> Result<(), StoreError> {
+        let id = id.clone();
+        let rows: Vec<(u32, String)> = chunks
+            .iter()
+            .map(|c| Ok((c.index, serde_json::to_string(c).map_err(backend)?)))
+            .collect::<Result<_, StoreError>>()?;
+        self.db
+            .with(move |c| {
+                let tx = c.transaction().map_err(backend)?;
+                {
+                    let mut stmt = tx
+                        .prepare(
+                            "INSERT OR IGNORE INTO chunks (job_id, idx, spec) VALUES (?1, ?2, ?3)",
+                        )
+                        .map_err(backend)?;
+                    for (idx, spec) in &rows {
+                        stmt.execute(params![id.as_str(), idx, spec])
+                            .map_err(backend)?;
+                    }
+                }
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn chunk(&self, id: &JobId, index: u32) -> Result<Option<ChunkRecord>, StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                let row: Option<(String, Option<String>)> = c
+                    .query_row(
+                        "SELECT spec, result FROM chunks WHERE job_id = ?1 AND idx = ?2",
+                        params![id.as_str(), index],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                row.map(|(s, r)| chunk_record(&s, r.as_deref())).transpose()
+            })
+            .await
+    }
+
+    async fn chunks(&self, id: &JobId) -> Result<Vec<ChunkRecord>, StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                let mut stmt = c
+                    .prepare("SELECT spec, result FROM chunks WHERE job_id = ?1 ORDER BY idx")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([id.as_str()], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                    })
+                    .map_err(backend)?;
+                rows.map(|r| {
+                    let (s, res) = r.map_err(backend)?;
+                    chunk_record(&s, res.as_deref())
+                })
+                .collect()
+            })
+            .await
+    }
+
+    async fn complete_chunk(
+        &self,
+        id: &JobId,
+        index: u32,
+        result: &ChunkResult,
+        now: DateTime<Utc>,
+    ) -> Result<ChunkCompletion, StoreError> {
+        let id = id.clone();
+        let result = serde_json::to_string(result).map_err(backend)?;
+        self.db
+            .with(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let exists = tx
+                    .query_row(
+                        "SELECT 1 FROM chunks WHERE job_id = ?1 AND idx = ?2",
+                        params![id.as_str(), index],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .map_err(backend)?
+                    .is_some();
+                if !exists {
+                    return Err(StoreError::NotFound);
+                }
+                let first = tx
+                    .execute(
+                        "UPDATE chunks SET result = ?3 WHERE job_id = ?1 AND idx = ?2 AND result IS NULL",
+                        params![id.as_str(), index, result],
+                    )
+                    .map_err(backend)?
+                    == 1;
+                if first {
+                    tx.execute(
+                        "UPDATE jobs SET chunks_done = chunks_done + 1, updated_at = ?2 WHERE id = ?1",
+                        params![id.as_str(), ms(now)],
+                    )
+                    .map_err(backend)?;
+                }
+                let (doc, done): (String, i64) = tx
+                    .query_row(
+                        "SELECT doc, chunks_done FROM jobs WHERE id = ?1",
+                        [id.as_str()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?
+                    .ok_or(StoreError::NotFound)?;
+                let job = read_job(doc, done)?;
+                tx.commit().map_err(backend)?;
+                Ok(ChunkCompletion {
+                    first,
+                    done: job.chunks_done,
+                    total: job.chunks_total,
+                })
+            })
+            .await
+    }
+
+    async fn heartbeat(&self, id: &JobId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                c.execute(
+                    "UPDATE jobs SET updated_at = max(updated_at, ?2) WHERE id = ?1",
+                    params![id.as_str(), ms(now)],
+                )
+                .map_err(backend)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn put_outputs(&self, id: &JobId, files: &[OutputFile]) -> Result<(), StoreError> {
+        let id = id.clone();
+        let rows: Vec<String> = files
+            .iter()
+            .map(|f| serde_json::to_string(f).map_err(backend))
+            .collect::<Result<_, _>>()?;
+        self.db
+            .with(move |c| {
+                let tx = c.transaction().map_err(backend)?;
+                tx.execute("DELETE FROM outputs WHERE job_id = ?1", [id.as_str()])
+                    .map_err(backend)?;
+                {
+                    let mut stmt = tx
+                        .prepare("INSERT INTO outputs (job_id, seq, file) VALUES (?1, ?2, ?3)")
+                        .map_err(backend)?;
+                    for (i, f) in rows.iter().enumerate() {
+                        stmt.execute(params![id.as_str(), i as i64, f])
+                            .map_err(backend)?;
+                    }
+                }
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn outputs(&self, id: &JobId) -> Result<Vec<OutputFile>, StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                let mut stmt = c
+                    .prepare("SELECT file FROM outputs WHERE job_id = ?1 ORDER BY seq")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([id.as_str()], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                rows.map(|r| serde_json::from_str(&r.map_err(backend)?).map_err(backend))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn stalled(&self, before: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
+        let active: Vec<&'static str> = [
+            JobState::Accepted,
+            JobState::Planning,
+            JobState::Running,
+            JobState::Finalizing,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+        self.db
+            .with(move |c| {
+                select_jobs(
+                    c,
+                    "SELECT doc, chunks_done FROM jobs
+                     WHERE state IN (?1, ?2, ?3, ?4) AND updated_at < ?5",
+                    params![active[0], active[1], active[2], active[3], ms(before)],
+                )
+            })
+            .await
+    }
+
+    async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
+        self.db
+            .with(move |c| {
+                select_jobs(
+                    c,
+                    "SELECT doc, chunks_done FROM jobs WHERE expires_at < ?1",
+                    params![ms(now)],
+                )
+            })
+            .await
+    }
+
+    async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                let tx = c.transaction().map_err(backend)?;
+                for table in ["outputs", "chunks"] {
+                    tx.execute(
+                        &format!("DELETE FROM {table} WHERE job_id = ?1"),
+                        [id.as_str()],
+                    )
+                    .map_err(backend)?;
+                }
+                tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)
+            })
+            .await
+    }
+}
+
+fn chunk_record(spec: &str, result: Option<&str>) -> Result<ChunkRecord, StoreError> {
+    Ok(ChunkRecord {
+        spec: serde_json::from_str(spec).map_err(backend)?,
+        result: result
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(backend)?,
+    })
+}
+
+/// One named queue in [`SqliteDb`], optionally redriving to a dead-letter queue.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    db: SqliteDb,
+    name: String,
+    visibility: Duration,
+    redrive: Option<(String, u32)>,
+    notify: Arc<Notify>,
+}
+
+impl SqliteQueue {
+    pub fn new(db: SqliteDb, name: &str, visibility: Duration) -> Self {
+        SqliteQueue {
+            db,
+            name: name.to_owned(),
+            visibility,
+            redrive: None,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Moves a message to `dead_letter` when it would be received more than `max_receives`
+    /// times, as an SQS redrive policy does.
+    pub fn with_dead_letter(mut self, dead_letter: &SqliteQueue, max_receives: u32) -> Self {
+        self.redrive = Some((dead_letter.name.clone(), max_receives.max(1)));
+        self
+    }
+
+    /// Messages in the queue, visible or not (for tests and diagnostics).
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        let name = self.name.clone();
+        self.db
+            .with(move |c| {
+                c.query_row(
+                    "SELECT count(*) FROM messages WHERE queue = ?1",
+                    [name.as_str()],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+                .map_err(|e| QueueError::Backend(e.into()))
+            })
+            .await
+    }
+}
+
+fn qerr(e: rusqlite::Error) -> QueueError {
+    QueueError::Backend(e.into())
+}
+
+#[async_trait]
+impl WorkQueue for SqliteQueue {
+    async fn send(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let name = self.name.clone();
+        self.db
+            .with(move |c| {
+                let tx = c.transaction().map_err(qerr)?;
+                {
+                    let mut stmt = tx
+                        .prepare(
+                            "INSERT INTO messages (queue, body, visible_at) VALUES (?1, ?2, ?3)",
+                        )
+                        .map_err(qerr)?;
+                    let now = now_ms();
+                    for b in &bodies {
+                        stmt.execute(params![name.as_str(), b, now]).map_err(qerr)?;
+                    }
+                }
+                tx.commit().map_err(qerr)
+            })
+            .await?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            let name = self.name.clone();
+            let redrive = self.redrive.clone();
+            let visibility = i64::try_from(self.visibility.as_millis()).unwrap_or(i64::MAX);
+            let got = self
+                .db
+                .with(move |c| {
+                    let tx = c
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(qerr)?;
+                    let now = now_ms();
+                    if let Some((dead, max_receives)) = &redrive {
+                        tx.execute(
+                            "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL
+                             WHERE queue = ?2 AND visible_at <= ?3 AND receive_count >= ?4",
+                            params![dead, name.as_str(), now, max_receives],
+                        )
+                        .map_err(qerr)?;
+                    }
+                    let rows: Vec<(i64, String, i64)> = {
+                        let mut stmt = tx
+                            .prepare(
+                                "SELECT id, body, receive_count FROM messages
+                                 WHERE queue = ?1 AND visible_at <= ?2
+                                 ORDER BY visible_at, id LIMIT ?3",
+                            )
+                            .map_err(qerr)?;
+                        stmt.query_map(params![name.as_str(), now, max as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .map_err(qerr)?
+                        .collect::<Result<_, _>>()
+                        .map_err(qerr)?
+                    };
+                    let mut out = Vec::with_capacity(rows.len());
+                    for (id, body, count) in rows {
+                        let receipt = uuid::Uuid::new_v4().simple().to_string();
+                        tx.execute(
+                            "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE id = ?1",
+                            params![id, now.saturating_add(visibility), receipt],
+                        )
+                        .map_err(qerr)?;
+                        out.push(Delivery {
+                            message_id: id.to_string(),
+                            receipt,
+                            body,
+                            receive_count: u32::try_from(count + 1).unwrap_or(u32::MAX),
+                        });
+                    }
+                    tx.commit().map_err(qerr)?;
+                    Ok::<_, QueueError>(out)
+                })
+                .await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            // Woken by a send in this process, or polling for messages that become visible
+            // again and for senders in other processes.
+            let nap = (deadline - now).min(Duration::from_millis(200));
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+        let receipt = receipt.to_owned();
+        self.db
+            .with(move |c| {
+                let n = c
+                    .execute(
+                        "DELETE FROM messages WHERE receipt = ?1",
+                        [receipt.as_str()],
+                    )
+                    .map_err(qerr)?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(QueueError::InvalidReceipt)
+                }
+            })
+            .await
+    }
+
+    async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError> {
+        let receipt = receipt.to_owned();
+        let until =
+            now_ms().saturating_add(i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX));
+        self.db
+            .with(move |c| {
+                let n = c
+                    .execute(
+                        "UPDATE messages SET visible_at = ?2 WHERE receipt = ?1",
+                        params![receipt.as_str(), until],
+                    )
+                    .map_err(qerr)?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(QueueError::InvalidReceipt)
+                }
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    #[tokio::test]
+    async fn job_store_contract() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = SqliteDb::open(&dir.path().join("state.sqlite")).expect("db");
+        testkit::job_store::run(Arc::new(SqliteJobStore::new(db))).await;
+    }
+
+    #[tokio::test]
+    async fn queue_contract() {
+        let db = SqliteDb::in_memory().expect("db");
+        let dead = SqliteQueue::new(db.clone(), "dead", testkit::queue::VISIBILITY);
+        let work = SqliteQueue::new(db, "work", testkit::queue::VISIBILITY)
+            .with_dead_letter(&dead, testkit::queue::MAX_RECEIVES);
+        testkit::queue::run(Arc::new(work), Arc::new(dead)).await;
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("state.sqlite");
+        let job = testkit::sample_job(JobState::Accepted, Utc::now());
+        {
+            let db = SqliteDb::open(&path).expect("db");
+            SqliteJobStore::new(db.clone())
+                .create(&job)
+                .await
+                .expect("create");
+            SqliteQueue::new(db, "work", Duration::from_secs(5))
+                .send(vec!["m".into()])
+                .await
+                .expect("send");
+        }
+        let db = SqliteDb::open(&path).expect("reopen");
+        assert!(
+            SqliteJobStore::new(db.clone())
+                .get(&job.id)
+                .await
+                .expect("get")
+                .is_some()
+        );
+        let got = SqliteQueue::new(db, "work", Duration::from_secs(5))
+            .receive(1, Duration::from_secs(1))
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+    }
+}

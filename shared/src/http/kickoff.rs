@@ -1,0 +1,196 @@
+//! `GET|POST [base]/$export`, `[base]/Patient/$export`, `[base]/Group/[id]/$export`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method as HttpMethod, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::{ApiError, outcome_response};
+use super::{Caller, KickoffState};
+use crate::job::{Job, JobState};
+use crate::layout;
+use crate::model::{JobId, LogicalId, ResourceType};
+use crate::outcome::{Issue, single};
+use crate::request::{ExportLevel, KickoffError, KickoffInput, Method, parse_kickoff};
+use crate::worker::WorkMessage;
+
+/// How long a job record lives while it runs; a running job this old is given up by the sweep.
+const ACTIVE_JOB_TTL: chrono::Duration = chrono::Duration::days(7);
+
+pub(super) async fn system(
+    State(state): State<KickoffState>,
+    caller: Caller,
+    method: HttpMethod,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        kickoff(
+            &state,
+            caller,
+            ExportLevel::System,
+            method,
+            query,
+            &headers,
+            body,
+        )
+        .await,
+    )
+}
+
+pub(super) async fn patient(
+    State(state): State<KickoffState>,
+    caller: Caller,
+    method: HttpMethod,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(
+        kickoff(
+            &state,
+            caller,
+            ExportLevel::Patient,
+            method,
+            query,
+            &headers,
+            body,
+        )
+        .await,
+    )
+}
+
+pub(super) async fn group(
+    State(state): State<KickoffState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    method: HttpMethod,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(id) = LogicalId::parse(&id) else {
+        return ApiError::Kickoff(KickoffError::GroupNotFound { id }).into_response();
+    };
+    respond(
+        kickoff(
+            &state,
+            caller,
+            ExportLevel::Group(id),
+            method,
+            query,
+            &headers,
+            body,
+        )
+        .await,
+    )
+}
+
+fn respond(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn header_values(headers: &HeaderMap, name: header::HeaderName) -> Vec<&str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+async fn kickoff(
+    state: &KickoffState,
+    caller: Caller,
+    level: ExportLevel,
+    method: HttpMethod,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| ApiError::BodyRejected(r.status()))?;
+    let path = match &level {
+        ExportLevel::System => "/$export".to_owned(),
+        ExportLevel::Patient => "/Patient/$export".to_owned(),
+        ExportLevel::Group(id) => format!("/Group/{id}/$export"),
+    };
+    let input = KickoffInput {
+        level: level.clone(),
+        method: if method == HttpMethod::POST {
+            Method::Post
+        } else {
+            Method::Get
+        },
+        query: query.as_deref(),
+        body: &body,
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        accept: header_values(headers, header::ACCEPT),
+        prefer: header_values(headers, header::HeaderName::from_static("prefer")),
+        url: format!("{}{}", state.settings.public_base_url, path),
+    };
+    let request = parse_kickoff(&input, &state.caps)?;
+    if let ExportLevel::Group(id) = &level
+        && state.source.read(ResourceType::GROUP, id).await?.is_none()
+    {
+        return Err(KickoffError::GroupNotFound { id: id.to_string() }.into());
+    }
+
+    let now = chrono::Utc::now();
+    let id = JobId::new();
+    let job = Job {
+        output_prefix: layout::export_prefix(request.container.as_deref(), &id),
+        id,
+        owner: caller.0,
+        state: JobState::Accepted,
+        version: 1,
+        request,
+        transaction_time: now,
+        created_at: now,
+        updated_at: now,
+        chunks_total: 0,
+        chunks_done: 0,
+        recoveries: 0,
+        expires_at: now + ACTIVE_JOB_TTL,
+        completed_at: None,
+        failure: None,
+    };
+    state.jobs.create(&job).await?;
+    if let Err(e) = state
+        .queue
+        .send(vec![
+            WorkMessage::Plan {
+                job: job.id.clone(),
+            }
+            .encode(),
+        ])
+        .await
+    {
+        // No half-created jobs: without its plan message nobody would ever run it.
+        if let Err(cleanup) = state.jobs.delete(&job.id).await {
+            tracing::error!(job_id = %job.id, error = %crate::error_chain(&cleanup), "could not remove unqueued job");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(
+        job_id = %job.id,
+        level = ?job.request.level,
+        types = job.request.types.as_ref().map_or(0, Vec::len),
+        since = ?job.request.since,
+        ignored = job.request.ignored.len(),
+        "export accepted"
+    );
+    let location = state.settings.status_url(&job.id);
+    let mut resp = outcome_response(
+        StatusCode::ACCEPTED,
+        &single(Issue::information(format!(
+            "export accepted; poll {location} for its status"
+        ))),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    Ok(resp)
+}

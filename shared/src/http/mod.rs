@@ -1,0 +1,146 @@
+//! The protocol: one axum `Router` per function, built from the same handlers whether they run
+//! on Lambda (`lambda_http::run(router)`) or merged on one socket by `fhir-export serve`.
+//!
+//! Paths are relative to the FHIR base; the host nests them (`/fhir` by default):
+//!
+//! | router | routes |
+//! | --- | --- |
+//! | kick-off | `GET/POST /$export`, `/Patient/$export`, `/Group/{id}/$export` |
+//! | status | `GET /_export/{job}` |
+//! | cancel | `DELETE /_export/{job}` |
+//! | files | `GET /_export/{job}/files/{*name}` |
+//! | metadata | `GET /metadata` |
+
+mod caller;
+mod cancel;
+pub mod error;
+mod files;
+mod kickoff;
+mod metadata;
+mod status;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{delete, get};
+
+pub use caller::Caller;
+pub use error::ApiError;
+pub use files::NDJSON;
+pub use status::{http_date, progress_text};
+
+use crate::job::Job;
+use crate::model::JobId;
+use crate::ports::{JobStore, ObjectStore, ResourceSource, WorkQueue};
+use crate::request::Capabilities;
+use crate::settings::Settings;
+
+pub const STATUS_PATH: &str = "/_export/{job}";
+pub const FILES_PATH: &str = "/_export/{job}/files/{*name}";
+
+/// What the kick-off function needs: it creates jobs, queues their plan, and checks that a
+/// Group exists.
+#[derive(Clone)]
+pub struct KickoffState {
+    pub jobs: Arc<dyn JobStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub source: Arc<dyn ResourceSource>,
+    pub settings: Arc<Settings>,
+    pub caps: Capabilities,
+}
+
+/// What the status function needs: it reads jobs, and signs file URLs when so configured.
+#[derive(Clone)]
+pub struct StatusState {
+    pub jobs: Arc<dyn JobStore>,
+    pub output: Arc<dyn ObjectStore>,
+    pub settings: Arc<Settings>,
+}
+
+/// What the cancel function needs: it updates jobs and deletes their files.
+#[derive(Clone)]
+pub struct CancelState {
+    pub jobs: Arc<dyn JobStore>,
+    pub output: Arc<dyn ObjectStore>,
+    pub settings: Arc<Settings>,
+}
+
+/// What the files route needs: it reads jobs and streams or signs files.
+#[derive(Clone)]
+pub struct FilesState {
+    pub jobs: Arc<dyn JobStore>,
+    pub output: Arc<dyn ObjectStore>,
+    pub settings: Arc<Settings>,
+}
+
+#[derive(Clone)]
+pub struct MetadataState {
+    pub settings: Arc<Settings>,
+    pub started: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn kickoff_router(state: KickoffState) -> Router {
+    let system = get(kickoff::system).post(kickoff::system);
+    let patient = get(kickoff::patient).post(kickoff::patient);
+    let group = get(kickoff::group).post(kickoff::group);
+    Router::new()
+        .route("/$export", system)
+        .route("/Patient/$export", patient)
+        .route("/Group/{id}/$export", group)
+        .with_state(state)
+}
+
+pub fn status_router(state: StatusState) -> Router {
+    Router::new()
+        .route(STATUS_PATH, get(status::status))
+        .with_state(state)
+}
+
+pub fn cancel_router(state: CancelState) -> Router {
+    Router::new()
+        .route(STATUS_PATH, delete(cancel::cancel))
+        .with_state(state)
+}
+
+pub fn files_router(state: FilesState) -> Router {
+    Router::new()
+        .route(FILES_PATH, get(files::file))
+        .with_state(state)
+}
+
+pub fn metadata_router(state: MetadataState) -> Router {
+    Router::new()
+        .route("/metadata", get(metadata::metadata))
+        .with_state(state)
+}
+
+/// 404 for unknown routes, as an `OperationOutcome`. Hosts install it as their fallback.
+pub async fn not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+/// 405 for a known route called with another method, as an `OperationOutcome`.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Installs the `OperationOutcome` fallbacks on a host's router.
+pub fn with_fallbacks(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The job at `id` if it exists and belongs to `caller`; otherwise `JobNotFound`, the same
+/// answer for a malformed id, an unknown job and someone else's job.
+pub(crate) async fn owned_job(
+    jobs: &dyn JobStore,
+    caller: &Caller,
+    id: &str,
+) -> Result<Job, ApiError> {
+    let id = JobId::parse(id).map_err(|_| ApiError::JobNotFound)?;
+    match jobs.get(&id).await? {
+        Some(job) if job.owner == caller.0 => Ok(job),
+        _ => Err(ApiError::JobNotFound),
+    }
+}

@@ -1,0 +1,71 @@
+//! Where an export's files live in the output store.
+//!
+//! ```text
+//! [container/]<job-id>/Patient-1.ndjson            published output
+//! [container/]<job-id>/error/OperationOutcome-1.ndjson
+//! [container/]<job-id>/.staging/000003/<attempt>/Patient-1.ndjson   a chunk's parts
+//! [container/]<job-id>/.staging/members.json        Group members, for the workers
+//! ```
+//! Every export gets a folder named after its (random) job id, so no export ever writes into
+//! another's; staging is removed when the export is published.
+
+use crate::model::{JobId, ResourceType};
+
+/// The folder of an export, without a trailing `/`.
+pub fn export_prefix(container: Option<&str>, job: &JobId) -> String {
+    match container {
+        Some(c) => format!("{c}/{job}"),
+        None => job.to_string(),
+    }
+}
+
+pub fn staging_root(prefix: &str) -> String {
+    format!("{prefix}/.staging/")
+}
+
+/// A folder of its own for one attempt at one chunk, so a duplicate delivery running at the
+/// same time never overwrites the files another attempt has recorded.
+pub fn chunk_attempt_dir(prefix: &str, chunk: u32, attempt: &str) -> String {
+    format!("{prefix}/.staging/{chunk:06}/{attempt}/")
+}
+
+pub fn members_key(prefix: &str) -> String {
+    format!("{prefix}/.staging/members.json")
+}
+
+pub fn output_name(t: ResourceType, n: usize) -> String {
+    format!("{t}-{n}.ndjson")
+}
+
+pub fn error_name(n: usize) -> String {
+    format!("error/OperationOutcome-{n}.ndjson")
+}
+
+/// Whether `name` (relative to the export folder) is a published file name, which is all the
+/// files route may serve.
+pub fn is_published_name(name: &str) -> bool {
+    let file = name.strip_prefix("error/").unwrap_or(name);
+    !file.contains('/')
+        && !file.starts_with('.')
+        && file.ends_with(".ndjson")
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let job = JobId::parse("0123456789abcdef0123456789abcdef").expect("id");
+        assert_eq!(export_prefix(Some("c1"), &job), format!("c1/{job}"));
+        assert_eq!(output_name(ResourceType::PATIENT, 2), "Patient-2.ndjson");
+        assert!(is_published_name("Patient-2.ndjson"));
+        assert!(is_published_name(&error_name(1)));
+        assert!(!is_published_name(".staging/000001/x/Patient-1.ndjson"));
+        assert!(!is_published_name("../Patient-1.ndjson"));
+        assert!(!is_published_name("members.json"));
+    }
+}

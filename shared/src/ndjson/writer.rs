@@ -1,0 +1,202 @@
+//! Streaming NDJSON part writer: one resource type, numbered parts rolled over past a size
+//! threshold, nothing held in memory beyond one buffer.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::job::{FileKind, StagedFile};
+use crate::model::ResourceType;
+use crate::ports::{ObjectError, ObjectStore, ObjectWriter};
+
+/// Bytes gathered before they are handed to the object writer.
+const BUFFER: usize = 1024 * 1024;
+
+pub struct PartWriter {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix of the parts, ending in `/`.
+    dir: String,
+    stem: String,
+    kind: FileKind,
+    resource_type: ResourceType,
+    max_bytes: u64,
+    part: u32,
+    current: Option<Box<dyn ObjectWriter>>,
+    buf: BytesMut,
+    part_bytes: u64,
+    part_count: u64,
+    done: Vec<StagedFile>,
+    /// Key prefix that `StagedFile::path` is relative to.
+    relative_to: String,
+}
+
+impl PartWriter {
+    /// Parts are written as `{dir}{stem}-{n}.ndjson`, `n` from 1; a part is closed before a
+    /// line would take it past `max_bytes` (a single longer line gets a part of its own).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        dir: String,
+        relative_to: String,
+        stem: &str,
+        kind: FileKind,
+        resource_type: ResourceType,
+        max_bytes: u64,
+    ) -> Self {
+        PartWriter {
+            store,
+            dir,
+            stem: stem.to_owned(),
+            kind,
+            resource_type,
+            max_bytes: max_bytes.max(1),
+            part: 0,
+            current: None,
+            buf: BytesMut::new(),
+            part_bytes: 0,
+            part_count: 0,
+            done: Vec::new(),
+            relative_to,
+        }
+    }
+
+    /// Appends one line (a `\n` is added).
+    pub async fn write_line(&mut self, line: &[u8]) -> Result<(), ObjectError> {
+        let len = line.len() as u64 + 1;
+        if self.current.is_some() && self.part_bytes + len > self.max_bytes {
+            self.close_part().await?;
+        }
+        if self.current.is_none() {
+            self.part += 1;
+            let key = self.key();
+            self.current = Some(self.store.writer(&key).await?);
+            self.buf.reserve(BUFFER);
+        }
+        self.buf.put_slice(line);
+        self.buf.put_u8(b'\n');
+        self.part_bytes += len;
+        self.part_count += 1;
+        if self.buf.len() >= BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub fn lines(&self) -> u64 {
+        self.done.iter().map(|f| f.count).sum::<u64>() + self.part_count
+    }
+
+    fn key(&self) -> String {
+        format!("{}{}-{}.ndjson", self.dir, self.stem, self.part)
+    }
+
+    async fn flush(&mut self) -> Result<(), ObjectError> {
+        if let Some(w) = self.current.as_mut()
+            && !self.buf.is_empty()
+        {
+            w.write(self.buf.split().freeze()).await?;
+        }
+        Ok(())
+    }
+
+    async fn close_part(&mut self) -> Result<(), ObjectError> {
+        self.flush().await?;
+        if let Some(w) = self.current.take() {
+            let bytes = w.finish().await?;
+            let key = self.key();
+            let path = key
+                .strip_prefix(&self.relative_to)
+                .unwrap_or(&key)
+                .to_owned();
+            self.done.push(StagedFile {
+                kind: self.kind,
+                resource_type: self.resource_type,
+                path,
+                count: self.part_count,
+                bytes,
+            });
+        }
+        self.part_bytes = 0;
+        self.part_count = 0;
+        Ok(())
+    }
+
+    /// Publishes the open part; returns every part written, in order.
+    pub async fn finish(mut self) -> Result<Vec<StagedFile>, ObjectError> {
+        self.close_part().await?;
+        Ok(std::mem::take(&mut self.done))
+    }
+
+    /// Drops the open part. Parts already published stay (they are overwritten by a retry
+    /// and deleted with the export folder).
+    pub async fn abort(mut self) {
+        if let Some(w) = self.current.take() {
+            let _ = w.abort().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::local_fs::LocalFsStore;
+
+    #[tokio::test]
+    async fn rolls_over_by_size_and_counts_lines() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFsStore::new(dir.path()).expect("store"));
+        let mut w = PartWriter::new(
+            store.clone(),
+            "job/.staging/000001/".into(),
+            "job/".into(),
+            "Patient",
+            FileKind::Output,
+            ResourceType::PATIENT,
+            25,
+        );
+        for i in 0..5 {
+            // 10 bytes + newline each: two lines fit in 25 bytes, a third does not.
+            w.write_line(format!("{{\"n\":{i:04}}}").as_bytes())
+                .await
+                .expect("write");
+        }
+        w.write_line(&[b'x'; 40]).await.expect("long line");
+        let files = w.finish().await.expect("finish");
+        let counts: Vec<u64> = files.iter().map(|f| f.count).collect();
+        assert_eq!(counts, vec![2, 2, 1, 1]);
+        assert_eq!(files[0].path, ".staging/000001/Patient-1.ndjson");
+        assert_eq!(files[3].path, ".staging/000001/Patient-4.ndjson");
+        let first =
+            std::fs::read_to_string(dir.path().join("job/.staging/000001/Patient-1.ndjson"))
+                .expect("read");
+        assert_eq!(first, "{\"n\":0000}\n{\"n\":0001}\n");
+        assert!(files.iter().all(|f| f.bytes <= 25 || f.count == 1));
+    }
+
+    #[tokio::test]
+    async fn writes_nothing_when_empty_and_abort_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFsStore::new(dir.path()).expect("store"));
+        let w = PartWriter::new(
+            store.clone(),
+            "a/".into(),
+            "".into(),
+            "X",
+            FileKind::Error,
+            ResourceType::OPERATION_OUTCOME,
+            100,
+        );
+        assert!(w.finish().await.expect("finish").is_empty());
+        let mut w = PartWriter::new(
+            store.clone(),
+            "b/".into(),
+            "".into(),
+            "X",
+            FileKind::Error,
+            ResourceType::OPERATION_OUTCOME,
+            100,
+        );
+        w.write_line(b"{}").await.expect("write");
+        w.abort().await;
+        assert!(store.list("").await.expect("list").is_empty());
+    }
+}

@@ -1,0 +1,83 @@
+//! `JobStore`: jobs, their chunks and their published files.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::BoxError;
+use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, OutputFile};
+use crate::model::JobId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `create` of an id that exists.
+    #[error("job already exists")]
+    AlreadyExists,
+    /// A compare-and-set lost: the stored version is not the expected one. Not a failure: the
+    /// caller re-reads and decides again. (DynamoDB: `ConditionalCheckFailed`.)
+    #[error("job version conflict")]
+    Conflict,
+    /// The job (or chunk) does not exist.
+    #[error("job not found")]
+    NotFound,
+    #[error("job store failed")]
+    Backend(#[source] BoxError),
+}
+
+/// What `complete_chunk` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkCompletion {
+    /// False when the chunk was already done (a duplicate delivery): nothing changed.
+    pub first: bool,
+    pub done: u32,
+    pub total: u32,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a new job. `AlreadyExists` if the id is taken.
+    async fn create(&self, job: &Job) -> Result<(), StoreError>;
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Compare-and-set: writes `job` if the stored version is `expected_version`, else
+    /// `Conflict`; `NotFound` if there is no such job. Writes every field except
+    /// `chunks_done`, which only `complete_chunk` changes, so a state change never loses a
+    /// concurrent chunk completion.
+    async fn update(&self, job: &Job, expected_version: u64) -> Result<(), StoreError>;
+
+    /// Records the chunks of a job; chunks that exist are left as they are (idempotent).
+    async fn put_chunks(&self, id: &JobId, chunks: &[ChunkSpec]) -> Result<(), StoreError>;
+
+    async fn chunk(&self, id: &JobId, index: u32) -> Result<Option<ChunkRecord>, StoreError>;
+
+    /// All chunks of a job, by index.
+    async fn chunks(&self, id: &JobId) -> Result<Vec<ChunkRecord>, StoreError>;
+
+    /// Atomically marks a chunk done with its result and counts it on the job, once: a second
+    /// completion of the same chunk changes nothing and reports `first: false`. Also records
+    /// progress (`updated_at = now`). `NotFound` if the chunk does not exist.
+    async fn complete_chunk(
+        &self,
+        id: &JobId,
+        index: u32,
+        result: &ChunkResult,
+        now: DateTime<Utc>,
+    ) -> Result<ChunkCompletion, StoreError>;
+
+    /// Records a sign of life (`updated_at = now`) without a version change.
+    async fn heartbeat(&self, id: &JobId, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Replaces the published file list of a job.
+    async fn put_outputs(&self, id: &JobId, files: &[OutputFile]) -> Result<(), StoreError>;
+
+    async fn outputs(&self, id: &JobId) -> Result<Vec<OutputFile>, StoreError>;
+
+    /// Active jobs (see [`crate::job::JobState::is_active`]) with no progress since `before`.
+    async fn stalled(&self, before: DateTime<Utc>) -> Result<Vec<Job>, StoreError>;
+
+    /// Jobs whose `expires_at` is before `now`.
+    async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError>;
+
+    /// Deletes a job with its chunks and outputs. Deleting a missing job is not an error.
+    async fn delete(&self, id: &JobId) -> Result<(), StoreError>;
+}

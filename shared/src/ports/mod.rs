@@ -1,0 +1,21 @@
+//! Ports: the small object-safe traits the domain talks to. Adapters implement them; the
+//! processes hold them as `Arc<dyn Port>`.
+//!
+//! Each port documents which error variant an adapter must return for which situation, so the
+//! domain can act on it (a version conflict is retried or lost gracefully, a missing object is
+//! a 404), and every other failure is `Backend` with its source kept.
+
+mod job_store;
+mod object_store;
+mod queue;
+mod source;
+
+pub use job_store::{ChunkCompletion, JobStore, StoreError};
+pub use object_store::{
+    ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls, validate_key,
+};
+pub use queue::{Delivery, QueueError, WorkQueue};
+pub use source::{Origin, RecordBatch, RecordReader, ResourceSource, SourceError};
+
+/// Boxed error source of a `Backend` variant.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

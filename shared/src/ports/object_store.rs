@@ -1,0 +1,136 @@
+//! `ObjectStore`: where export files are written and where NDJSON sources are read from.
+//!
+//! Keys are relative, `/`-separated paths (`container/job/Patient-1.ndjson`). Writes are
+//! streaming and atomic: a reader sees a whole object or none (temp file + rename locally,
+//! multipart upload on S3, block list commit on Azure).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+use super::BoxError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The object does not exist (S3 `NoSuchKey`, HTTP 404, `ENOENT`).
+    #[error("object `{0}` not found")]
+    NotFound(String),
+    /// The key is not a safe relative path.
+    #[error("invalid object key `{0}`")]
+    InvalidKey(String),
+    #[error("object store failed on `{key}`")]
+    Backend {
+        key: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl ObjectError {
+    pub fn backend(key: &str, source: impl Into<BoxError>) -> Self {
+        ObjectError::Backend {
+            key: key.to_owned(),
+            source: source.into(),
+        }
+    }
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ObjectError>> + Send>>;
+
+/// A streaming write. Nothing is visible under the key until `finish` succeeds; `abort`
+/// (or dropping the writer) leaves nothing behind.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, data: Bytes) -> Result<(), ObjectError>;
+    /// Publishes the object; returns its size.
+    async fn finish(self: Box<Self>) -> Result<u64, ObjectError>;
+    async fn abort(self: Box<Self>) -> Result<(), ObjectError>;
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Writes a whole (small) object.
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError>;
+
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError>;
+
+    /// Streams `[start, end)` of an object (`end: None` = to its end). `NotFound` if missing.
+    async fn read(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, ObjectError>;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError>;
+
+    /// Every object under a prefix (recursively), sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError>;
+
+    /// Deletes an object; a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), ObjectError>;
+
+    /// Deletes every object under a prefix; returns how many.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError>;
+
+    /// Moves an object. `NotFound` if `from` does not exist. Overwrites `to`.
+    async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError>;
+
+    /// Where this store points, for logs (`file:///data/out`, `s3://bucket/prefix`).
+    fn describe(&self) -> String;
+
+    /// The signed-URL ability, where the backend has one.
+    fn signer(&self) -> Option<&dyn SignedUrls> {
+        None
+    }
+}
+
+/// Optional ability: short-lived URLs a client can fetch directly from the store.
+#[async_trait]
+pub trait SignedUrls: Send + Sync {
+    async fn signed_get_url(&self, key: &str, expires_in: Duration) -> Result<String, ObjectError>;
+}
+
+/// Checks that a key is a safe relative path: no empty, `.` or `..` segments, no backslashes,
+/// no leading `/`. (An empty key, the root, is allowed as a prefix.)
+pub fn validate_key(key: &str) -> Result<(), ObjectError> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    let bad = key.starts_with('/')
+        || key.contains('\\')
+        || key.contains('\0')
+        || key
+            .trim_end_matches('/')
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
+    if bad {
+        Err(ObjectError::InvalidKey(key.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        for ok in ["", "a", "a/b.ndjson", "x/y/"] {
+            assert!(validate_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["/a", "a/../b", "..", "a//b", "a\\b", "./a"] {
+            assert!(validate_key(bad).is_err(), "{bad}");
+        }
+    }
+}

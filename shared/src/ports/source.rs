@@ -1,0 +1,86 @@
+//! `ResourceSource`: where exported resources come from.
+//!
+//! A source plans an export into chunks (it knows its own layout and how to split it) and
+//! streams the records of one chunk in batches. Filtering that the source cannot push down
+//! (`_since` on an NDJSON file, compartments, `_typeFilter`) is the worker's job.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::BoxError;
+use crate::job::ChunkSpec;
+use crate::model::{LogicalId, ResourceType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source changed under a chunk (an object vanished); a retry will not help.
+    #[error("source object `{0}` not found")]
+    NotFound(String),
+    #[error("source failed")]
+    Backend(#[source] BoxError),
+}
+
+/// Where a record came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Index into the chunk's ranges.
+    pub range: usize,
+    /// Byte offset of the line in its (uncompressed) object.
+    pub offset: u64,
+    /// Line number (from 1) counted from the start of the range.
+    pub line_in_range: u64,
+}
+
+/// A batch of records: raw lines in one buffer, so a batch costs two allocations, not one per
+/// record. Lines exclude their terminator.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    pub data: Vec<u8>,
+    pub records: Vec<(Range<usize>, Origin)>,
+}
+
+impl RecordBatch {
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.records.clear();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Origin)> {
+        self.records
+            .iter()
+            .map(|(r, o)| (&self.data[r.clone()], *o))
+    }
+}
+
+#[async_trait]
+pub trait RecordReader: Send {
+    /// Replaces `batch` with the next records; `false` when the chunk is exhausted.
+    async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError>;
+
+    /// Names a record's place for a person: object and line number.
+    async fn describe(&mut self, origin: Origin) -> String;
+}
+
+#[async_trait]
+pub trait ResourceSource: Send + Sync {
+    /// Splits the export of `types` into chunks of about `chunk_bytes` of source data each.
+    /// Deterministic: the same source and arguments give the same chunks.
+    async fn plan(
+        &self,
+        types: &[ResourceType],
+        chunk_bytes: u64,
+    ) -> Result<Vec<ChunkSpec>, SourceError>;
+
+    /// The types this source holds resources of.
+    async fn types(&self) -> Result<Vec<ResourceType>, SourceError>;
+
+    async fn open(&self, chunk: &ChunkSpec) -> Result<Box<dyn RecordReader>, SourceError>;
+
+    /// Reads one resource by id (used for Group definitions).
+    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError>;
+
+    /// Where this source points, for logs.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,81 @@
+//! Behaviour settings shared by the handlers and the worker. Read from the environment by
+//! [`crate::config`]; every field is documented in `docs/configuration.md`.
+
+use std::time::Duration;
+
+/// How clients get the files of a completed export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAccess {
+    /// The files route streams them (local server). `requiresAccessToken` is `false` unless
+    /// the deployment authenticates callers.
+    Served,
+    /// The manifest lists short-lived signed URLs of the object store;
+    /// `requiresAccessToken: false`.
+    SignedUrls,
+    /// The manifest lists the files route, which checks the caller and redirects (307) to a
+    /// short-lived signed URL; `requiresAccessToken: true`.
+    Redirect,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Absolute FHIR base URL as clients see it, without a trailing `/`
+    /// (e.g. `https://api.example.org/fhir`).
+    pub public_base_url: String,
+    /// `Retry-After` while an export runs.
+    pub retry_after: Duration,
+    /// How long a finished export's files and status stay available.
+    pub retention: Duration,
+    /// Roll-over threshold of an NDJSON file.
+    pub max_file_bytes: u64,
+    /// Source bytes per chunk.
+    pub chunk_bytes: u64,
+    /// A job with no progress for this long is restarted, then failed.
+    pub stall_timeout: Duration,
+    /// Restarts of a stalled job before it is failed.
+    pub max_recoveries: u32,
+    /// How long a received message stays invisible; workers extend it while they work.
+    pub visibility_timeout: Duration,
+    pub file_access: FileAccess,
+    /// Lifetime of signed file URLs.
+    pub signed_url_ttl: Duration,
+    /// Whether callers authenticate with bearer tokens (drives `requiresAccessToken`).
+    pub authenticated: bool,
+}
+
+impl Settings {
+    pub fn new(public_base_url: &str) -> Self {
+        Settings {
+            public_base_url: public_base_url.trim_end_matches('/').to_owned(),
+            retry_after: Duration::from_secs(2),
+            retention: Duration::from_secs(24 * 3600),
+            max_file_bytes: 64 * 1024 * 1024,
+            chunk_bytes: 32 * 1024 * 1024,
+            stall_timeout: Duration::from_secs(600),
+            max_recoveries: 3,
+            visibility_timeout: Duration::from_secs(300),
+            file_access: FileAccess::Served,
+            signed_url_ttl: Duration::from_secs(900),
+            authenticated: false,
+        }
+    }
+
+    /// `requiresAccessToken` of the manifest.
+    pub fn requires_access_token(&self) -> bool {
+        match self.file_access {
+            FileAccess::SignedUrls => false,
+            FileAccess::Redirect => true,
+            FileAccess::Served => self.authenticated,
+        }
+    }
+
+    /// Status URL of a job.
+    pub fn status_url(&self, job: &crate::model::JobId) -> String {
+        format!("{}/_export/{}", self.public_base_url, job)
+    }
+
+    /// Download URL of a file through the files route.
+    pub fn file_url(&self, job: &crate::model::JobId, name: &str) -> String {
+        format!("{}/_export/{}/files/{}", self.public_base_url, job, name)
+    }
+}

@@ -1,0 +1,211 @@
+//! The `JobStore` contract.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+
+use super::{sample_chunk, sample_job};
+use crate::job::{ChunkResult, FileKind, JobState, OutputFile, StagedFile};
+use crate::model::{JobId, ResourceType};
+use crate::ports::{JobStore, StoreError};
+
+fn result(n: u64) -> ChunkResult {
+    ChunkResult {
+        files: vec![StagedFile {
+            kind: FileKind::Output,
+            resource_type: ResourceType::PATIENT,
+            path: format!(".staging/x/Patient-{n}.ndjson"),
+            count: n,
+            bytes: n * 10,
+        }],
+        resources: n,
+        errors: 0,
+    }
+}
+
+pub async fn run(store: Arc<dyn JobStore>) {
+    let now = Utc::now();
+    let s = store.as_ref();
+
+    // create / get / duplicate create
+    let job = sample_job(JobState::Accepted, now);
+    s.create(&job).await.expect("create");
+    assert!(matches!(
+        s.create(&job).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let got = s.get(&job.id).await.expect("get").expect("exists");
+    assert_eq!(got, job);
+    assert!(s.get(&JobId::new()).await.expect("get").is_none());
+
+    // compare-and-set
+    let mut planning = job
+        .transitioned(JobState::Planning, now)
+        .expect("transition");
+    planning.chunks_total = 3;
+    s.update(&planning, job.version).await.expect("update");
+    assert!(matches!(
+        s.update(&planning, job.version).await,
+        Err(StoreError::Conflict)
+    ));
+    let ghost = sample_job(JobState::Accepted, now);
+    assert!(matches!(
+        s.update(&ghost, 1).await,
+        Err(StoreError::NotFound)
+    ));
+    let got = s.get(&job.id).await.expect("get").expect("exists");
+    assert_eq!(got.state, JobState::Planning);
+    assert_eq!(got.version, job.version + 1);
+
+    // chunks: idempotent put, results recorded once
+    let chunks: Vec<_> = (0..3).map(sample_chunk).collect();
+    s.put_chunks(&job.id, &chunks).await.expect("put_chunks");
+    s.put_chunks(&job.id, &chunks)
+        .await
+        .expect("put_chunks again");
+    let listed = s.chunks(&job.id).await.expect("chunks");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|c| !c.is_done()));
+    assert_eq!(listed[2].spec, chunks[2]);
+    let c = s
+        .complete_chunk(&job.id, 1, &result(5), now)
+        .await
+        .expect("complete");
+    assert!(c.first);
+    assert_eq!((c.done, c.total), (1, 3));
+    let again = s
+        .complete_chunk(&job.id, 1, &result(99), now)
+        .await
+        .expect("complete again");
+    assert!(!again.first, "a second completion must not count");
+    assert_eq!(again.done, 1);
+    let rec = s.chunk(&job.id, 1).await.expect("chunk").expect("exists");
+    assert_eq!(rec.result, Some(result(5)), "the first result stays");
+    assert!(matches!(
+        s.complete_chunk(&job.id, 42, &result(1), now).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // a state change does not lose chunk completions made after it was read
+    let stale = s.get(&job.id).await.expect("get").expect("exists");
+    s.complete_chunk(&job.id, 0, &result(1), now)
+        .await
+        .expect("complete 0");
+    let running = stale
+        .transitioned(JobState::Running, now)
+        .expect("transition");
+    s.update(&running, stale.version).await.expect("update");
+    assert_eq!(
+        s.get(&job.id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .chunks_done,
+        2
+    );
+
+    // concurrent completions: each counted once, exactly one sees the last one
+    let job2 = sample_job(JobState::Running, now);
+    let mut job2 = job2;
+    job2.chunks_total = 8;
+    s.create(&job2).await.expect("create");
+    let chunks: Vec<_> = (0..8).map(sample_chunk).collect();
+    s.put_chunks(&job2.id, &chunks).await.expect("put_chunks");
+    let mut tasks = Vec::new();
+    for i in 0..8u32 {
+        for _ in 0..2 {
+            let store = store.clone();
+            let id = job2.id.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .complete_chunk(&id, i, &result(u64::from(i)), Utc::now())
+                    .await
+            }));
+        }
+    }
+    let mut firsts = 0;
+    let mut saw_last = 0;
+    for t in tasks {
+        let c = t.await.expect("join").expect("complete");
+        if c.first {
+            firsts += 1;
+            if c.done == c.total {
+                saw_last += 1;
+            }
+        }
+    }
+    assert_eq!(firsts, 8);
+    assert_eq!(saw_last, 1, "exactly one completion observes done == total");
+    assert_eq!(
+        s.get(&job2.id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .chunks_done,
+        8
+    );
+
+    // outputs replace
+    let files: Vec<OutputFile> = (1..=3)
+        .map(|n| OutputFile {
+            kind: FileKind::Output,
+            resource_type: ResourceType::PATIENT,
+            name: format!("Patient-{n}.ndjson"),
+            count: n,
+            bytes: n * 100,
+        })
+        .collect();
+    s.put_outputs(&job.id, &files).await.expect("outputs");
+    assert_eq!(s.outputs(&job.id).await.expect("outputs"), files);
+    s.put_outputs(&job.id, &files[..1]).await.expect("outputs");
+    assert_eq!(
+        s.outputs(&job.id).await.expect("outputs"),
+        files[..1].to_vec()
+    );
+
+    // stalled: active and old only; heartbeat counts as progress
+    let old = now - Duration::minutes(30);
+    let mut stuck = sample_job(JobState::Running, old);
+    stuck.updated_at = old;
+    s.create(&stuck).await.expect("create");
+    let mut done_old = sample_job(JobState::Completed, old);
+    done_old.updated_at = old;
+    s.create(&done_old).await.expect("create");
+    let stalled: Vec<JobId> = s
+        .stalled(now - Duration::minutes(10))
+        .await
+        .expect("stalled")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert!(stalled.contains(&stuck.id));
+    assert!(
+        !stalled.contains(&done_old.id),
+        "finished jobs are never stalled"
+    );
+    assert!(!stalled.contains(&job.id), "recent jobs are not stalled");
+    s.heartbeat(&stuck.id, now).await.expect("heartbeat");
+    let stalled = s
+        .stalled(now - Duration::minutes(10))
+        .await
+        .expect("stalled");
+    assert!(
+        !stalled.iter().any(|j| j.id == stuck.id),
+        "a heartbeat is progress"
+    );
+
+    // expired
+    let mut gone = sample_job(JobState::Completed, old);
+    gone.expires_at = now - Duration::minutes(1);
+    s.create(&gone).await.expect("create");
+    let expired = s.expired(now).await.expect("expired");
+    assert!(expired.iter().any(|j| j.id == gone.id));
+    assert!(!expired.iter().any(|j| j.id == job.id));
+
+    // delete removes job, chunks and outputs; deleting again is fine
+    s.delete(&job.id).await.expect("delete");
+    s.delete(&job.id).await.expect("delete again");
+    assert!(s.get(&job.id).await.expect("get").is_none());
+    assert!(s.chunks(&job.id).await.expect("chunks").is_empty());
+    assert!(s.outputs(&job.id).await.expect("outputs").is_empty());
+}

@@ -1,0 +1,67 @@
+//! Behaviour suites, one per port, run against every adapter: the local ones in plain
+//! `cargo test`, the cloud ones against their stand-ins. Each suite panics on the first
+//! behaviour that differs from the port's contract. (Compiled with the `testkit` feature.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod job_store;
+pub mod object_store;
+pub mod queue;
+
+use chrono::{DateTime, Utc};
+
+use crate::job::{ChunkSpec, ChunkWork, FileRange, Job, JobState};
+use crate::model::{JobId, ResourceType};
+use crate::request::{ExportLevel, ExportRequest, Handling};
+
+/// A job in `state` for store tests.
+pub fn sample_job(state: JobState, now: DateTime<Utc>) -> Job {
+    let id = JobId::new();
+    Job {
+        output_prefix: id.to_string(),
+        id,
+        owner: "tester".into(),
+        state,
+        version: 1,
+        request: ExportRequest {
+            level: ExportLevel::System,
+            request_url: "http://localhost/fhir/$export".into(),
+            since: None,
+            until: None,
+            types: Some(vec![ResourceType::PATIENT]),
+            type_filters: vec![],
+            elements: vec![],
+            patients: vec![],
+            include_associated: vec![],
+            container: None,
+            organize_output_by: None,
+            allow_partial_manifests: false,
+            handling: Handling::Strict,
+            ignored: vec![],
+        },
+        transaction_time: now,
+        created_at: now,
+        updated_at: now,
+        chunks_total: 0,
+        chunks_done: 0,
+        recoveries: 0,
+        expires_at: now + chrono::Duration::days(1),
+        completed_at: None,
+        failure: None,
+    }
+}
+
+pub fn sample_chunk(index: u32) -> ChunkSpec {
+    ChunkSpec {
+        index,
+        resource_type: ResourceType::PATIENT,
+        work: ChunkWork::Files {
+            ranges: vec![FileRange {
+                object: format!("Patient-{index}.ndjson"),
+                start: 0,
+                end: Some(100),
+                gzip: false,
+            }],
+        },
+    }
+}

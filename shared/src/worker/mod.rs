@@ -1,0 +1,193 @@
+//! The worker: plan, chunk and finalize messages, dead letters, and the stuck-job sweep.
+//!
+//! Every handler is idempotent: messages arrive at least once, possibly twice at the same
+//! time. Chunk attempts write into folders of their own and only the first completion is
+//! recorded; the job is published by whoever wins the compare-and-set to `Finalizing`.
+
+mod chunk;
+mod dead_letter;
+mod finalize;
+pub mod messages;
+mod plan;
+mod recovery;
+pub mod runner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use dead_letter::handle_dead_letter;
+pub use messages::WorkMessage;
+pub use recovery::{SweepReport, sweep};
+
+use crate::job::{Job, JobState};
+use crate::model::JobId;
+use crate::ports::{
+    BoxError, JobStore, ObjectError, ObjectStore, QueueError, ResourceSource, SourceError,
+    StoreError, WorkQueue,
+};
+use crate::settings::Settings;
+
+/// What the worker needs. The kick-off, status and cancel functions need less (see
+/// [`crate::http`]).
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub jobs: Arc<dyn JobStore>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub output: Arc<dyn ObjectStore>,
+    pub source: Arc<dyn ResourceSource>,
+    pub settings: Arc<Settings>,
+}
+
+/// How a message failed, which decides what happens to it.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    /// A backend hiccup: leave the message, it is delivered again (and dead-lettered after
+    /// too many attempts).
+    #[error("retryable failure")]
+    Retryable(#[source] BoxError),
+    /// Retrying cannot help (a malformed message, a source that changed under the job): the
+    /// job is failed now and the message dropped.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+impl From<StoreError> for WorkError {
+    fn from(e: StoreError) -> Self {
+        WorkError::Retryable(Box::new(e))
+    }
+}
+
+impl From<QueueError> for WorkError {
+    fn from(e: QueueError) -> Self {
+        WorkError::Retryable(Box::new(e))
+    }
+}
+
+impl From<ObjectError> for WorkError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::InvalidKey(k) => WorkError::Permanent(format!("invalid object key `{k}`")),
+            other => WorkError::Retryable(Box::new(other)),
+        }
+    }
+}
+
+impl From<SourceError> for WorkError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::NotFound(k) => WorkError::Permanent(format!(
+                "source object `{k}` disappeared while the export ran"
+            )),
+            other => WorkError::Retryable(Box::new(other)),
+        }
+    }
+}
+
+/// Keeps the message being worked on from being redelivered while the work goes on.
+#[async_trait]
+pub trait Lease: Send + Sync {
+    async fn extend(&self) -> Result<(), QueueError>;
+}
+
+/// A lease on a queue message (the local pool and the Lambda worker).
+pub struct MessageLease {
+    pub queue: Arc<dyn WorkQueue>,
+    pub receipt: String,
+    pub visibility: Duration,
+}
+
+#[async_trait]
+impl Lease for MessageLease {
+    async fn extend(&self) -> Result<(), QueueError> {
+        self.queue.extend(&self.receipt, self.visibility).await
+    }
+}
+
+/// For work run outside a queue (tests, one-shot tools).
+pub struct NoLease;
+
+#[async_trait]
+impl Lease for NoLease {
+    async fn extend(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+/// Handles one message body.
+pub async fn handle_message(
+    deps: &WorkerDeps,
+    body: &str,
+    lease: &dyn Lease,
+) -> Result<(), WorkError> {
+    let msg = WorkMessage::decode(body).map_err(|e| WorkError::Permanent(e.to_string()))?;
+    let result = match &msg {
+        WorkMessage::Plan { job } => plan::plan(deps, job).await,
+        WorkMessage::Chunk { job, chunk } => chunk::chunk(deps, job, *chunk, lease).await,
+        WorkMessage::Finalize { job } => finalize::finalize(deps, job).await,
+    };
+    if let Err(WorkError::Permanent(reason)) = &result {
+        tracing::warn!(job_id = %msg.job(), %reason, "permanent failure; failing the job");
+        fail_job(deps, msg.job(), reason).await?;
+    }
+    result
+}
+
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+pub(crate) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Applies `change` to the current job with compare-and-set, re-reading on conflict. `change`
+/// returns `None` to leave the job alone. Returns the job as written, or `None`.
+pub(crate) async fn update_job(
+    jobs: &dyn JobStore,
+    id: &JobId,
+    mut change: impl FnMut(&Job) -> Option<Job>,
+) -> Result<Option<Job>, StoreError> {
+    for _ in 0..16 {
+        let Some(job) = jobs.get(id).await? else {
+            return Ok(None);
+        };
+        let Some(next) = change(&job) else {
+            return Ok(None);
+        };
+        match jobs.update(&next, job.version).await {
+            Ok(()) => return Ok(Some(next)),
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Backend(
+        "too many version conflicts updating a job".into(),
+    ))
+}
+
+/// Moves a job to `Failed` with a reason and removes its files. A job already finished,
+/// failed or cancelled is left as it is.
+pub async fn fail_job(deps: &WorkerDeps, id: &JobId, reason: &str) -> Result<(), WorkError> {
+    let t = now();
+    let failed = update_job(deps.jobs.as_ref(), id, |job| {
+        if !job.state.is_active() {
+            return None;
+        }
+        let mut next = job.transitioned(JobState::Failed, t)?;
+        next.failure = Some(reason.to_owned());
+        next.expires_at = after(t, deps.settings.retention);
+        Some(next)
+    })
+    .await?;
+    if let Some(job) = failed {
+        tracing::error!(job_id = %id, %reason, "export failed");
+        deps.output
+            .delete_prefix(&format!("{}/", job.output_prefix))
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! The sweep: restarts jobs that made no progress for the stall timeout (then fails them after
+//! `max_recoveries` restarts), and deletes expired exports.
+
+use chrono::{DateTime, Utc};
+
+use super::{WorkError, WorkMessage, WorkerDeps, after, fail_job, update_job};
+use crate::job::JobState;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub restarted: u32,
+    pub failed: u32,
+    pub expired: u32,
+}
+
+pub async fn sweep(deps: &WorkerDeps, now: DateTime<Utc>) -> Result<SweepReport, WorkError> {
+    let mut report = SweepReport::default();
+    let stall =
+        chrono::Duration::from_std(deps.settings.stall_timeout).unwrap_or(chrono::Duration::MAX);
+    let cutoff = now - stall;
+    for job in deps.jobs.stalled(cutoff).await? {
+        if job.recoveries >= deps.settings.max_recoveries {
+            let reason = format!(
+                "no progress for {} s after {} restarts; the export was given up",
+                deps.settings.stall_timeout.as_secs(),
+                job.recoveries
+            );
+            fail_job(deps, &job.id, &reason).await?;
+            report.failed += 1;
+            continue;
+        }
+        let Some(job) = update_job(deps.jobs.as_ref(), &job.id, |j| {
+            if !j.state.is_active() || j.updated_at >= cutoff {
+                return None;
+            }
+            let mut next = j.clone();
+            next.version += 1;
+            next.recoveries += 1;
+            next.updated_at = now;
+            Some(next)
+        })
+        .await?
+        else {
+            continue;
+        };
+        let messages: Vec<String> = match job.state {
+            JobState::Accepted | JobState::Planning => {
+                vec![
+                    WorkMessage::Plan {
+                        job: job.id.clone(),
+                    }
+                    .encode(),
+                ]
+            }
+            JobState::Running => {
+                let pending: Vec<String> = deps
+                    .jobs
+                    .chunks(&job.id)
+                    .await?
+                    .iter()
+                    .filter(|c| !c.is_done())
+                    .map(|c| {
+                        WorkMessage::Chunk {
+                            job: job.id.clone(),
+                            chunk: c.spec.index,
+                        }
+                        .encode()
+                    })
+                    .collect();
+                if pending.is_empty() {
+                    vec![
+                        WorkMessage::Finalize {
+                            job: job.id.clone(),
+                        }
+                        .encode(),
+                    ]
+                } else {
+                    pending
+                }
+            }
+            JobState::Finalizing => vec![
+                WorkMessage::Finalize {
+                    job: job.id.clone(),
+                }
+                .encode(),
+            ],
+            _ => Vec::new(),
+        };
+        tracing::warn!(
+            job_id = %job.id,
+            state = job.state.as_str(),
+            recoveries = job.recoveries,
+            messages = messages.len(),
+            "stalled export restarted"
+        );
+        deps.queue.send(messages).await?;
+        report.restarted += 1;
+    }
+    for job in deps.jobs.expired(now).await? {
+        if job.state.is_active() && after(job.updated_at, deps.settings.stall_timeout) > now {
+            continue;
+        }
+        deps.output
+            .delete_prefix(&format!("{}/", job.output_prefix))
+            .await?;
+        deps.jobs.delete(&job.id).await?;
+        tracing::info!(job_id = %job.id, "expired export deleted");
+        report.expired += 1;
+    }
+    Ok(report)
+}

@@ -1,0 +1,273 @@
+//! Test harness: a real `fhir-export serve` on a loopback port, driven over HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fhir_export::serve::{RunningServer, ServeConfig, start};
+use fhir_export::synth::{GenOptions, GenSummary, generate};
+use reqwest::header::{ACCEPT, HeaderMap};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub state: TempDir,
+}
+
+pub struct Options {
+    /// NDJSON source folder; `None` generates `patients` patients.
+    pub source: Option<PathBuf>,
+    pub patients: u64,
+    pub workers: usize,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            source: None,
+            patients: 30,
+            workers: 3,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+/// Generates a dataset into a fresh temp folder.
+pub fn dataset(patients: u64) -> (TempDir, GenSummary) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let summary = generate(
+        &GenOptions {
+            patients,
+            ..GenOptions::default()
+        },
+        dir.path(),
+    )
+    .expect("generate");
+    (dir, summary)
+}
+
+impl TestServer {
+    pub async fn start(opts: Options) -> TestServer {
+        let state = tempfile::tempdir().expect("tmp");
+        let source = match opts.source {
+            Some(p) => p,
+            None => {
+                let dir = state.path().join("source");
+                generate(
+                    &GenOptions {
+                        patients: opts.patients,
+                        ..GenOptions::default()
+                    },
+                    &dir,
+                )
+                .expect("generate");
+                dir
+            }
+        };
+        let mut config = ServeConfig::new(state.path().join("state"));
+        config.bind = "127.0.0.1:0".parse().expect("addr");
+        config.source = Some(source.display().to_string());
+        config.workers = opts.workers;
+        config.sweep_every = Duration::from_secs(1);
+        config.env = opts.env;
+        let server = start(config).await.expect("server starts");
+        TestServer {
+            base: server.base_url.clone(),
+            server,
+            http: reqwest::Client::new(),
+            state,
+        }
+    }
+
+    pub fn output_dir(&self) -> &Path {
+        self.server.output_dir.as_deref().expect("local output")
+    }
+
+    /// GET kick-off with the standard headers. `path` is relative to the FHIR base.
+    pub async fn kickoff(&self, path: &str, query: &str) -> reqwest::Response {
+        let url = if query.is_empty() {
+            format!("{}{}", self.base, path)
+        } else {
+            format!("{}{}?{}", self.base, path, query)
+        };
+        self.http
+            .get(url)
+            .header(ACCEPT, "application/fhir+json")
+            .header("Prefer", "respond-async")
+            .send()
+            .await
+            .expect("kick-off request")
+    }
+
+    /// Kicks off and returns the status URL, asserting a 202.
+    pub async fn start_export(&self, path: &str, query: &str) -> String {
+        let resp = self.kickoff(path, query).await;
+        assert_eq!(
+            resp.status(),
+            202,
+            "kick-off {path}?{query}: {:?}",
+            resp.text().await
+        );
+        content_location(resp.headers())
+    }
+
+    /// Polls until the status is no longer 202; returns the final response.
+    pub async fn wait(&self, status_url: &str) -> reqwest::Response {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let resp = self
+                .http
+                .get(status_url)
+                .header(ACCEPT, "application/json")
+                .send()
+                .await
+                .expect("status request");
+            if resp.status() != 202 {
+                return resp;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "export did not finish in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a completed export and returns the manifest.
+    pub async fn manifest(&self, status_url: &str) -> Value {
+        let resp = self.wait(status_url).await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "export did not complete: {:?}",
+            resp.text().await
+        );
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "manifest content type"
+        );
+        resp.json().await.expect("manifest json")
+    }
+
+    /// Downloads every file of a manifest section; resources by type, checking each file.
+    pub async fn download(&self, manifest: &Value, section: &str) -> BTreeMap<String, Vec<Value>> {
+        let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for item in manifest[section].as_array().expect("section") {
+            let ty = item["type"].as_str().expect("type");
+            let url = item["url"].as_str().expect("url");
+            assert!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "absolute url {url}"
+            );
+            let resp = self
+                .http
+                .get(url)
+                .header(ACCEPT, "application/fhir+ndjson")
+                .send()
+                .await
+                .expect("file request");
+            assert_eq!(resp.status(), 200, "{url}");
+            assert_eq!(resp.headers()["content-type"], "application/fhir+ndjson");
+            let body = resp.text().await.expect("body");
+            assert!(body.ends_with('\n'), "{url} ends with a newline");
+            assert!(!body.contains("\n\n"), "{url} has a blank line");
+            let lines: Vec<&str> = body.lines().collect();
+            assert_eq!(
+                lines.len() as u64,
+                item["count"].as_u64().expect("count"),
+                "count of {url}"
+            );
+            for line in lines {
+                let v: Value = serde_json::from_str(line).expect("valid JSON line");
+                assert_eq!(v["resourceType"], ty, "{url}");
+                out.entry(ty.to_owned()).or_default().push(v);
+            }
+        }
+        out
+    }
+
+    /// Count per type of a completed export.
+    pub async fn export_counts(&self, path: &str, query: &str) -> BTreeMap<String, u64> {
+        let status = self.start_export(path, query).await;
+        let manifest = self.manifest(&status).await;
+        counts(&manifest)
+    }
+}
+
+pub fn content_location(headers: &HeaderMap) -> String {
+    headers
+        .get("content-location")
+        .expect("Content-Location")
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+/// Sum of `count` per type in a manifest's `output`.
+pub fn counts(manifest: &Value) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for item in manifest["output"].as_array().expect("output") {
+        *out.entry(item["type"].as_str().expect("type").to_owned())
+            .or_insert(0) += item["count"].as_u64().expect("count");
+    }
+    out
+}
+
+/// Reads every resource of an NDJSON folder (plain or gzip), by type.
+pub fn read_source(dir: &Path) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let text = if name.ends_with(".ndjson.gz") {
+                let mut s = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap()),
+                    &mut s,
+                )
+                .unwrap();
+                s
+            } else if name.ends_with(".ndjson") {
+                std::fs::read_to_string(&path).unwrap()
+            } else {
+                continue;
+            };
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let v: Value = serde_json::from_str(line).expect("source json");
+                let t = v["resourceType"].as_str().unwrap().to_owned();
+                out.entry(t).or_default().push(v);
+            }
+        }
+    }
+    out
+}
+
+/// `../shared/data` (the Synthea set) when present.
+pub fn synthea_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("FHIR_EXPORT_SYNTHEA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    dir.join("counts.json").exists().then_some(dir)
+}

@@ -1,0 +1,468 @@
+//! End-to-end exports over real sockets: what comes out equals what the request selects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fhir_export::synth;
+use integration_tests::{Options, TestServer, counts, read_source, synthea_dir};
+use serde_json::Value;
+
+/// Types of the generated data that are in the Patient compartment (Group is left out of
+/// patient-level exports unless asked for).
+const COMPARTMENT_TYPES: &[&str] = &[
+    "AllergyIntolerance",
+    "Condition",
+    "DiagnosticReport",
+    "Encounter",
+    "Immunization",
+    "MedicationRequest",
+    "Observation",
+    "Patient",
+    "Procedure",
+    "Provenance",
+];
+
+fn patient_refs(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "reference"
+                    && let Some(id) = x.as_str().and_then(|s| s.strip_prefix("Patient/"))
+                {
+                    out.insert(id.to_owned());
+                }
+                patient_refs(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| patient_refs(x, out)),
+        _ => {}
+    }
+}
+
+/// Independent expectation: per type, resources that are the patient or reference it.
+fn expected_for_patients(
+    source: &BTreeMap<String, Vec<Value>>,
+    keep: impl Fn(&str) -> bool,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (t, resources) in source {
+        if !COMPARTMENT_TYPES.contains(&t.as_str()) {
+            continue;
+        }
+        let n = resources
+            .iter()
+            .filter(|r| {
+                if t == "Patient" {
+                    return keep(r["id"].as_str().unwrap());
+                }
+                let mut refs = BTreeSet::new();
+                patient_refs(r, &mut refs);
+                refs.iter().any(|id| keep(id))
+            })
+            .count() as u64;
+        if n > 0 {
+            out.insert(t.clone(), n);
+        }
+    }
+    out
+}
+
+fn source_counts(source: &BTreeMap<String, Vec<Value>>) -> BTreeMap<String, u64> {
+    source
+        .iter()
+        .map(|(t, v)| (t.clone(), v.len() as u64))
+        .collect()
+}
+
+#[tokio::test]
+async fn system_export_returns_every_resource_exactly_once() {
+    let t = TestServer::start(Options::default()).await;
+    let source = read_source(&t.server.source_dir);
+    let status = t.start_export("/$export", "").await;
+    assert!(
+        status.starts_with(&format!("{}/_export/", t.base)),
+        "{status}"
+    );
+    let resp = t.wait(&status).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("expires"));
+    let manifest: Value = resp.json().await.unwrap();
+    for key in [
+        "transactionTime",
+        "request",
+        "requiresAccessToken",
+        "output",
+        "error",
+    ] {
+        assert!(manifest.get(key).is_some(), "manifest lacks {key}");
+    }
+    assert_eq!(manifest["request"], format!("{}/$export", t.base));
+    assert_eq!(manifest["requiresAccessToken"], false);
+    assert_eq!(manifest["error"], serde_json::json!([]));
+    let got = t.download(&manifest, "output").await;
+    assert_eq!(
+        got.iter()
+            .map(|(k, v)| (k.clone(), v.len() as u64))
+            .collect::<BTreeMap<_, _>>(),
+        source_counts(&source)
+    );
+    // each (type, id) exactly once, and the same bytes of JSON as the source
+    for (ty, resources) in &got {
+        let ids: BTreeSet<&str> = resources
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), resources.len(), "{ty} has duplicates");
+        let want: BTreeMap<&str, &Value> = source[ty]
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap(), r))
+            .collect();
+        for r in resources {
+            assert_eq!(
+                Some(&r),
+                want.get(r["id"].as_str().unwrap()),
+                "{ty} content"
+            );
+        }
+    }
+    // one type per file, files named Type-n.ndjson
+    for item in manifest["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        let name = url.rsplit('/').next().unwrap();
+        assert!(
+            name.starts_with(&format!("{}-", item["type"].as_str().unwrap())),
+            "{name}"
+        );
+    }
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn post_kickoff_with_parameters_matches_get() {
+    let t = TestServer::start(Options::default()).await;
+    let get = t.export_counts("/$export", "_type=Patient,Condition").await;
+    let body = serde_json::json!({"resourceType":"Parameters","parameter":[
+        {"name":"_type","valueString":"Patient"},
+        {"name":"_type","valueString":"Condition"},
+        {"name":"_outputFormat","valueString":"application/fhir+ndjson"}]});
+    let resp = t
+        .http
+        .post(format!("{}/$export", t.base))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .header("Content-Type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let status = integration_tests::content_location(resp.headers());
+    let manifest = t.manifest(&status).await;
+    assert_eq!(
+        manifest["request"],
+        format!("{}/$export", t.base),
+        "POST request URL has no parameters"
+    );
+    assert_eq!(counts(&manifest), get);
+    assert_eq!(
+        get.keys().cloned().collect::<Vec<_>>(),
+        vec!["Condition", "Patient"]
+    );
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn patient_and_group_level_export_compartments() {
+    let t = TestServer::start(Options {
+        patients: 40,
+        ..Options::default()
+    })
+    .await;
+    let source = read_source(&t.server.source_dir);
+
+    let all = t.export_counts("/Patient/$export", "").await;
+    assert_eq!(all, expected_for_patients(&source, |_| true));
+    assert!(!all.contains_key("Practitioner") && !all.contains_key("Organization"));
+
+    let members: BTreeSet<String> = (0..10).map(synth::patient_id).collect();
+    let small = t
+        .export_counts(&format!("/Group/{}/$export", synth::GROUP_SMALL), "")
+        .await;
+    assert_eq!(
+        small,
+        expected_for_patients(&source, |id| members.contains(id))
+    );
+    assert_eq!(
+        small["Patient"], 10,
+        "inactive and past members are not exported"
+    );
+
+    let status = t
+        .start_export(
+            &format!("/Group/{}/$export", synth::GROUP_SMALL),
+            "_type=Patient,Observation",
+        )
+        .await;
+    let manifest = t.manifest(&status).await;
+    let got = t.download(&manifest, "output").await;
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec!["Observation", "Patient"]
+    );
+    for p in &got["Patient"] {
+        assert!(members.contains(p["id"].as_str().unwrap()));
+    }
+
+    let empty = t
+        .export_counts(&format!("/Group/{}/$export", synth::GROUP_EMPTY), "")
+        .await;
+    assert!(
+        empty.is_empty(),
+        "an empty group exports nothing: {empty:?}"
+    );
+
+    let resp = t.kickoff("/Group/no-such-group/$export", "").await;
+    assert_eq!(resp.status(), 404);
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn since_and_until_select_by_last_updated() {
+    let t = TestServer::start(Options::default()).await;
+    let source = read_source(&t.server.source_dir);
+    let since = "2022-03-01T00:00:00Z";
+    let until = "2024-07-01T12:00:00+02:00";
+    let since_t = chrono::DateTime::parse_from_rfc3339(since).unwrap();
+    let until_t = chrono::DateTime::parse_from_rfc3339(until).unwrap();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (ty, rs) in &source {
+        let n = rs
+            .iter()
+            .filter(|r| {
+                let lu = chrono::DateTime::parse_from_rfc3339(
+                    r["meta"]["lastUpdated"].as_str().unwrap(),
+                )
+                .unwrap();
+                lu > since_t && lu < until_t
+            })
+            .count() as u64;
+        if n > 0 {
+            want.insert(ty.clone(), n);
+        }
+    }
+    assert!(want.values().sum::<u64>() > 0);
+    let got = t
+        .export_counts(
+            "/$export",
+            &format!("_since={since}&_until={}", until.replace('+', "%2B")),
+        )
+        .await;
+    assert_eq!(got, want);
+    // `_till` is the same parameter, and an unencoded `+` in the zone is read as a plus
+    let got = t
+        .export_counts("/$export", &format!("_since={since}&_till={until}"))
+        .await;
+    assert_eq!(got, want);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn files_roll_over_past_the_size_threshold() {
+    let t = TestServer::start(Options::default().env("FHIR_EXPORT_MAX_FILE_BYTES", "20000")).await;
+    let source = read_source(&t.server.source_dir);
+    let status = t.start_export("/$export", "_type=Observation").await;
+    let manifest = t.manifest(&status).await;
+    let items = manifest["output"].as_array().unwrap();
+    assert!(
+        items.len() > 3,
+        "expected several files, got {}",
+        items.len()
+    );
+    let names: Vec<String> = items
+        .iter()
+        .map(|i| {
+            i["url"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (1..=items.len())
+        .map(|n| format!("Observation-{n}.ndjson"))
+        .collect();
+    assert_eq!(names, want, "numbered Type-1.ndjson, Type-2.ndjson, ...");
+    for name in &names {
+        let path = t
+            .output_dir()
+            .join(status.rsplit('/').next().unwrap())
+            .join(name);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len <= 20000, "{name} is {len} bytes");
+    }
+    let got = t.download(&manifest, "output").await;
+    assert_eq!(got["Observation"].len(), source["Observation"].len());
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_source_lines_become_error_entries() {
+    let (dir, _) = integration_tests::dataset(5);
+    let good = std::fs::read_to_string(dir.path().join("Condition.ndjson")).unwrap();
+    let n_good = good.lines().count();
+    let mut text = String::new();
+    for (i, line) in good.lines().enumerate() {
+        text.push_str(line);
+        text.push('\n');
+        if i == 1 {
+            text.push_str("{\"resourceType\":\"Condition\",\"id\":\"broken\",SECRET\n");
+            text.push_str("[1,2,3]\n");
+            text.push_str("{\"resourceType\":\"Patient\",\"id\":\"wrong-file\"}\n");
+        }
+    }
+    std::fs::write(dir.path().join("Condition.ndjson"), text).unwrap();
+    let t = TestServer::start(Options {
+        source: Some(dir.path().to_path_buf()),
+        ..Options::default()
+    })
+    .await;
+    let status = t.start_export("/$export", "_type=Condition").await;
+    let manifest = t.manifest(&status).await;
+    assert_eq!(counts(&manifest)["Condition"], n_good as u64);
+    let errors = t.download(&manifest, "error").await;
+    let outcomes = &errors["OperationOutcome"];
+    assert_eq!(outcomes.len(), 3);
+    let diags: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["issue"][0]["diagnostics"].as_str().unwrap())
+        .collect();
+    assert!(
+        diags[0].starts_with("Condition.ndjson line 3:"),
+        "{diags:?}"
+    );
+    assert!(
+        diags[1].starts_with("Condition.ndjson line 4:"),
+        "{diags:?}"
+    );
+    assert!(
+        diags[2].starts_with("Condition.ndjson line 5:") && diags[2].contains("Patient"),
+        "{diags:?}"
+    );
+    assert!(
+        diags.iter().all(|d| !d.contains("SECRET")),
+        "no patient data in errors"
+    );
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn metadata_declares_export_at_three_levels() {
+    let t = TestServer::start(Options {
+        patients: 2,
+        ..Options::default()
+    })
+    .await;
+    let resp = t
+        .http
+        .get(format!("{}/metadata", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    let cs: Value = resp.json().await.unwrap();
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["rest"][0]["operation"][0]["name"], "export");
+    let by_type: BTreeMap<&str, &str> = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap(),
+                r["operation"][0]["definition"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_type["Patient"],
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+    );
+    assert_eq!(
+        by_type["Group"],
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+    );
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn synthea_dataset_exports_every_resource() {
+    let Some(dir) = synthea_dir() else {
+        eprintln!("SKIPPED: the Synthea dataset (../shared/data) is not present");
+        return;
+    };
+    let want: BTreeMap<String, u64> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("counts.json")).unwrap()).unwrap();
+    let t = TestServer::start(Options {
+        source: Some(dir.clone()),
+        workers: 4,
+        ..Options::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let status = t.start_export("/$export", "").await;
+    let manifest = t.manifest(&status).await;
+    eprintln!("Synthea system export: {:?}", started.elapsed());
+    assert_eq!(counts(&manifest), want);
+    let got = t.download(&manifest, "output").await;
+    let total: usize = got.values().map(Vec::len).sum();
+    assert_eq!(total as u64, want.values().sum::<u64>());
+
+    // Group level over the real data: the 10-member group, counted independently.
+    let source = read_source(&dir);
+    let group = source["Group"]
+        .iter()
+        .find(|g| g["id"] == "BMCHealthNet")
+        .unwrap();
+    let members: BTreeSet<String> = group["member"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["entity"]["reference"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("Patient/")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(members.len(), 10);
+    let got = t
+        .export_counts(
+            "/Group/BMCHealthNet/$export",
+            "_type=Patient,Encounter,Observation",
+        )
+        .await;
+    let mut want = BTreeMap::new();
+    for ty in ["Patient", "Encounter", "Observation"] {
+        let n = source[ty]
+            .iter()
+            .filter(|r| {
+                if ty == "Patient" {
+                    return members.contains(r["id"].as_str().unwrap());
+                }
+                let mut refs = BTreeSet::new();
+                patient_refs(r, &mut refs);
+                refs.iter().any(|id| members.contains(id))
+            })
+            .count() as u64;
+        want.insert(ty.to_owned(), n);
+    }
+    assert_eq!(got, want);
+    t.server.stop().await;
+}
