@@ -59,6 +59,11 @@ enum Command {
         #[arg(long, env = "FHIR_EXPORT_SOURCE")]
         source: Option<String>,
     },
+    /// Run a Bulk Data export against any FHIR server: kick off (or re-attach), poll, download
+    /// and verify every file.
+    Export(fhir_export::client::ExportArgs),
+    /// Measure export throughput and peak memory at several sizes, beside a raw copy.
+    Bench(fhir_export::bench::BenchArgs),
     /// Write deterministic synthetic FHIR R4 NDJSON.
     Gen {
         #[arg(long, default_value_t = 100)]
@@ -80,7 +85,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } | Command::Export(_) => "warn",
         _ => "info",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -137,6 +142,14 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             }
             tracing::info!("shutting down");
             server.stop().await;
+            Ok(())
+        }
+        Command::Export(args) => {
+            fhir_export::client::run(args).await?;
+            Ok(())
+        }
+        Command::Bench(args) => {
+            fhir_export::bench::run(args).await?;
             Ok(())
         }
         Command::Demo { state, source } => {

@@ -111,6 +111,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         if let Some(v) = self.secs("FHIR_EXPORT_SIGNED_URL_TTL_SECS")? {
             s.signed_url_ttl = v;
         }
+        if let Some(v) = self.parse::<u32>("FHIR_EXPORT_MANIFEST_PAGE_CHUNKS")? {
+            s.manifest_page_chunks =
+                u32::try_from(positive("FHIR_EXPORT_MANIFEST_PAGE_CHUNKS", u64::from(v))?)
+                    .unwrap_or(u32::MAX);
+        }
         if let Some(v) = self.get("FHIR_EXPORT_FILE_ACCESS") {
             s.file_access = match v.as_str() {
                 "served" => FileAccess::Served,

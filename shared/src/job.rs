@@ -103,6 +103,9 @@ pub struct Job {
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Set by the plan step.
+    #[serde(default)]
+    pub plan: JobPlan,
 }
 
 impl Job {
@@ -128,21 +131,117 @@ impl Job {
     }
 }
 
+/// How a job's chunks are organized, decided by the plan step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPlan {
+    /// Chunks per phase, in order. Chunks of phase `n + 1` are sent once every chunk of phase
+    /// `n` is done; their indices follow those of phase `n`.
+    pub phases: Vec<u32>,
+    /// Partitions of an export organized by patient (one `Reduce` chunk each); 0 otherwise.
+    #[serde(default)]
+    pub partitions: u32,
+    /// Whether export and index chunks record the resources they selected (`Refs` files), for
+    /// Provenance selected by association.
+    #[serde(default)]
+    pub records_refs: bool,
+    /// Chunks that publish files, in publishing order (manifest pages follow it).
+    #[serde(default)]
+    pub publishing: Vec<u32>,
+    /// Publishing chunks per manifest page.
+    #[serde(default)]
+    pub page_chunks: u32,
+    /// How Provenance is chosen.
+    #[serde(default)]
+    pub provenance: ProvenanceMode,
+    /// Files the plan step published itself (warnings about the request).
+    #[serde(default)]
+    pub notes: Vec<OutputFile>,
+}
+
+impl JobPlan {
+    /// The phase a count of done chunks has reached, and whether it just completed a phase
+    /// that has a successor: `Some(next_phase)` when `done` is exactly the end of a phase.
+    pub fn phase_completed_by(&self, done: u32) -> Option<usize> {
+        let mut end = 0u32;
+        for (i, n) in self.phases.iter().enumerate() {
+            end += n;
+            if done == end && i + 1 < self.phases.len() {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    /// Chunk indices of a phase.
+    pub fn phase_range(&self, phase: usize) -> std::ops::Range<u32> {
+        let start: u32 = self.phases.iter().take(phase).sum();
+        start..start + self.phases.get(phase).copied().unwrap_or(0)
+    }
+}
+
+/// How an export picks its Provenance resources (Bulk Data IG, `includeAssociatedData`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvenanceMode {
+    /// Provenance is exported like any other type (system level without
+    /// `includeAssociatedData`).
+    #[default]
+    Plain,
+    /// Patient and Group level default: Provenance whose target is a resource in the Patient
+    /// compartment of an exported patient.
+    Compartment,
+    /// `RelevantProvenanceResources`: every Provenance that targets an exported resource.
+    Relevant,
+    /// `LatestProvenanceResources`: for each exported resource, its most recent Provenance.
+    Latest,
+}
+
 /// One unit of work: small enough for one worker invocation, deterministic so that a retry
 /// redoes exactly the same work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkSpec {
     pub index: u32,
+    #[serde(default)]
+    pub phase: u32,
     pub resource_type: ResourceType,
-    pub work: ChunkWork,
+    pub role: ChunkRole,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadSpec>,
 }
 
-/// What a chunk reads. Sources add variants as they need them.
+/// What a chunk does with what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum ChunkRole {
+    /// Select resources and write them: per-type files, or map partitions when the export is
+    /// organized by patient.
+    Export,
+    /// Select resources and only record which were selected (a type that is not exported but
+    /// whose resources decide which Provenance is).
+    Index,
+    /// Record each Provenance's targets and `recorded` time (LatestProvenanceResources).
+    ProvenanceIndex,
+    /// Select Provenance by its association with the selected resources.
+    ProvenanceSelect,
+    /// Merge one partition of every map output into patient blocks.
+    Reduce { partition: u32 },
+}
+
+/// What a source reads for one chunk. Sources add variants as they need them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ChunkWork {
+pub enum ReadSpec {
     /// Byte ranges of NDJSON objects; a line belongs to the range its first byte is in.
     Files { ranges: Vec<FileRange> },
+}
+
+/// A source's unit of reading, as its planner cuts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePiece {
+    pub resource_type: ResourceType,
+    pub read: ReadSpec,
+    /// Estimated bytes to read, for sizing.
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,23 +256,45 @@ pub struct FileRange {
     pub gzip: bool,
 }
 
-/// Output files (`output` in the manifest) or error files (`error`).
+/// What a staged file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
+    /// Published in the manifest's `output`.
     Output,
+    /// Published in the manifest's `error`.
     Error,
+    /// Map output of an export organized by patient: lines sorted by partition.
+    Map,
+    /// Sorted `Type/id\towner` lines of the resources a chunk selected.
+    Refs,
+    /// Sorted `target\trecorded\tProvenance-id` lines.
+    ProvenanceIndex,
+}
+
+impl FileKind {
+    pub fn is_published(&self) -> bool {
+        matches!(self, FileKind::Output | FileKind::Error)
+    }
 }
 
 /// A file a chunk wrote to its staging folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedFile {
     pub kind: FileKind,
-    pub resource_type: ResourceType,
+    /// `None` for files of an export organized by patient, which mix types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<ResourceType>,
     /// Key relative to the export folder.
     pub path: String,
     pub count: u64,
     pub bytes: u64,
+    /// The last patient block of this file continues in the chunk's next file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
+    /// `Map` files: byte offset where each partition starts, plus the file length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_offsets: Vec<u64>,
 }
 
 /// What a chunk produced, recorded with its completion.
@@ -189,6 +310,12 @@ pub struct ChunkRecord {
     pub spec: ChunkSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ChunkResult>,
+    /// The published names given to the chunk's output and error files (decided once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Vec<OutputFile>>,
+    /// The files are under their published names: they may be listed in a manifest.
+    #[serde(default)]
+    pub renamed: bool,
 }
 
 impl ChunkRecord {
@@ -197,21 +324,53 @@ impl ChunkRecord {
     }
 }
 
-/// A published file of a completed export.
+/// A published file of an export.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
     pub kind: FileKind,
-    pub resource_type: ResourceType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<ResourceType>,
     /// Key relative to the export folder, e.g. `Patient-1.ndjson`.
     pub name: String,
     pub count: u64,
     pub bytes: u64,
+    /// Name of the file the last patient block continues in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues_in: Option<String>,
+    /// Key of the staged file this one was moved from (relative to the export folder).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub staged: String,
+    /// Manifest page the file is listed on (1-based).
+    #[serde(default = "first_page")]
+    pub page: u32,
+}
+
+fn first_page() -> u32 {
+    1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use JobState::*;
+
+    #[test]
+    fn phases() {
+        let plan = JobPlan {
+            phases: vec![3, 2, 1],
+            ..JobPlan::default()
+        };
+        assert_eq!(plan.phase_completed_by(3), Some(1));
+        assert_eq!(plan.phase_completed_by(5), Some(2));
+        assert_eq!(
+            plan.phase_completed_by(6),
+            None,
+            "the last phase ends in finalize"
+        );
+        assert_eq!(plan.phase_completed_by(4), None);
+        assert_eq!(plan.phase_range(1), 3..5);
+        assert_eq!(plan.phase_range(2), 5..6);
+    }
 
     #[test]
     fn state_machine() {

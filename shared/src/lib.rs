@@ -8,6 +8,9 @@
 pub mod adapters;
 pub mod compartment;
 pub mod config;
+pub mod elements;
+pub mod fhir_defs;
+pub mod group;
 pub mod http;
 pub mod job;
 pub mod layout;
@@ -17,6 +20,7 @@ pub mod ndjson;
 pub mod outcome;
 pub mod ports;
 pub mod request;
+pub mod search;
 pub mod settings;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

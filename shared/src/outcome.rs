@@ -33,6 +33,7 @@ pub enum IssueCode {
     Timeout,
     Incomplete,
     TooCostly,
+    Informational,
 }
 
 impl IssueCode {
@@ -54,6 +55,7 @@ impl IssueCode {
             IssueCode::Timeout => "timeout",
             IssueCode::Incomplete => "incomplete",
             IssueCode::TooCostly => "too-costly",
+            IssueCode::Informational => "informational",
         }
     }
 }

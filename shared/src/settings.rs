@@ -41,6 +41,9 @@ pub struct Settings {
     pub signed_url_ttl: Duration,
     /// Whether callers authenticate with bearer tokens (drives `requiresAccessToken`).
     pub authenticated: bool,
+    /// Publishing chunks per manifest page (a chunk publishes about one file): a manifest
+    /// larger than this is paged with `link` `next`.
+    pub manifest_page_chunks: u32,
 }
 
 impl Settings {
@@ -57,6 +60,7 @@ impl Settings {
             file_access: FileAccess::Served,
             signed_url_ttl: Duration::from_secs(900),
             authenticated: false,
+            manifest_page_chunks: 1000,
         }
     }
 

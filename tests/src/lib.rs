@@ -202,6 +202,30 @@ impl TestServer {
         out
     }
 
+    /// Every line of every `output` file (for manifests whose items have no `type`).
+    pub async fn download_any(&self, manifest: &Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        for item in manifest["output"].as_array().expect("output") {
+            let url = item["url"].as_str().expect("url");
+            let body = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .expect("file")
+                .text()
+                .await
+                .expect("body");
+            for line in body.lines() {
+                let v: Value = serde_json::from_str(line).expect("json line");
+                if v["resourceType"] != "Parameters" {
+                    out.push(v);
+                }
+            }
+        }
+        out
+    }
+
     /// Count per type of a completed export.
     pub async fn export_counts(&self, path: &str, query: &str) -> BTreeMap<String, u64> {
         let status = self.start_export(path, query).await;

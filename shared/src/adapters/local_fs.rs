@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use std::io::{Read, Seek, Write};
+
+use bytes::BytesMut;
 
 use crate::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, validate_key};
 
@@ -104,7 +104,9 @@ impl ObjectStore for LocalFsStore {
         let tmp = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
         let file = tokio::fs::File::create(&tmp)
             .await
-            .map_err(|e| map_io(key, e))?;
+            .map_err(|e| map_io(key, e))?
+            .into_std()
+            .await;
         Ok(Box::new(LocalWriter {
             key: key.to_owned(),
             target,
@@ -121,25 +123,63 @@ impl ObjectStore for LocalFsStore {
         end: Option<u64>,
     ) -> Result<ByteStream, ObjectError> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| map_io(key, e))?;
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(|e| map_io(key, e))?;
-        }
         let owned_key = key.to_owned();
-        let stream = match end {
-            Some(end) => {
-                ReaderStream::with_capacity(file.take(end.saturating_sub(start)), READ_BUFFER)
-                    .boxed()
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let mut f = std::fs::File::open(&path)?;
+            if start > 0 {
+                f.seek(std::io::SeekFrom::Start(start))?;
             }
-            None => ReaderStream::with_capacity(file, READ_BUFFER).boxed(),
+            Ok(f)
+        })
+        .await
+        .map_err(|e| ObjectError::backend(key, e))?
+        .map_err(|e| map_io(key, e))?;
+        // Each read runs on the blocking pool straight into a buffer allocated here, on the
+        // async side: one copy from the page cache, and no allocation on blocking threads
+        // (each of which would get a malloc arena of its own and keep its memory).
+        let state = ReadState {
+            file: Some(file),
+            left: end.map(|e| e.saturating_sub(start)),
+            key: owned_key,
         };
-        Ok(stream
-            .map(move |r| r.map_err(|e| map_io(&owned_key, e)))
-            .boxed())
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut st| async move {
+                let want = st
+                    .left
+                    .map_or(READ_BUFFER, |l| l.min(READ_BUFFER as u64) as usize);
+                let file = st.file.take()?;
+                if want == 0 {
+                    return None;
+                }
+                let buf = BytesMut::zeroed(want);
+                let joined = tokio::task::spawn_blocking(move || {
+                    let mut file = file;
+                    let mut buf = buf;
+                    let r = loop {
+                        match file.read(&mut buf) {
+                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                            other => break other,
+                        }
+                    };
+                    (file, buf, r)
+                })
+                .await;
+                match joined {
+                    Err(e) => Some((Err(ObjectError::backend(&st.key, e)), st)),
+                    Ok((_, _, Ok(0))) => None,
+                    Ok((file, mut buf, Ok(n))) => {
+                        buf.truncate(n);
+                        if let Some(l) = st.left.as_mut() {
+                            *l -= n as u64;
+                        }
+                        st.file = Some(file);
+                        Some((Ok(buf.freeze()), st))
+                    }
+                    Ok((_, _, Err(e))) => Some((Err(map_io(&st.key, e)), st)),
+                }
+            },
+        )))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError> {
@@ -221,41 +261,53 @@ impl ObjectStore for LocalFsStore {
     }
 }
 
+struct ReadState {
+    /// `None` once the read ended (or failed).
+    file: Option<std::fs::File>,
+    left: Option<u64>,
+    key: String,
+}
+
 struct LocalWriter {
     key: String,
     target: PathBuf,
     tmp: Option<PathBuf>,
-    file: Option<tokio::fs::File>,
+    /// A std file written on the blocking pool, so that data is handed over without the copy
+    /// `tokio::fs::File` makes into its own buffer.
+    file: Option<std::fs::File>,
     size: u64,
 }
 
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, data: Bytes) -> Result<(), ObjectError> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
-        file.write_all(&data)
-            .await
-            .map_err(|e| ObjectError::backend(&self.key, e))?;
-        self.size += data.len() as u64;
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64, ObjectError> {
         let mut file = self
             .file
             .take()
             .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
+        let len = data.len() as u64;
+        let (file, written) = tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&data);
+            (file, r)
+        })
+        .await
+        .map_err(|e| ObjectError::backend(&self.key, e))?;
+        self.file = Some(file);
+        written.map_err(|e| ObjectError::backend(&self.key, e))?;
+        self.size += len;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64, ObjectError> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
         let key = self.key.clone();
-        file.flush()
+        tokio::task::spawn_blocking(move || file.sync_data())
             .await
+            .map_err(|e| ObjectError::backend(&key, e))?
             .map_err(|e| ObjectError::backend(&key, e))?;
-        file.sync_data()
-            .await
-            .map_err(|e| ObjectError::backend(&key, e))?;
-        drop(file);
         if let Some(parent) = self.target.parent() {
             tokio::fs::create_dir_all(parent)
                 .await

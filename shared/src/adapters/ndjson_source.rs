@@ -10,21 +10,23 @@
 //! or by patient: splitting by time window or patient batch would read every file once per
 //! chunk, so byte ranges are the split that reads each byte once.)
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_compression::tokio::bufread::GzipDecoder;
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
-use crate::job::{ChunkSpec, ChunkWork, FileRange};
+use crate::job::{FileRange, ReadSpec, SourcePiece};
 use crate::model::{LogicalId, ResourceType};
 use crate::ndjson::read_head;
 use crate::ports::{
-    ObjectError, ObjectStore, Origin, RecordBatch, RecordReader, ResourceSource, SourceError,
+    ByteStream, ObjectError, ObjectStore, Origin, RecordBatch, RecordReader, ResourceSource,
+    SourceError,
 };
 
 /// A batch is handed on once it holds this many bytes or records.
@@ -102,6 +104,32 @@ impl NdjsonSource {
     fn relative<'a>(&self, key: &'a str) -> &'a str {
         key.strip_prefix(&self.prefix).unwrap_or(key)
     }
+
+    /// Calls `f(line, id)` for every valid resource line of type `t` until it returns false.
+    async fn scan(
+        &self,
+        t: ResourceType,
+        mut f: impl FnMut(&[u8], &str) -> bool + Send,
+    ) -> Result<(), SourceError> {
+        for file in self
+            .files()
+            .await?
+            .into_iter()
+            .filter(|f| f.resource_type == t)
+        {
+            let mut lines = Lines::open(&self.store, &file.key, 0, file.gzip).await?;
+            while let Some(line) = lines.next().await? {
+                let Line::Text(line, _) = line else { continue };
+                if let Ok(head) = read_head(&line)
+                    && head.resource_type == t.as_str()
+                    && !f(&line, &head.id)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -110,7 +138,7 @@ impl ResourceSource for NdjsonSource {
         &self,
         types: &[ResourceType],
         chunk_bytes: u64,
-    ) -> Result<Vec<ChunkSpec>, SourceError> {
+    ) -> Result<Vec<SourcePiece>, SourceError> {
         let chunk_bytes = chunk_bytes.max(1);
         let mut by_type: BTreeMap<ResourceType, Vec<SourceFile>> = BTreeMap::new();
         for f in self.files().await? {
@@ -124,12 +152,12 @@ impl ResourceSource for NdjsonSource {
             let mut weight = 0u64;
             let mut flush = |ranges: &mut Vec<FileRange>, weight: &mut u64| {
                 if !ranges.is_empty() {
-                    chunks.push(ChunkSpec {
-                        index: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
+                    chunks.push(SourcePiece {
                         resource_type,
-                        work: ChunkWork::Files {
+                        read: ReadSpec::Files {
                             ranges: std::mem::take(ranges),
                         },
+                        bytes: *weight,
                     });
                 }
                 *weight = 0;
@@ -186,8 +214,8 @@ impl ResourceSource for NdjsonSource {
         Ok(types)
     }
 
-    async fn open(&self, chunk: &ChunkSpec) -> Result<Box<dyn RecordReader>, SourceError> {
-        let ChunkWork::Files { ranges } = &chunk.work;
+    async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
+        let ReadSpec::Files { ranges } = read;
         Ok(Box::new(NdjsonReader {
             store: self.store.clone(),
             prefix: self.prefix.clone(),
@@ -199,35 +227,37 @@ impl ResourceSource for NdjsonSource {
     }
 
     async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
-        for f in self
-            .files()
-            .await?
-            .into_iter()
-            .filter(|f| f.resource_type == t)
-        {
-            let mut reader = open_lines(&self.store, &f.key, 0, f.gzip).await?;
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let (n, too_long) = read_line_bounded(&mut reader, &mut line).await?;
-                if n == 0 {
-                    break;
-                }
-                if too_long {
-                    continue;
-                }
-                let line = trim_line(&line);
-                if let Ok(head) = read_head(line)
-                    && head.id == id.as_str()
-                    && head.resource_type == t.as_str()
-                {
-                    return serde_json::from_slice(line)
-                        .map(Some)
-                        .map_err(|e| SourceError::Backend(Box::new(e)));
-                }
+        let mut found = None;
+        self.scan(t, |line, head_id| {
+            if head_id == id.as_str() {
+                found = Some(
+                    serde_json::from_slice(line).map_err(|e| SourceError::Backend(Box::new(e))),
+                );
+                return false;
             }
-        }
-        Ok(None)
+            true
+        })
+        .await?;
+        found.transpose()
+    }
+
+    async fn existing(
+        &self,
+        t: ResourceType,
+        ids: &[LogicalId],
+    ) -> Result<HashSet<LogicalId>, SourceError> {
+        let wanted: HashSet<&str> = ids.iter().map(LogicalId::as_str).collect();
+        let mut found = HashSet::new();
+        self.scan(t, |_, head_id| {
+            if wanted.contains(head_id)
+                && let Ok(id) = LogicalId::parse(head_id)
+            {
+                found.insert(id);
+            }
+            found.len() < wanted.len()
+        })
+        .await?;
+        Ok(found)
     }
 
     fn describe(&self) -> String {
@@ -235,79 +265,135 @@ impl ResourceSource for NdjsonSource {
     }
 }
 
-type LineStream = Box<dyn AsyncBufRead + Unpin + Send>;
+/// Where decoded bytes come from: the object's own chunks, or a gzip decoder over them.
+enum Chunks {
+    Plain(ByteStream),
+    Gzip(Box<dyn AsyncRead + Unpin + Send>),
+}
 
-async fn open_lines(
-    store: &Arc<dyn ObjectStore>,
-    key: &str,
-    start: u64,
-    gzip: bool,
-) -> Result<LineStream, SourceError> {
-    let stream = store
-        .read(key, start, None)
-        .await
-        .map_err(source_err)?
-        .map_err(std::io::Error::other);
-    let raw = StreamReader::new(stream);
-    Ok(if gzip {
-        let mut decoder = GzipDecoder::new(raw);
-        decoder.multiple_members(true);
-        Box::new(BufReader::with_capacity(256 * 1024, decoder))
-    } else {
-        Box::new(raw)
-    })
+impl Chunks {
+    async fn next(&mut self) -> Result<Option<Bytes>, SourceError> {
+        match self {
+            Chunks::Plain(s) => s.next().await.transpose().map_err(source_err),
+            Chunks::Gzip(r) => {
+                let mut buf = BytesMut::with_capacity(GZIP_CHUNK);
+                while buf.len() < GZIP_CHUNK {
+                    if r.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+                        break;
+                    }
+                }
+                Ok((!buf.is_empty()).then(|| buf.freeze()))
+            }
+        }
+    }
+}
+
+const GZIP_CHUNK: usize = 256 * 1024;
+
+/// One line read by [`Lines`].
+enum Line {
+    /// The line without its terminator, and the bytes it took (terminator included).
+    Text(Bytes, usize),
+    /// A line longer than `MAX_LINE_BYTES`, skipped; the bytes it took.
+    TooLong(usize),
+}
+
+/// Splits a stream of chunks into lines. A line inside one chunk is a slice of it (no copy);
+/// only lines that straddle chunks are copied, into `carry`.
+struct Lines {
+    chunks: Chunks,
+    cur: Bytes,
+    carry: BytesMut,
+}
+
+impl Lines {
+    async fn open(
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        start: u64,
+        gzip: bool,
+    ) -> Result<Lines, SourceError> {
+        let stream = store.read(key, start, None).await.map_err(source_err)?;
+        let chunks = if gzip {
+            let raw = StreamReader::new(stream.map_err(std::io::Error::other));
+            let mut decoder = GzipDecoder::new(BufReader::with_capacity(64 * 1024, raw));
+            decoder.multiple_members(true);
+            Chunks::Gzip(Box::new(decoder))
+        } else {
+            Chunks::Plain(stream)
+        };
+        Ok(Lines {
+            chunks,
+            cur: Bytes::new(),
+            carry: BytesMut::new(),
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<Line>, SourceError> {
+        let mut too_long = false;
+        let mut consumed = 0usize;
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.cur) {
+                let part = self.cur.split_to(i + 1);
+                consumed += part.len();
+                if too_long {
+                    return Ok(Some(Line::TooLong(consumed)));
+                }
+                let whole = if self.carry.is_empty() {
+                    part
+                } else if self.carry.len() + part.len() > MAX_LINE_BYTES + 2 {
+                    self.carry.clear();
+                    return Ok(Some(Line::TooLong(consumed)));
+                } else {
+                    self.carry.extend_from_slice(&part);
+                    self.carry.split().freeze()
+                };
+                return Ok(Some(Line::Text(trim_bytes(whole), consumed)));
+            }
+            let rest = std::mem::take(&mut self.cur);
+            consumed += rest.len();
+            if !too_long {
+                if self.carry.len() + rest.len() > MAX_LINE_BYTES {
+                    too_long = true;
+                    self.carry.clear();
+                } else {
+                    self.carry.extend_from_slice(&rest);
+                }
+            }
+            match self.chunks.next().await? {
+                Some(c) => self.cur = c,
+                None => {
+                    if too_long {
+                        return Ok(Some(Line::TooLong(consumed)));
+                    }
+                    if self.carry.is_empty() {
+                        return Ok(None);
+                    }
+                    let last = self.carry.split().freeze();
+                    return Ok(Some(Line::Text(trim_bytes(last), consumed)));
+                }
+            }
+        }
+    }
 }
 
 fn io_err(e: std::io::Error) -> SourceError {
     SourceError::Backend(Box::new(e))
 }
 
-/// Reads one line (terminator included) into `buf`, keeping at most `MAX_LINE_BYTES` of it.
-/// Returns the bytes consumed and whether the line was cut.
-async fn read_line_bounded(
-    reader: &mut LineStream,
-    buf: &mut Vec<u8>,
-) -> Result<(usize, bool), SourceError> {
-    let start_len = buf.len();
-    let mut consumed = 0usize;
-    let mut too_long = false;
-    loop {
-        let available = reader.fill_buf().await.map_err(io_err)?;
-        if available.is_empty() {
-            break;
-        }
-        let (take, found) = match memchr::memchr(b'\n', available) {
-            Some(i) => (i + 1, true),
-            None => (available.len(), false),
-        };
-        if !too_long {
-            if buf.len() - start_len + take > MAX_LINE_BYTES {
-                too_long = true;
-                buf.truncate(start_len);
-            } else {
-                buf.extend_from_slice(&available[..take]);
-            }
-        }
-        reader.consume(take);
-        consumed += take;
-        if found {
-            break;
-        }
-    }
-    Ok((consumed, too_long))
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
+/// The line without its `\n` or `\r\n`.
+fn trim_bytes(mut line: Bytes) -> Bytes {
     let mut end = line.len();
     while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
         end -= 1;
     }
-    &line[..end]
+    line.truncate(end);
+    line
 }
 
 struct OpenRange {
     index: usize,
-    reader: LineStream,
+    lines: Lines,
     /// Offset of the next line in the object.
     pos: u64,
     end: Option<u64>,
@@ -332,24 +418,29 @@ impl NdjsonReader {
         let index = self.next_range;
         self.next_range += 1;
         let key = format!("{}{}", self.prefix, range.object);
-        let (mut reader, mut pos) = if range.start > 0 && !range.gzip {
+        let mut pos = 0;
+        let mut lines = if range.start > 0 && !range.gzip {
             // Start one byte early: if that byte ends a line, the line at `start` is ours;
             // otherwise the partial line belongs to the previous range.
-            (
-                open_lines(&self.store, &key, range.start - 1, false).await?,
-                range.start - 1,
-            )
+            pos = range.start - 1;
+            let mut lines = Lines::open(&self.store, &key, pos, false).await?;
+            match lines.next().await? {
+                Some(Line::Text(_, n) | Line::TooLong(n)) => pos += n as u64,
+                None => {}
+            }
+            lines
         } else {
-            (open_lines(&self.store, &key, 0, range.gzip).await?, 0)
+            Lines::open(&self.store, &key, 0, range.gzip).await?
         };
-        if range.start > 0 && !range.gzip {
-            let mut skipped = Vec::new();
-            let (n, _) = read_line_bounded(&mut reader, &mut skipped).await?;
-            pos += n as u64;
+        if range.gzip && range.start > 0 {
+            // Planning never splits gzip files; a spec saying otherwise is skipped whole.
+            while let Some(Line::Text(_, n) | Line::TooLong(n)) = lines.next().await? {
+                pos += n as u64;
+            }
         }
         self.open = Some(OpenRange {
             index,
-            reader,
+            lines,
             pos,
             end: range.end,
             line: 0,
@@ -387,7 +478,7 @@ impl NdjsonReader {
 impl RecordReader for NdjsonReader {
     async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError> {
         batch.clear();
-        while batch.data.len() < BATCH_BYTES && batch.records.len() < BATCH_RECORDS {
+        while batch.bytes < BATCH_BYTES && batch.records.len() < BATCH_RECORDS {
             if self.open.is_none() && !self.open_next().await? {
                 break;
             }
@@ -398,31 +489,29 @@ impl RecordReader for NdjsonReader {
                 self.open = None;
                 continue;
             }
-            let start = batch.data.len();
-            let (n, too_long) = read_line_bounded(&mut open.reader, &mut batch.data).await?;
-            if n == 0 {
+            let Some(line) = open.lines.next().await? else {
                 self.open = None;
                 continue;
-            }
+            };
             let origin = Origin {
                 range: open.index,
                 offset: open.pos,
                 line_in_range: open.line + 1,
             };
-            open.pos += n as u64;
             open.line += 1;
-            if too_long {
-                // An empty record stands for the cut line; the worker reports it.
-                batch.records.push((start..start, origin));
-                continue;
+            match line {
+                Line::TooLong(n) => {
+                    open.pos += n as u64;
+                    // An empty record stands for the cut line; the worker reports it.
+                    batch.push(Bytes::new(), origin);
+                }
+                Line::Text(text, n) => {
+                    open.pos += n as u64;
+                    if !text.iter().all(u8::is_ascii_whitespace) {
+                        batch.push(text, origin);
+                    }
+                }
             }
-            let trimmed = trim_line(&batch.data[start..]).len();
-            batch.data.truncate(start + trimmed);
-            if batch.data[start..].iter().all(u8::is_ascii_whitespace) {
-                batch.data.truncate(start);
-                continue;
-            }
-            batch.records.push((start..start + trimmed, origin));
         }
         Ok(!batch.records.is_empty())
     }
@@ -467,10 +556,10 @@ mod tests {
         assert_eq!(classify("Unknown.ndjson"), None);
     }
 
-    async fn read_all(source: &NdjsonSource, chunks: &[ChunkSpec]) -> Vec<String> {
+    async fn read_all(source: &NdjsonSource, chunks: &[SourcePiece]) -> Vec<String> {
         let mut out = Vec::new();
         for c in chunks {
-            let mut r = source.open(c).await.expect("open");
+            let mut r = source.open(&c.read).await.expect("open");
             let mut batch = RecordBatch::default();
             while r.next_batch(&mut batch).await.expect("batch") {
                 for (line, _) in batch.iter() {
@@ -569,7 +658,7 @@ mod tests {
             .await
             .expect("plan");
         assert!(chunks.len() > 3);
-        let mut r = source.open(&chunks[3]).await.expect("open");
+        let mut r = source.open(&chunks[3].read).await.expect("open");
         let mut batch = RecordBatch::default();
         assert!(r.next_batch(&mut batch).await.expect("batch"));
         let (line, origin) = batch.iter().next().expect("a record");

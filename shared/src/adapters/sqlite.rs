@@ -35,7 +35,15 @@ CREATE TABLE IF NOT EXISTS chunks (
     idx INTEGER NOT NULL,
     spec TEXT NOT NULL,
     result TEXT,
+    published TEXT,
+    renamed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    next INTEGER NOT NULL,
+    PRIMARY KEY (job_id, name)
 );
 CREATE TABLE IF NOT EXISTS outputs (
     job_id TEXT NOT NULL,
@@ -288,15 +296,15 @@ impl JobStore for SqliteJobStore {
         let id = id.clone();
         self.db
             .with(move |c| {
-                let row: Option<(String, Option<String>)> = c
-                    .query_row(
-                        "SELECT spec, result FROM chunks WHERE job_id = ?1 AND idx = ?2",
-                        params![id.as_str(), index],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
-                    .map_err(backend)?;
-                row.map(|(s, r)| chunk_record(&s, r.as_deref())).transpose()
+                c.query_row(
+                    "SELECT spec, result, published, renamed FROM chunks WHERE job_id = ?1 AND idx = ?2",
+                    params![id.as_str(), index],
+                    chunk_row,
+                )
+                .optional()
+                .map_err(backend)?
+                .map(|row| chunk_record(&row))
+                .transpose()
             })
             .await
     }
@@ -306,18 +314,12 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let mut stmt = c
-                    .prepare("SELECT spec, result FROM chunks WHERE job_id = ?1 ORDER BY idx")
+                    .prepare(
+                        "SELECT spec, result, published, renamed FROM chunks WHERE job_id = ?1 ORDER BY idx",
+                    )
                     .map_err(backend)?;
-                let rows = stmt
-                    .query_map([id.as_str()], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-                    })
-                    .map_err(backend)?;
-                rows.map(|r| {
-                    let (s, res) = r.map_err(backend)?;
-                    chunk_record(&s, res.as_deref())
-                })
-                .collect()
+                let rows = stmt.query_map([id.as_str()], chunk_row).map_err(backend)?;
+                rows.map(|r| chunk_record(&r.map_err(backend)?)).collect()
             })
             .await
     }
@@ -378,6 +380,84 @@ impl JobStore for SqliteJobStore {
                     done: job.chunks_done,
                     total: job.chunks_total,
                 })
+            })
+            .await
+    }
+
+    async fn reserve(&self, id: &JobId, counter: &str, n: u32) -> Result<u64, StoreError> {
+        let id = id.clone();
+        let counter = counter.to_owned();
+        self.db
+            .with(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO counters (job_id, name, next) VALUES (?1, ?2, 1)",
+                    params![id.as_str(), counter],
+                )
+                .map_err(backend)?;
+                let first: i64 = tx
+                    .query_row(
+                        "UPDATE counters SET next = next + ?3 WHERE job_id = ?1 AND name = ?2 RETURNING next - ?3",
+                        params![id.as_str(), counter, i64::from(n)],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                u64::try_from(first).map_err(backend)
+            })
+            .await
+    }
+
+    async fn set_published(
+        &self,
+        id: &JobId,
+        index: u32,
+        files: &[OutputFile],
+    ) -> Result<Vec<OutputFile>, StoreError> {
+        let id = id.clone();
+        let body = serde_json::to_string(files).map_err(backend)?;
+        self.db
+            .with(move |c| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                tx.execute(
+                    "UPDATE chunks SET published = ?3 WHERE job_id = ?1 AND idx = ?2 AND published IS NULL",
+                    params![id.as_str(), index, body],
+                )
+                .map_err(backend)?;
+                let standing: Option<Option<String>> = tx
+                    .query_row(
+                        "SELECT published FROM chunks WHERE job_id = ?1 AND idx = ?2",
+                        params![id.as_str(), index],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                let standing = standing.flatten().ok_or(StoreError::NotFound)?;
+                serde_json::from_str(&standing).map_err(backend)
+            })
+            .await
+    }
+
+    async fn mark_renamed(&self, id: &JobId, index: u32) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                let n = c
+                    .execute(
+                        "UPDATE chunks SET renamed = 1 WHERE job_id = ?1 AND idx = ?2",
+                        params![id.as_str(), index],
+                    )
+                    .map_err(backend)?;
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::NotFound)
+                }
             })
             .await
     }
@@ -476,7 +556,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let tx = c.transaction().map_err(backend)?;
-                for table in ["outputs", "chunks"] {
+                for table in ["outputs", "chunks", "counters"] {
                     tx.execute(
                         &format!("DELETE FROM {table} WHERE job_id = ?1"),
                         [id.as_str()],
@@ -491,13 +571,26 @@ impl JobStore for SqliteJobStore {
     }
 }
 
-fn chunk_record(spec: &str, result: Option<&str>) -> Result<ChunkRecord, StoreError> {
+type ChunkRow = (String, Option<String>, Option<String>, i64);
+
+fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn chunk_record((spec, result, published, renamed): &ChunkRow) -> Result<ChunkRecord, StoreError> {
     Ok(ChunkRecord {
         spec: serde_json::from_str(spec).map_err(backend)?,
         result: result
+            .as_deref()
             .map(serde_json::from_str)
             .transpose()
             .map_err(backend)?,
+        published: published
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(backend)?,
+        renamed: *renamed != 0,
     })
 }
 

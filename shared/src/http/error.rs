@@ -19,6 +19,8 @@ pub enum ApiError {
     JobNotFound,
     #[error("no such file in this export")]
     FileNotFound,
+    #[error("no such manifest page (yet)")]
+    PageNotFound,
     #[error("the export failed: {0}")]
     JobFailed(String),
     #[error("the request body is too large or unreadable")]
@@ -46,9 +48,10 @@ impl ApiError {
                 KickoffError::GroupNotFound { .. } => StatusCode::NOT_FOUND,
                 _ => StatusCode::BAD_REQUEST,
             },
-            ApiError::JobNotFound | ApiError::FileNotFound | ApiError::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::JobNotFound
+            | ApiError::FileNotFound
+            | ApiError::PageNotFound
+            | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::JobFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::BodyRejected(s) => *s,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -78,9 +81,10 @@ impl ApiError {
                     None => issue,
                 }
             }
-            ApiError::JobNotFound | ApiError::FileNotFound | ApiError::RouteNotFound => {
-                Issue::error(IssueCode::NotFound, text)
-            }
+            ApiError::JobNotFound
+            | ApiError::FileNotFound
+            | ApiError::PageNotFound
+            | ApiError::RouteNotFound => Issue::error(IssueCode::NotFound, text),
             ApiError::JobFailed(_) => Issue::error(IssueCode::Exception, text),
             ApiError::BodyRejected(_) => Issue::error(IssueCode::TooCostly, text),
             ApiError::MethodNotAllowed => Issue::error(IssueCode::NotSupported, text),

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::{Caller, FilesState, owned_job};
-use crate::job::JobState;
+use crate::job::{JobState, OutputFile};
 use crate::layout::is_published_name;
 use crate::settings::FileAccess;
 
@@ -31,13 +31,24 @@ async fn serve(
     name: &str,
 ) -> Result<Response, ApiError> {
     let job = owned_job(state.jobs.as_ref(), caller, id).await?;
-    if job.state != JobState::Completed || !is_published_name(name) {
+    if !is_published_name(name) {
         return Err(ApiError::FileNotFound);
     }
-    let file = state
-        .jobs
-        .outputs(&job.id)
-        .await?
+    let published: Vec<OutputFile> = match job.state {
+        JobState::Completed => state.jobs.outputs(&job.id).await?,
+        // A partial manifest lists the files of published chunks while the export runs.
+        JobState::Running if job.request.allow_partial_manifests => {
+            let mut files = job.plan.notes.clone();
+            for c in state.jobs.chunks(&job.id).await? {
+                if c.renamed {
+                    files.extend(c.published.unwrap_or_default());
+                }
+            }
+            files
+        }
+        _ => return Err(ApiError::FileNotFound),
+    };
+    let file = published
         .into_iter()
         .find(|f| f.name == name)
         .ok_or(ApiError::FileNotFound)?;

@@ -8,11 +8,14 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, outcome_response};
 use super::{Caller, KickoffState};
+use crate::group::current_members;
 use crate::job::{Job, JobState};
 use crate::layout;
 use crate::model::{JobId, LogicalId, ResourceType};
 use crate::outcome::{Issue, single};
-use crate::request::{ExportLevel, KickoffError, KickoffInput, Method, parse_kickoff};
+use crate::request::{
+    ExportLevel, KickoffError, KickoffInput, Method, narrow_patients, parse_kickoff,
+};
 use crate::worker::WorkMessage;
 
 /// How long a job record lives while it runs; a running job this old is given up by the sweep.
@@ -131,14 +134,36 @@ async fn kickoff(
         prefer: header_values(headers, header::HeaderName::from_static("prefer")),
         url: format!("{}{}", state.settings.public_base_url, path),
     };
-    let request = parse_kickoff(&input, &state.caps)?;
-    if let ExportLevel::Group(id) = &level
-        && state.source.read(ResourceType::GROUP, id).await?.is_none()
-    {
-        return Err(KickoffError::GroupNotFound { id: id.to_string() }.into());
+    let mut request = parse_kickoff(&input, &state.caps)?;
+    let now = chrono::Utc::now();
+    match &level {
+        ExportLevel::Group(id) => {
+            let Some(group) = state.source.read(ResourceType::GROUP, id).await? else {
+                return Err(KickoffError::GroupNotFound { id: id.to_string() }.into());
+            };
+            if !request.patients.is_empty() {
+                let members = current_members(&group, now.timestamp_micros());
+                narrow_patients(
+                    &mut request,
+                    &|p| members.binary_search_by(|m| m.as_str().cmp(p)).is_ok(),
+                    &format!("not a current member of Group/{id}"),
+                )?;
+            }
+        }
+        ExportLevel::Patient if !request.patients.is_empty() => {
+            let found = state
+                .source
+                .existing(ResourceType::PATIENT, &request.patients)
+                .await?;
+            narrow_patients(
+                &mut request,
+                &|p| found.iter().any(|f| f.as_str() == p),
+                "no such patient",
+            )?;
+        }
+        _ => {}
     }
 
-    let now = chrono::Utc::now();
     let id = JobId::new();
     let job = Job {
         output_prefix: layout::export_prefix(request.container.as_deref(), &id),
@@ -156,6 +181,7 @@ async fn kickoff(
         expires_at: now + ACTIVE_JOB_TTL,
         completed_at: None,
         failure: None,
+        plan: Default::default(),
     };
     state.jobs.create(&job).await?;
     if let Err(e) = state

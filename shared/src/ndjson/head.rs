@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::scan::{Str, scan};
 use crate::model::fhir_time::instant_micros;
 
 #[derive(Deserialize)]
@@ -49,6 +50,46 @@ pub enum LineError {
 
 /// Parses and validates one line (without its terminator).
 pub fn read_head(line: &[u8]) -> Result<LineHead<'_>, LineError> {
+    let cap =
+        scan(line).map_err(|e| LineError::Json(format!("{} at column {}", e.what, e.column)))?;
+    if !cap.is_object {
+        return Err(LineError::NotAnObject);
+    }
+    if let Some(field) = cap.duplicate {
+        return Err(LineError::Json(format!("duplicate field `{field}`")));
+    }
+    if let Some(field) = cap.wrong_type {
+        return Err(LineError::Json(format!("`{field}` has the wrong type")));
+    }
+    let text = |s: Str| -> Result<Cow<'_, str>, LineError> {
+        let raw = &line[s.start..s.end];
+        if s.escaped {
+            serde_json::from_slice::<String>(&line[s.start - 1..s.end + 1])
+                .map(Cow::Owned)
+                .map_err(|e| LineError::Json(position_only(&e)))
+        } else {
+            // The scanner has checked the line is UTF-8.
+            std::str::from_utf8(raw)
+                .map(Cow::Borrowed)
+                .map_err(|_| LineError::Json("invalid UTF-8".into()))
+        }
+    };
+    let resource_type = text(cap.resource_type.ok_or(LineError::NoResourceType)?)?;
+    let id = text(cap.id.ok_or(LineError::NoId)?)?;
+    let last_updated = match cap.last_updated {
+        Some(s) => Some(instant_micros(text(s)?.as_bytes()).ok_or(LineError::BadLastUpdated)?),
+        None => None,
+    };
+    Ok(LineHead {
+        resource_type,
+        id,
+        last_updated,
+    })
+}
+
+/// The same as [`read_head`] through `serde_json`: the reference the scanner is tested
+/// against.
+pub fn read_head_serde(line: &[u8]) -> Result<LineHead<'_>, LineError> {
     let first = line.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(match first {
@@ -137,6 +178,69 @@ mod tests {
             read_head(br#"{"resourceType":1,"id":"x"}"#),
             Err(LineError::Json(_))
         ));
+    }
+
+    /// Verdicts and captured fields of the scanner and of serde_json agree on real lines and
+    /// on many mutations of them.
+    #[test]
+    fn scanner_agrees_with_serde_json() {
+        let seeds: Vec<Vec<u8>> = vec![
+            br#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"1","lastUpdated":"2024-01-01T00:00:00Z"},"name":[{"family":"M\u00fcller","given":["J"]}],"active":true,"multipleBirthInteger":2,"extension":[{"url":"x","valueDecimal":-1.5e-3}]}"#.to_vec(),
+            br#"{"id":"o\/1","resourceType":"Observation","valueQuantity":{"value":0.0,"unit":"mg"},"note":[],"x":null,"y":false}"#.to_vec(),
+            br#" { "resourceType" : "Encounter" , "id" : "e" , "meta" : { "lastUpdated" : "2021-06-01T00:00:00.000+02:00" } } "#.to_vec(),
+            "{\"resourceType\":\"Patient\",\"id\":\"\u{e9}t\u{e9}\",\"text\":{\"div\":\"<div>caf\u{e9} \\\"x\\\"</div>\"}}".as_bytes().to_vec(),
+        ];
+        let alphabet = b"{}[]\":,\\ 0-1eE.+tfnul\"x\x01\xff";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut checked = 0;
+        for seed in &seeds {
+            for round in 0..4000 {
+                let mut line = seed.clone();
+                let edits = if round == 0 { 0 } else { 1 + rnd() % 3 };
+                for _ in 0..edits {
+                    let at = (rnd() as usize) % (line.len() + 1);
+                    let c = alphabet[(rnd() as usize) % alphabet.len()];
+                    match rnd() % 3 {
+                        0 if at < line.len() => {
+                            line.remove(at);
+                        }
+                        1 if at < line.len() => line[at] = c,
+                        _ => line.insert(at, c),
+                    }
+                }
+                let fast = read_head(&line);
+                checked += 1;
+                if std::str::from_utf8(&line).is_err() {
+                    // serde_json skips ignored strings without checking their UTF-8; a line
+                    // that is not UTF-8 is not JSON, and would not be valid NDJSON output.
+                    assert!(fast.is_err(), "{}", String::from_utf8_lossy(&line));
+                    continue;
+                }
+                let slow = read_head_serde(&line);
+                match (&fast, &slow) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{}", String::from_utf8_lossy(&line)),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!(
+                        "disagree on {:?}: scanner {fast:?}, serde {slow:?}",
+                        String::from_utf8_lossy(&line)
+                    ),
+                }
+            }
+        }
+        assert_eq!(checked, 16_000);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let mut line = br#"{"resourceType":"Basic","id":"b","x":"#.to_vec();
+        line.extend(std::iter::repeat_n(b'[', 100_000));
+        assert!(read_head(&line).is_err());
     }
 
     #[test]

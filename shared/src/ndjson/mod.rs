@@ -1,6 +1,7 @@
 //! NDJSON: reading the head of a resource line, and writing rolled-over part files.
 
 pub mod head;
+pub mod scan;
 pub mod writer;
 
 pub use head::{LineError, LineHead, read_head};

@@ -18,7 +18,7 @@ pub struct PartWriter {
     dir: String,
     stem: String,
     kind: FileKind,
-    resource_type: ResourceType,
+    resource_type: Option<ResourceType>,
     max_bytes: u64,
     part: u32,
     current: Option<Box<dyn ObjectWriter>>,
@@ -39,7 +39,7 @@ impl PartWriter {
         relative_to: String,
         stem: &str,
         kind: FileKind,
-        resource_type: ResourceType,
+        resource_type: impl Into<Option<ResourceType>>,
         max_bytes: u64,
     ) -> Self {
         PartWriter {
@@ -47,7 +47,7 @@ impl PartWriter {
             dir,
             stem: stem.to_owned(),
             kind,
-            resource_type,
+            resource_type: resource_type.into(),
             max_bytes: max_bytes.max(1),
             part: 0,
             current: None,
@@ -77,6 +77,20 @@ impl PartWriter {
         self.part_count += 1;
         if self.buf.len() >= BUFFER {
             self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a line of `len` bytes fits in the open part (an empty part takes anything).
+    pub fn fits(&self, len: usize) -> bool {
+        self.current.is_none() || self.part_bytes + (len as u64) < self.max_bytes
+    }
+
+    /// Closes the open part now; `continues` marks its last block as going on in the next.
+    pub async fn roll(&mut self, continues: bool) -> Result<(), ObjectError> {
+        self.close_part().await?;
+        if continues && let Some(last) = self.done.last_mut() {
+            last.continues = true;
         }
         Ok(())
     }
@@ -113,6 +127,8 @@ impl PartWriter {
                 path,
                 count: self.part_count,
                 bytes,
+                continues: false,
+                partition_offsets: Vec::new(),
             });
         }
         self.part_bytes = 0;

@@ -64,6 +64,23 @@ pub trait JobStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<ChunkCompletion, StoreError>;
 
+    /// Reserves `n` consecutive numbers of a per-job counter (the first number ever given is
+    /// 1) and returns the first; atomic, so concurrent callers get disjoint numbers.
+    async fn reserve(&self, id: &JobId, counter: &str, n: u32) -> Result<u64, StoreError>;
+
+    /// Records the published names of a chunk's files unless names are recorded already;
+    /// returns the names that stand (ours, or those recorded first). `NotFound` if the chunk
+    /// does not exist.
+    async fn set_published(
+        &self,
+        id: &JobId,
+        index: u32,
+        files: &[OutputFile],
+    ) -> Result<Vec<OutputFile>, StoreError>;
+
+    /// Records that a chunk's files are under their published names.
+    async fn mark_renamed(&self, id: &JobId, index: u32) -> Result<(), StoreError>;
+
     /// Records a sign of life (`updated_at = now`) without a version change.
     async fn heartbeat(&self, id: &JobId, now: DateTime<Utc>) -> Result<(), StoreError>;
 

@@ -4,13 +4,11 @@
 //! streams the records of one chunk in batches. Filtering that the source cannot push down
 //! (`_since` on an NDJSON file, compartments, `_typeFilter`) is the worker's job.
 
-use std::ops::Range;
-
 use async_trait::async_trait;
 use serde_json::Value;
 
 use super::BoxError;
-use crate::job::ChunkSpec;
+use crate::job::{ReadSpec, SourcePiece};
 use crate::model::{LogicalId, ResourceType};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,24 +31,28 @@ pub struct Origin {
     pub line_in_range: u64,
 }
 
-/// A batch of records: raw lines in one buffer, so a batch costs two allocations, not one per
-/// record. Lines exclude their terminator.
+/// A batch of records, each a slice of the buffers they were read into (no copy per record).
+/// Lines exclude their terminator.
 #[derive(Debug, Default)]
 pub struct RecordBatch {
-    pub data: Vec<u8>,
-    pub records: Vec<(Range<usize>, Origin)>,
+    pub records: Vec<(bytes::Bytes, Origin)>,
+    /// Bytes held by `records`.
+    pub bytes: usize,
 }
 
 impl RecordBatch {
     pub fn clear(&mut self) {
-        self.data.clear();
         self.records.clear();
+        self.bytes = 0;
+    }
+
+    pub fn push(&mut self, line: bytes::Bytes, origin: Origin) {
+        self.bytes += line.len();
+        self.records.push((line, origin));
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], Origin)> {
-        self.records
-            .iter()
-            .map(|(r, o)| (&self.data[r.clone()], *o))
+        self.records.iter().map(|(r, o)| (r.as_ref(), *o))
     }
 }
 
@@ -65,21 +67,28 @@ pub trait RecordReader: Send {
 
 #[async_trait]
 pub trait ResourceSource: Send + Sync {
-    /// Splits the export of `types` into chunks of about `chunk_bytes` of source data each.
-    /// Deterministic: the same source and arguments give the same chunks.
+    /// Splits the reading of `types` into pieces of about `chunk_bytes` of source data each,
+    /// one type per piece. Deterministic: the same source and arguments give the same pieces.
     async fn plan(
         &self,
         types: &[ResourceType],
         chunk_bytes: u64,
-    ) -> Result<Vec<ChunkSpec>, SourceError>;
+    ) -> Result<Vec<SourcePiece>, SourceError>;
 
     /// The types this source holds resources of.
     async fn types(&self) -> Result<Vec<ResourceType>, SourceError>;
 
-    async fn open(&self, chunk: &ChunkSpec) -> Result<Box<dyn RecordReader>, SourceError>;
+    async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError>;
 
     /// Reads one resource by id (used for Group definitions).
     async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError>;
+
+    /// Which of `ids` exist as resources of type `t` (one pass over the type).
+    async fn existing(
+        &self,
+        t: ResourceType,
+        ids: &[LogicalId],
+    ) -> Result<std::collections::HashSet<LogicalId>, SourceError>;
 
     /// Where this source points, for logs.
     fn describe(&self) -> String;

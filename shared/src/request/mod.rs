@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use elements::ElementSelector;
 pub use headers::{Preferences, check_accept, parse_prefer};
-pub use parse::{KickoffInput, Method, parse_kickoff};
+pub use parse::{KickoffInput, Method, narrow_patients, parse_kickoff};
 pub use type_filter::{FilterParam, TypeFilter};
 
 use crate::model::{LogicalId, ResourceType};
@@ -112,6 +112,16 @@ pub struct Capabilities {
 impl Capabilities {
     /// What this build implements.
     pub const CURRENT: Capabilities = Capabilities {
+        type_filter: true,
+        elements: true,
+        patient_param: true,
+        include_associated_data: true,
+        organize_output_by: true,
+        partial_manifests: true,
+    };
+
+    /// Nothing optional (for tests of the refusal path).
+    pub const NONE: Capabilities = Capabilities {
         type_filter: false,
         elements: false,
         patient_param: false,

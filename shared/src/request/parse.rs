@@ -94,7 +94,59 @@ pub fn parse_kickoff(
     }
     b.cross_checks()?;
     b.capabilities(caps)?;
+    b.check_filters()?;
+    b.check_elements()?;
     Ok(b.req)
+}
+
+/// Drops the `patient` values not in `allowed` (unknown patients, or non-members of the
+/// Group): refused under strict handling, dropped with a warning under lenient handling.
+/// `patient` can only narrow an export, never widen it.
+pub fn narrow_patients(
+    req: &mut ExportRequest,
+    allowed: &dyn Fn(&str) -> bool,
+    why: &str,
+) -> Result<(), KickoffError> {
+    let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut req.patients)
+        .into_iter()
+        .partition(|p| allowed(p.as_str()));
+    req.patients = keep;
+    if drop.is_empty() {
+        return Ok(());
+    }
+    let list = drop
+        .iter()
+        .map(|p| format!("Patient/{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match req.handling {
+        Handling::Strict => Err(KickoffError::InvalidParameter {
+            name: "patient".into(),
+            message: format!("{list}: {why}"),
+        }),
+        Handling::Lenient => {
+            req.ignored.push(
+                Issue::warning(
+                    IssueCode::NotFound,
+                    format!("`patient` values ignored: {list}: {why}"),
+                )
+                .at("patient"),
+            );
+            if req.patients.is_empty() {
+                // Every listed patient was dropped: exporting the whole population instead
+                // would widen the request.
+                req.ignored.push(
+                    Issue::warning(
+                        IssueCode::NotFound,
+                        "no listed patient remains; nothing is exported",
+                    )
+                    .at("patient"),
+                );
+                req.types = Some(Vec::new());
+            }
+            Ok(())
+        }
+    }
 }
 
 struct Builder {
@@ -366,6 +418,50 @@ impl Builder {
         Ok(())
     }
 
+    /// Compiles every `_typeFilter`: malformed ones are refused whatever the handling;
+    /// unsupported ones are refused under strict handling, and under lenient handling their
+    /// type is exported unfiltered (dropping one filter of an OR would narrow it wrongly).
+    fn check_filters(&mut self) -> Result<(), KickoffError> {
+        let mut unfiltered: Vec<(ResourceType, String)> = Vec::new();
+        for f in &self.req.type_filters {
+            match crate::search::CompiledFilter::compile(f) {
+                Ok(_) => {}
+                Err(crate::search::FilterError::Invalid { param, reason }) => {
+                    return Err(invalid(
+                        "_typeFilter",
+                        format!("`{}`: `{param}`: {reason}", f.raw),
+                    ));
+                }
+                Err(crate::search::FilterError::Unsupported { param, reason }) => {
+                    unfiltered.push((f.resource_type, format!("`{}`: `{param}` {reason}", f.raw)));
+                }
+            }
+        }
+        for (t, why) in unfiltered {
+            if !self.req.type_filters.iter().any(|f| f.resource_type == t) {
+                continue;
+            }
+            self.req.type_filters.retain(|f| f.resource_type != t);
+            self.unsupported(
+                "_typeFilter",
+                format!("{why}; {t} is exported without any of its filters"),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn check_elements(&mut self) -> Result<(), KickoffError> {
+        let types = self.req.types.clone();
+        let selectors = std::mem::take(&mut self.req.elements);
+        for s in selectors {
+            match crate::elements::check(&s, types.as_deref()) {
+                Ok(()) => self.req.elements.push(s),
+                Err(e) => self.unsupported("_elements", e.to_string())?,
+            }
+        }
+        Ok(())
+    }
+
     fn capabilities(&mut self, caps: &Capabilities) -> Result<(), KickoffError> {
         if !caps.type_filter && !self.req.type_filters.is_empty() {
             self.req.type_filters.clear();
@@ -566,7 +662,7 @@ mod tests {
 
     #[test]
     fn unimplemented_features_are_refused_when_strict() {
-        let none = Capabilities::CURRENT;
+        let none = Capabilities::NONE;
         for (q, name) in [
             ("_typeFilter=Observation%3Fstatus%3Dfinal", "_typeFilter"),
             ("_elements=id", "_elements"),

@@ -13,13 +13,28 @@ fn result(n: u64) -> ChunkResult {
     ChunkResult {
         files: vec![StagedFile {
             kind: FileKind::Output,
-            resource_type: ResourceType::PATIENT,
+            resource_type: Some(ResourceType::PATIENT),
             path: format!(".staging/x/Patient-{n}.ndjson"),
             count: n,
             bytes: n * 10,
+            continues: false,
+            partition_offsets: vec![],
         }],
         resources: n,
         errors: 0,
+    }
+}
+
+fn output(name: &str, n: u64) -> OutputFile {
+    OutputFile {
+        kind: FileKind::Output,
+        resource_type: Some(ResourceType::PATIENT),
+        name: name.to_owned(),
+        count: n,
+        bytes: n * 100,
+        continues_in: None,
+        staged: format!(".staging/{name}"),
+        page: 1,
     }
 }
 
@@ -145,15 +160,69 @@ pub async fn run(store: Arc<dyn JobStore>) {
         8
     );
 
+    // counters: disjoint reservations, also under concurrency
+    assert_eq!(s.reserve(&job.id, "Patient", 3).await.expect("reserve"), 1);
+    assert_eq!(s.reserve(&job.id, "Patient", 2).await.expect("reserve"), 4);
+    assert_eq!(
+        s.reserve(&job.id, "error", 1).await.expect("reserve"),
+        1,
+        "counters are independent"
+    );
+    assert_eq!(
+        s.reserve(&job2.id, "Patient", 1).await.expect("reserve"),
+        1,
+        "and per job"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = store.clone();
+        let id = job.id.clone();
+        tasks.push(tokio::spawn(async move {
+            store.reserve(&id, "Observation", 2).await
+        }));
+    }
+    let mut firsts = Vec::new();
+    for t in tasks {
+        firsts.push(t.await.expect("join").expect("reserve"));
+    }
+    firsts.sort_unstable();
+    assert_eq!(firsts, (0..10).map(|i| 1 + 2 * i).collect::<Vec<u64>>());
+
+    // published names: the first recorded stand; renamed flag
+    let ours = vec![output("Patient-1.ndjson", 5)];
+    let theirs = vec![output("Patient-9.ndjson", 5)];
+    assert_eq!(
+        s.set_published(&job.id, 1, &ours).await.expect("publish"),
+        ours
+    );
+    assert_eq!(
+        s.set_published(&job.id, 1, &theirs).await.expect("publish"),
+        ours,
+        "first names stand"
+    );
+    let rec = s.chunk(&job.id, 1).await.expect("chunk").expect("exists");
+    assert_eq!(rec.published, Some(ours.clone()));
+    assert!(!rec.renamed);
+    s.mark_renamed(&job.id, 1).await.expect("renamed");
+    assert!(
+        s.chunk(&job.id, 1)
+            .await
+            .expect("chunk")
+            .expect("exists")
+            .renamed
+    );
+    assert!(matches!(
+        s.set_published(&job.id, 77, &ours).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.mark_renamed(&job.id, 77).await,
+        Err(StoreError::NotFound)
+    ));
+
     // outputs replace
     let files: Vec<OutputFile> = (1..=3)
-        .map(|n| OutputFile {
-            kind: FileKind::Output,
-            resource_type: ResourceType::PATIENT,
-            name: format!("Patient-{n}.ndjson"),
-            count: n,
-            bytes: n * 100,
-        })
+        .map(|n| output(&format!("Patient-{n}.ndjson"), n))
         .collect();
     s.put_outputs(&job.id, &files).await.expect("outputs");
     assert_eq!(s.outputs(&job.id).await.expect("outputs"), files);

@@ -10,7 +10,7 @@ pub mod queue;
 
 use chrono::{DateTime, Utc};
 
-use crate::job::{ChunkSpec, ChunkWork, FileRange, Job, JobState};
+use crate::job::{ChunkRole, ChunkSpec, FileRange, Job, JobPlan, JobState, ReadSpec};
 use crate::model::{JobId, ResourceType};
 use crate::request::{ExportLevel, ExportRequest, Handling};
 
@@ -48,20 +48,23 @@ pub fn sample_job(state: JobState, now: DateTime<Utc>) -> Job {
         expires_at: now + chrono::Duration::days(1),
         completed_at: None,
         failure: None,
+        plan: JobPlan::default(),
     }
 }
 
 pub fn sample_chunk(index: u32) -> ChunkSpec {
     ChunkSpec {
         index,
+        phase: 0,
         resource_type: ResourceType::PATIENT,
-        work: ChunkWork::Files {
+        role: ChunkRole::Export,
+        read: Some(ReadSpec::Files {
             ranges: vec![FileRange {
                 object: format!("Patient-{index}.ndjson"),
                 start: 0,
                 end: Some(100),
                 gzip: false,
             }],
-        },
+        }),
     }
 }

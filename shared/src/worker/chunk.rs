@@ -1,24 +1,27 @@
-//! Chunk: stream one chunk's records from the source, keep what the request selects, write
-//! NDJSON parts, record the result once.
+//! Chunk: run one unit of work, record it once, publish its files, and move the job on (the
+//! next phase's chunks, or finalize).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
+use async_trait::async_trait;
 use futures::TryStreamExt;
-use serde_json::Value;
 
-use super::{Lease, WorkError, WorkMessage, WorkerDeps, now};
-use crate::compartment::for_each_patient;
-use crate::job::{ChunkRecord, ChunkResult, FileKind, Job, JobState};
+use super::publish::{publish, publishes};
+use super::select::{Kept, Scope, Selection, Verdict};
+use super::sinks::{MapBuffer, Sink, write_sorted};
+use super::watch::Watch;
+use super::{Lease, WorkError, WorkMessage, WorkerDeps, now, provenance, reduce};
+use crate::elements::ElementsFilter;
+use crate::job::{ChunkRecord, ChunkResult, ChunkRole, FileKind, Job, JobState, StagedFile};
 use crate::layout;
-use crate::model::{JobId, ResourceType, ids::is_logical_id};
-use crate::ndjson::{PartWriter, read_head};
+use crate::model::{JobId, ResourceType};
+use crate::ndjson::PartWriter;
 use crate::outcome::{Issue, IssueCode, single};
-use crate::ports::{RecordBatch, RecordReader};
+use crate::ports::{ObjectStore, RecordBatch};
 use crate::request::ExportLevel;
-
-/// How often a running chunk looks at its job (cancel) and renews its lease.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+use crate::search::TypeFilterSet;
 
 pub(super) async fn chunk(
     deps: &WorkerDeps,
@@ -46,12 +49,38 @@ pub(super) async fn chunk(
     };
     if record.is_done() {
         tracing::debug!(job_id = %id, chunk = index, "duplicate delivery of a finished chunk");
-        return maybe_finalize(deps, id).await;
+        return nudge(deps, &job, &record).await;
+    }
+    let phase_start = job.plan.phase_range(record.spec.phase as usize).start;
+    if job.chunks_done < phase_start {
+        return Err(WorkError::Retryable(
+            format!("chunk {index} waits for the previous phase").into(),
+        ));
     }
     let attempt = uuid::Uuid::new_v4().simple().to_string();
     let dir = layout::chunk_attempt_dir(&job.output_prefix, index, &attempt);
     let started = Instant::now();
-    let result = match export_chunk(deps, &job, &record, &dir, lease).await {
+    let outcome = {
+        let mut ctx = ChunkCtx::new(deps, &job, &record, &dir, lease).await?;
+        let produced = match record.spec.role {
+            ChunkRole::Export | ChunkRole::Index => export(&mut ctx).await,
+            ChunkRole::ProvenanceIndex => provenance::index(&mut ctx).await,
+            ChunkRole::ProvenanceSelect => provenance::select(&mut ctx).await,
+            ChunkRole::Reduce { partition } => reduce::reduce(&mut ctx, partition).await,
+        };
+        match produced {
+            Ok(Some((files, resources))) => ctx.finish(files, resources).await.map(Some),
+            Ok(None) => {
+                ctx.abort().await;
+                Ok(None)
+            }
+            Err(e) => {
+                ctx.abort().await;
+                Err(e)
+            }
+        }
+    };
+    let result = match outcome {
         Ok(Some(result)) => result,
         Ok(None) => {
             tracing::info!(job_id = %id, chunk = index, "chunk stopped: export cancelled or finished elsewhere");
@@ -67,6 +96,7 @@ pub(super) async fn chunk(
     tracing::info!(
         job_id = %id,
         chunk = index,
+        role = ?record.spec.role,
         r#type = %record.spec.resource_type,
         resources = result.resources,
         errors = result.errors,
@@ -80,272 +110,359 @@ pub(super) async fn chunk(
     if !completion.first {
         // Another attempt was recorded first; these files are nobody's.
         deps.output.delete_prefix(&dir).await?;
-    } else if deps
+        return Ok(());
+    }
+    if deps
         .jobs
         .get(id)
         .await?
         .is_none_or(|j| j.state == JobState::Cancelled)
     {
-        // Cancelled while our last part was being published: the cancel's clean-up may have
-        // run before it existed.
+        // Cancelled while we worked: the cancel's clean-up may have run before our files
+        // existed.
         deps.output.delete_prefix(&dir).await?;
         return Ok(());
     }
-    if completion.done >= completion.total {
-        deps.queue
-            .send(vec![WorkMessage::Finalize { job: id.clone() }.encode()])
-            .await?;
-    }
-    Ok(())
-}
-
-/// A finished chunk delivered again still nudges finalize, in case the first delivery died
-/// between recording the chunk and sending the finalize message.
-async fn maybe_finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError> {
-    if let Some(job) = deps.jobs.get(id).await?
-        && job.state == JobState::Running
-        && job.chunks_done >= job.chunks_total
-    {
-        deps.queue
-            .send(vec![WorkMessage::Finalize { job: id.clone() }.encode()])
-            .await?;
-    }
-    Ok(())
-}
-
-/// Which patients' compartments a patient-level export covers.
-enum Scope {
-    Everything,
-    AnyPatient,
-    Members(HashSet<String>),
-}
-
-struct Selection {
-    resource_type: ResourceType,
-    since: Option<i64>,
-    until: Option<i64>,
-    transaction_time: i64,
-    scope: Scope,
-}
-
-enum Verdict {
-    Keep,
-    Skip,
-    Error(Issue),
-}
-
-impl Selection {
-    fn judge(&self, line: &[u8]) -> Verdict {
-        let head = match read_head(line) {
-            Ok(h) => h,
-            Err(e) => return Verdict::Error(Issue::error(IssueCode::Structure, e.to_string())),
+    if publishes(&job, record.spec.role) {
+        let done = ChunkRecord {
+            result: Some(result),
+            ..record
         };
-        if head.resource_type != self.resource_type.as_str() {
-            return Verdict::Error(Issue::error(
-                IssueCode::Structure,
-                format!(
-                    "resourceType `{}` in a file of {} resources",
-                    head.resource_type, self.resource_type
-                ),
-            ));
-        }
-        if !is_logical_id(&head.id) {
-            return Verdict::Error(Issue::error(
-                IssueCode::Structure,
-                "id is not a valid FHIR id",
-            ));
-        }
-        if let Some(t) = head.last_updated {
-            if t > self.transaction_time
-                || self.since.is_some_and(|s| t <= s)
-                || self.until.is_some_and(|u| t >= u)
-            {
-                return Verdict::Skip;
-            }
-        }
-        let in_scope = match &self.scope {
-            Scope::Everything => true,
-            Scope::AnyPatient | Scope::Members(_) => {
-                let resource: Value = match serde_json::from_slice(line) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return Verdict::Error(Issue::error(IssueCode::Structure, e.to_string()));
-                    }
-                };
-                let mut found = false;
-                for_each_patient(self.resource_type, &resource, |pid| {
-                    found |= match &self.scope {
-                        Scope::Members(set) => set.contains(pid),
-                        _ => true,
-                    };
-                });
-                found
-            }
-        };
-        if in_scope {
-            Verdict::Keep
-        } else {
-            Verdict::Skip
-        }
+        publish(deps, &job, &done).await?;
     }
+    advance(deps, &job, completion.done, completion.total).await
 }
 
-async fn selection(deps: &WorkerDeps, job: &Job, t: ResourceType) -> Result<Selection, WorkError> {
-    let scope = match &job.request.level {
-        ExportLevel::System => Scope::Everything,
-        ExportLevel::Patient => Scope::AnyPatient,
-        ExportLevel::Group(_) => {
-            let key = layout::members_key(&job.output_prefix);
-            let bytes: Vec<u8> = deps
-                .output
-                .read(&key, 0, None)
-                .await?
-                .try_fold(Vec::new(), |mut acc, b| async move {
-                    acc.extend_from_slice(&b);
-                    Ok(acc)
-                })
-                .await?;
-            let ids: Vec<String> = serde_json::from_slice(&bytes)
-                .map_err(|e| WorkError::Permanent(format!("group member list unreadable: {e}")))?;
-            Scope::Members(ids.into_iter().collect())
-        }
+/// After the chunk that completes a phase, send the next phase; after the last, finalize.
+async fn advance(deps: &WorkerDeps, job: &Job, done: u32, total: u32) -> Result<(), WorkError> {
+    let messages: Vec<String> = if done >= total {
+        vec![
+            WorkMessage::Finalize {
+                job: job.id.clone(),
+            }
+            .encode(),
+        ]
+    } else if let Some(next) = job.plan.phase_completed_by(done) {
+        tracing::info!(job_id = %job.id, phase = next, "next phase");
+        job.plan
+            .phase_range(next)
+            .map(|chunk| {
+                WorkMessage::Chunk {
+                    job: job.id.clone(),
+                    chunk,
+                }
+                .encode()
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
-    Ok(Selection {
-        resource_type: t,
-        since: job.request.since.map(|t| t.timestamp_micros()),
-        until: job.request.until.map(|t| t.timestamp_micros()),
-        transaction_time: job.transaction_time.timestamp_micros(),
-        scope,
-    })
+    deps.queue.send(messages).await?;
+    Ok(())
 }
 
-/// Exports the chunk into `dir`. `None` when the job stopped (cancelled, failed) or the
-/// chunk was finished by another attempt meanwhile.
-async fn export_chunk(
-    deps: &WorkerDeps,
-    job: &Job,
-    record: &ChunkRecord,
-    dir: &str,
-    lease: &dyn Lease,
-) -> Result<Option<ChunkResult>, WorkError> {
-    let spec = &record.spec;
-    let select = selection(deps, job, spec.resource_type).await?;
-    let relative_to = format!("{}/", job.output_prefix);
-    let mut output = PartWriter::new(
-        deps.output.clone(),
-        dir.to_owned(),
-        relative_to.clone(),
-        spec.resource_type.as_str(),
-        FileKind::Output,
-        spec.resource_type,
-        deps.settings.max_file_bytes,
-    );
-    let mut errors = PartWriter::new(
-        deps.output.clone(),
-        dir.to_owned(),
-        relative_to,
-        "error",
-        FileKind::Error,
-        ResourceType::OPERATION_OUTCOME,
-        deps.settings.max_file_bytes,
-    );
-    let outcome = run(deps, job, record, &select, &mut output, &mut errors, lease).await;
-    match outcome {
-        Ok(true) => {
-            let mut files = output.finish().await?;
-            let resources = files.iter().map(|f| f.count).sum();
-            let error_files = errors.finish().await?;
-            let error_count = error_files.iter().map(|f| f.count).sum();
-            files.extend(error_files);
-            Ok(Some(ChunkResult {
-                files,
-                resources,
-                errors: error_count,
-            }))
-        }
-        Ok(false) => {
-            output.abort().await;
-            errors.abort().await;
-            Ok(None)
-        }
-        Err(e) => {
-            output.abort().await;
-            errors.abort().await;
-            Err(e)
+/// A finished chunk delivered again finishes what its first attempt may have left undone:
+/// publishing its files, and moving the job on.
+async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(), WorkError> {
+    if publishes(job, record.spec.role) && !record.renamed {
+        publish(deps, job, record).await?;
+    }
+    let current = deps.jobs.get(&job.id).await?;
+    if let Some(j) = current
+        && j.state == JobState::Running
+    {
+        let done = j.chunks_done;
+        if done >= j.chunks_total || j.plan.phase_completed_by(done).is_some() {
+            advance(deps, &j, done, j.chunks_total).await?;
         }
     }
+    Ok(())
 }
 
-/// The record loop. Returns `false` when it stopped early.
-async fn run(
-    deps: &WorkerDeps,
-    job: &Job,
-    record: &ChunkRecord,
-    select: &Selection,
-    output: &mut PartWriter,
-    errors: &mut PartWriter,
-    lease: &dyn Lease,
-) -> Result<bool, WorkError> {
-    let mut reader: Box<dyn RecordReader> = deps.source.open(&record.spec).await?;
-    let mut batch = RecordBatch::default();
-    let mut last_check = Instant::now();
-    let mut last_lease = Instant::now();
-    let lease_every = deps.settings.visibility_timeout / 3;
-    while reader.next_batch(&mut batch).await? {
-        if last_check.elapsed() >= CHECK_EVERY {
-            last_check = Instant::now();
-            if !still_wanted(deps, job, record.spec.index).await? {
+/// What every role needs while it runs.
+pub(crate) struct ChunkCtx<'a> {
+    pub deps: &'a WorkerDeps,
+    pub job: &'a Job,
+    pub record: &'a ChunkRecord,
+    /// Staging folder of this attempt (ends in `/`).
+    pub dir: &'a str,
+    /// Prefix staged paths are relative to (`<export>/`).
+    pub relative_to: String,
+    pub watch: Watch<'a>,
+    pub scope: Scope,
+    pub filters: Option<Arc<TypeFilterSet>>,
+    pub elements: Option<Arc<ElementsFilter>>,
+    pub errors: PartWriter,
+}
+
+impl<'a> ChunkCtx<'a> {
+    async fn new(
+        deps: &'a WorkerDeps,
+        job: &'a Job,
+        record: &'a ChunkRecord,
+        dir: &'a str,
+        lease: &'a dyn Lease,
+    ) -> Result<ChunkCtx<'a>, WorkError> {
+        let relative_to = format!("{}/", job.output_prefix);
+        let errors = PartWriter::new(
+            deps.output.clone(),
+            dir.to_owned(),
+            relative_to.clone(),
+            "error",
+            FileKind::Error,
+            ResourceType::OPERATION_OUTCOME,
+            deps.settings.max_file_bytes,
+        );
+        let filters = if job.request.type_filters.is_empty() {
+            None
+        } else {
+            // Compiled at the transaction time so that `ap` means the same in every chunk.
+            Some(Arc::new(
+                TypeFilterSet::compile_at(&job.request.type_filters, job.transaction_time)
+                    .map_err(|e| {
+                        WorkError::Permanent(format!(
+                            "a _typeFilter accepted at kick-off no longer compiles: {e}"
+                        ))
+                    })?,
+            ))
+        };
+        Ok(ChunkCtx {
+            deps,
+            job,
+            record,
+            dir,
+            relative_to,
+            watch: Watch::new(deps, job, record.spec.index, lease),
+            scope: scope(deps, job).await?,
+            filters,
+            elements: ElementsFilter::new(&job.request.elements).map(Arc::new),
+            errors,
+        })
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.deps.output
+    }
+
+    /// A key in this attempt's folder, and the same key relative to the export folder.
+    pub(crate) fn staged(&self, name: &str) -> (String, String) {
+        let key = format!("{}{name}", self.dir);
+        let path = key
+            .strip_prefix(&self.relative_to)
+            .unwrap_or(&key)
+            .to_owned();
+        (key, path)
+    }
+
+    /// The selection for this chunk's type, in this job's scope.
+    pub(crate) fn selection(&self, t: ResourceType) -> Selection {
+        Selection::new(
+            self.job,
+            t,
+            self.scope.clone(),
+            self.filters.clone(),
+            self.elements.clone(),
+        )
+    }
+
+    /// The per-type part writer (or map buffer) kept resources go to.
+    pub(crate) fn output_sink(&self, t: ResourceType) -> Sink {
+        if self.job.plan.partitions > 0 {
+            Sink::Map(MapBuffer::new(self.job.plan.partitions))
+        } else {
+            Sink::Files(PartWriter::new(
+                self.deps.output.clone(),
+                self.dir.to_owned(),
+                self.relative_to.clone(),
+                t.as_str(),
+                FileKind::Output,
+                t,
+                self.deps.settings.max_file_bytes,
+            ))
+        }
+    }
+
+    /// Streams the chunk's records through `select`, handing kept ones to `consumer` and
+    /// reporting bad lines. `false` when the work stopped early.
+    pub(crate) async fn scan(
+        &mut self,
+        select: &Selection,
+        consumer: &mut (dyn Consumer + Send),
+    ) -> Result<bool, WorkError> {
+        let Some(read) = &self.record.spec.read else {
+            return Err(WorkError::Permanent(
+                "this chunk has nothing to read".into(),
+            ));
+        };
+        let mut reader = self.deps.source.open(read).await?;
+        let mut batch = RecordBatch::default();
+        while reader.next_batch(&mut batch).await? {
+            if !self.watch.tick().await? {
                 return Ok(false);
             }
-            if last_lease.elapsed() >= lease_every {
-                last_lease = Instant::now();
-                lease.extend().await?;
-                deps.jobs.heartbeat(&job.id, now()).await?;
-            }
-        }
-        for (line, origin) in batch.iter() {
-            let verdict = if line.is_empty() {
-                Verdict::Error(Issue::error(
-                    IssueCode::TooCostly,
-                    format!(
-                        "line longer than {} bytes",
-                        crate::adapters::ndjson_source::MAX_LINE_BYTES
-                    ),
-                ))
-            } else {
-                select.judge(line)
-            };
-            match verdict {
-                Verdict::Keep => output.write_line(line).await?,
-                Verdict::Skip => {}
-                Verdict::Error(issue) => {
-                    let place = reader.describe(origin).await;
-                    let issue = Issue {
-                        diagnostics: format!("{place}: {}", issue.diagnostics),
-                        ..issue
-                    };
-                    tracing::warn!(job_id = %job.id, chunk = record.spec.index, %place, "source line skipped");
-                    let body = serde_json::to_vec(&single(issue))
-                        .map_err(|e| WorkError::Retryable(e.into()))?;
-                    errors.write_line(&body).await?;
+            for (line, origin) in batch.iter() {
+                let verdict = if line.is_empty() {
+                    Verdict::Error(Issue::error(
+                        IssueCode::TooCostly,
+                        format!(
+                            "line longer than {} bytes",
+                            crate::adapters::ndjson_source::MAX_LINE_BYTES
+                        ),
+                    ))
+                } else {
+                    select.judge(line)
+                };
+                match verdict {
+                    Verdict::Keep(kept) => consumer.keep(select.resource_type, kept).await?,
+                    Verdict::Skip => {}
+                    Verdict::Error(issue) => {
+                        let place = reader.describe(origin).await;
+                        tracing::warn!(job_id = %self.job.id, chunk = self.record.spec.index, %place, "source line skipped");
+                        self.report(Issue {
+                            diagnostics: format!("{place}: {}", issue.diagnostics),
+                            ..issue
+                        })
+                        .await?;
+                    }
                 }
             }
         }
+        Ok(true)
     }
-    Ok(true)
+
+    /// Writes one `OperationOutcome` line to the chunk's error file.
+    pub(crate) async fn report(&mut self, issue: Issue) -> Result<(), WorkError> {
+        let body =
+            serde_json::to_vec(&single(issue)).map_err(|e| WorkError::Retryable(e.into()))?;
+        self.errors.write_line(&body).await?;
+        Ok(())
+    }
+
+    /// Closes the error writer and assembles the result.
+    pub(crate) async fn finish(
+        self,
+        mut files: Vec<StagedFile>,
+        resources: u64,
+    ) -> Result<ChunkResult, WorkError> {
+        let error_files = self.errors.finish().await?;
+        let errors = error_files.iter().map(|f| f.count).sum();
+        files.extend(error_files);
+        Ok(ChunkResult {
+            files,
+            resources,
+            errors,
+        })
+    }
+
+    pub(crate) async fn abort(self) {
+        self.errors.abort().await;
+    }
 }
 
-/// Whether this attempt should go on: the job still runs and nobody finished the chunk.
-async fn still_wanted(deps: &WorkerDeps, job: &Job, index: u32) -> Result<bool, WorkError> {
-    let Some(current) = deps.jobs.get(&job.id).await? else {
-        return Ok(false);
+/// What a role produced: its staged files and how many resources it wrote; `None` when it
+/// stopped early.
+pub(crate) type Produced = Result<Option<(Vec<StagedFile>, u64)>, WorkError>;
+
+/// Receives the kept resources of a scan.
+#[async_trait]
+pub(crate) trait Consumer {
+    async fn keep(&mut self, t: ResourceType, kept: Kept<'_>) -> Result<(), WorkError>;
+}
+
+/// The scope of a job: everything, any patient, or the member list the plan step wrote.
+async fn scope(deps: &WorkerDeps, job: &Job) -> Result<Scope, WorkError> {
+    let members = match (&job.request.level, job.request.patients.is_empty()) {
+        (ExportLevel::System, _) => return Ok(Scope::Everything),
+        (ExportLevel::Patient, true) => return Ok(Scope::AnyPatient),
+        _ => layout::members_key(&job.output_prefix),
     };
-    if current.state != JobState::Running {
-        return Ok(false);
-    }
-    Ok(!deps
-        .jobs
-        .chunk(&job.id, index)
+    let bytes: Vec<u8> = deps
+        .output
+        .read(&members, 0, None)
         .await?
-        .is_some_and(|c| c.is_done()))
+        .try_fold(Vec::new(), |mut acc, b| async move {
+            acc.extend_from_slice(&b);
+            Ok(acc)
+        })
+        .await?;
+    let ids: Vec<String> = serde_json::from_slice(&bytes)
+        .map_err(|e| WorkError::Permanent(format!("patient list unreadable: {e}")))?;
+    Ok(Scope::Members(Arc::new(
+        ids.into_iter().collect::<HashSet<_>>(),
+    )))
+}
+
+/// Export and index chunks: kept resources to the output sink, and (when Provenance is chosen
+/// by association) the list of what was selected.
+struct ExportConsumer {
+    sink: Sink,
+    refs: Option<Vec<String>>,
+}
+
+#[async_trait]
+impl Consumer for ExportConsumer {
+    async fn keep(&mut self, t: ResourceType, kept: Kept<'_>) -> Result<(), WorkError> {
+        if let Some(refs) = &mut self.refs {
+            refs.push(format!(
+                "{t}/{}\t{}",
+                kept.id,
+                kept.owner.as_deref().unwrap_or("")
+            ));
+        }
+        self.sink.keep(t, kept.owner.as_deref(), &kept.bytes).await
+    }
+}
+
+async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
+    let t = ctx.record.spec.resource_type;
+    let records_refs = ctx.job.plan.records_refs;
+    let organized = ctx.job.plan.partitions > 0;
+    let mut select = ctx.selection(t);
+    if records_refs || organized {
+        select = select.with_owner();
+    }
+    let sink = if ctx.record.spec.role == ChunkRole::Index {
+        Sink::Nothing
+    } else {
+        ctx.output_sink(t)
+    };
+    let mut consumer = ExportConsumer {
+        sink,
+        refs: records_refs.then(Vec::new),
+    };
+    match ctx.scan(&select, &mut consumer).await {
+        Ok(true) => {}
+        Ok(false) => {
+            consumer.sink.abort().await;
+            return Ok(None);
+        }
+        Err(e) => {
+            consumer.sink.abort().await;
+            return Err(e);
+        }
+    }
+    let omitted = match &consumer.sink {
+        Sink::Map(m) => m.omitted,
+        _ => 0,
+    };
+    let (mut files, resources) = consumer
+        .sink
+        .finish(ctx.store(), ctx.dir, &ctx.relative_to)
+        .await?;
+    if let Some(refs) = consumer.refs {
+        let (key, path) = ctx.staged("refs.tsv");
+        files.extend(write_sorted(ctx.store(), refs, FileKind::Refs, &key, &path).await?);
+    }
+    if omitted > 0 {
+        ctx.report(Issue {
+            severity: crate::outcome::Severity::Information,
+            code: IssueCode::Informational,
+            diagnostics: format!(
+                "{omitted} {t} resources are in no patient's compartment and have no place in output organized by Patient"
+            ),
+            expression: None,
+        })
+        .await?;
+    }
+    Ok(Some((files, resources)))
 }

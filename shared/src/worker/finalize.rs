@@ -1,18 +1,13 @@
-//! Finalize: once every chunk is done, publish the staged parts under their final names
-//! (`Type-1.ndjson`, `Type-2.ndjson`, ... in chunk order), record the file list and complete
-//! the job. Exactly one finalizer wins the compare-and-set to `Finalizing`; a finalizer that
-//! died half-way is safely repeated (every move is idempotent).
+//! Finalize: once every chunk is done, publish whatever a chunk's first attempt left
+//! unpublished, record the file list (notes first, then chunks in publishing order) and
+//! complete the job. Exactly one finalizer wins the compare-and-set to `Finalizing`; a
+//! finalizer that died half-way is safely repeated.
 
-use std::collections::HashMap;
-
-use bytes::Bytes;
-
+use super::publish::{publish, publishes};
 use super::{WorkError, WorkerDeps, after, now, update_job};
-use crate::job::{ChunkRecord, FileKind, Job, JobState, OutputFile};
+use crate::job::{FileKind, JobState, OutputFile};
 use crate::layout;
-use crate::model::{JobId, ResourceType};
-use crate::outcome::single;
-use crate::ports::ObjectError;
+use crate::model::JobId;
 
 pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError> {
     let Some(job) = deps.jobs.get(id).await? else {
@@ -44,8 +39,25 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
         JobState::Finalizing => job,
         _ => return Ok(()),
     };
+    for chunk in deps.jobs.chunks(id).await? {
+        if publishes(&job, chunk.spec.role) && !chunk.renamed {
+            publish(deps, &job, &chunk).await?;
+        }
+    }
     let chunks = deps.jobs.chunks(id).await?;
-    let outputs = publish(deps, &job, &chunks).await?;
+    let mut outputs: Vec<OutputFile> = job.plan.notes.clone();
+    for index in &job.plan.publishing {
+        let Some(files) = chunks
+            .get(*index as usize)
+            .filter(|c| c.spec.index == *index)
+            .and_then(|c| c.published.clone())
+        else {
+            return Err(WorkError::Permanent(format!(
+                "chunk {index} has no published files at finalize"
+            )));
+        };
+        outputs.extend(files);
+    }
     deps.jobs.put_outputs(id, &outputs).await?;
     let t = now();
     let completed = update_job(deps.jobs.as_ref(), id, |j| {
@@ -85,108 +97,4 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
         }
     }
     Ok(())
-}
-
-/// Moves every recorded part to its published name and returns the file list, outputs by
-/// type then number, error files last.
-async fn publish(
-    deps: &WorkerDeps,
-    job: &Job,
-    chunks: &[ChunkRecord],
-) -> Result<Vec<OutputFile>, WorkError> {
-    let prefix = &job.output_prefix;
-    let mut outputs = Vec::new();
-    let mut errors = 0usize;
-    if !job.request.ignored.is_empty() {
-        errors += 1;
-        let name = layout::error_name(errors);
-        let mut body = Vec::new();
-        for issue in &job.request.ignored {
-            serde_json::to_writer(&mut body, &single(issue.clone()))
-                .map_err(|e| WorkError::Retryable(e.into()))?;
-            body.push(b'\n');
-        }
-        let bytes = body.len() as u64;
-        deps.output
-            .put(&format!("{prefix}/{name}"), Bytes::from(body))
-            .await?;
-        outputs.push(OutputFile {
-            kind: FileKind::Error,
-            resource_type: ResourceType::OPERATION_OUTCOME,
-            name,
-            count: job.request.ignored.len() as u64,
-            bytes,
-        });
-    }
-    let mut numbers: HashMap<ResourceType, usize> = HashMap::new();
-    let mut ordered: Vec<&ChunkRecord> = chunks.iter().collect();
-    ordered.sort_by_key(|c| c.spec.index);
-    for chunk in ordered {
-        let Some(result) = &chunk.result else {
-            return Err(WorkError::Permanent(format!(
-                "chunk {} has no result at finalize",
-                chunk.spec.index
-            )));
-        };
-        for f in &result.files {
-            let name = match f.kind {
-                FileKind::Output => {
-                    let n = numbers.entry(f.resource_type).or_insert(0);
-                    *n += 1;
-                    layout::output_name(f.resource_type, *n)
-                }
-                FileKind::Error => {
-                    errors += 1;
-                    layout::error_name(errors)
-                }
-            };
-            move_once(
-                deps,
-                &format!("{prefix}/{}", f.path),
-                &format!("{prefix}/{name}"),
-            )
-            .await?;
-            outputs.push(OutputFile {
-                kind: f.kind,
-                resource_type: f.resource_type,
-                name,
-                count: f.count,
-                bytes: f.bytes,
-            });
-        }
-    }
-    outputs.sort_by(|a, b| {
-        (a.kind, a.resource_type, file_number(&a.name)).cmp(&(
-            b.kind,
-            b.resource_type,
-            file_number(&b.name),
-        ))
-    });
-    Ok(outputs)
-}
-
-fn file_number(name: &str) -> u64 {
-    name.trim_end_matches(".ndjson")
-        .rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Renames `from` to `to`; a missing `from` is fine if `to` exists (an earlier finalizer
-/// moved it).
-async fn move_once(deps: &WorkerDeps, from: &str, to: &str) -> Result<(), WorkError> {
-    match deps.output.rename(from, to).await {
-        Ok(()) => Ok(()),
-        Err(ObjectError::NotFound(_)) => {
-            if deps.output.head(to).await?.is_some() {
-                Ok(())
-            } else {
-                Err(WorkError::Permanent(format!(
-                    "staged file `{from}` is missing; the export cannot be published"
-                )))
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
 }

@@ -9,8 +9,14 @@ mod dead_letter;
 mod finalize;
 pub mod messages;
 mod plan;
+mod provenance;
+mod publish;
 mod recovery;
+mod reduce;
 pub mod runner;
+mod select;
+mod sinks;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

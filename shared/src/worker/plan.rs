@@ -1,14 +1,27 @@
-//! Plan: decide the types, resolve a Group's members, split the job into chunks, fan out.
+//! Plan: decide the types and the patients, cut the job into chunks and phases, fan out.
+//!
+//! Phases, each sent when the previous one is done:
+//! 1. export (and index) chunks over the source pieces;
+//! 2. Provenance index chunks (`LatestProvenanceResources` only);
+//! 3. Provenance select chunks (when Provenance is chosen by association);
+//! 4. reduce chunks, one per partition (output organized by patient).
 
 use bytes::Bytes;
-use serde_json::Value;
 
 use super::{WorkError, WorkMessage, WorkerDeps, now, update_job};
 use crate::compartment::in_patient_compartment;
-use crate::job::{Job, JobState};
+use crate::group::current_members;
+use crate::job::{
+    ChunkRole, ChunkSpec, FileKind, Job, JobPlan, JobState, OutputFile, ProvenanceMode, SourcePiece,
+};
 use crate::layout;
-use crate::model::{JobId, LogicalId, ResourceType, fhir_time::instant_micros};
-use crate::request::ExportLevel;
+use crate::model::{JobId, LogicalId, ResourceType};
+use crate::outcome::{Issue, IssueCode, single};
+use crate::request::{AssociatedData, ExportLevel};
+
+/// Name of the file holding the warnings about the request (lenient handling), fixed so that
+/// a repeated plan rewrites it rather than adding another.
+pub(crate) const NOTES_NAME: &str = "error/OperationOutcome-request.ndjson";
 
 pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError> {
     let t = now();
@@ -22,16 +35,19 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
         return Ok(());
     };
 
-    let types = export_types(deps, &job).await?;
-    if let ExportLevel::Group(group) = &job.request.level {
-        let members = group_members(deps, &job, group).await?;
-        tracing::info!(job_id = %id, group = %group, members = members.len(), "group resolved");
-        let body = serde_json::to_vec(&members).map_err(|e| WorkError::Retryable(e.into()))?;
+    let mut notes: Vec<Issue> = job.request.ignored.clone();
+    if let Some(patients) = patient_list(deps, &job).await? {
+        tracing::info!(job_id = %id, patients = patients.len(), "patients resolved");
+        let body = serde_json::to_vec(&patients).map_err(|e| WorkError::Retryable(e.into()))?;
         deps.output
             .put(&layout::members_key(&job.output_prefix), Bytes::from(body))
             .await?;
     }
-    let chunks = deps.source.plan(&types, deps.settings.chunk_bytes).await?;
+    let (chunks, mut plan) = cut(deps, &job, &mut notes).await?;
+    plan.page_chunks = deps.settings.manifest_page_chunks;
+    if !notes.is_empty() {
+        plan.notes.push(write_notes(deps, &job, &notes).await?);
+    }
     deps.jobs.put_chunks(id, &chunks).await?;
     let total = u32::try_from(chunks.len())
         .map_err(|_| WorkError::Permanent("export needs more than 2^32 chunks".into()))?;
@@ -42,6 +58,7 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
         }
         let mut next = j.transitioned(JobState::Running, t)?;
         next.chunks_total = total;
+        next.plan = plan.clone();
         Some(next)
     })
     .await?
@@ -49,7 +66,7 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
         // Cancelled (or planned by a duplicate) meanwhile.
         return Ok(());
     };
-    tracing::info!(job_id = %id, chunks = total, types = types.len(), "export planned");
+    tracing::info!(job_id = %id, chunks = total, phases = ?running.plan.phases, provenance = ?running.plan.provenance, partitions = running.plan.partitions, "export planned");
     let messages: Vec<String> = if chunks.is_empty() {
         vec![
             WorkMessage::Finalize {
@@ -58,12 +75,13 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
             .encode(),
         ]
     } else {
-        chunks
-            .iter()
-            .map(|c| {
+        running
+            .plan
+            .phase_range(0)
+            .map(|chunk| {
                 WorkMessage::Chunk {
                     job: running.id.clone(),
-                    chunk: c.index,
+                    chunk,
                 }
                 .encode()
             })
@@ -73,11 +91,203 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
     Ok(())
 }
 
-/// The types to export: `_type` (or everything the source has), narrowed to the Patient
-/// compartment for Patient and Group level. `Group` itself is left out of patient-level
-/// exports unless asked for: a Group's member list names patients outside the export.
-async fn export_types(deps: &WorkerDeps, job: &Job) -> Result<Vec<ResourceType>, WorkError> {
+/// The patients of a Group export (its current members, narrowed by `patient`), or of a
+/// Patient export narrowed by `patient`; `None` when every patient is in scope.
+async fn patient_list(deps: &WorkerDeps, job: &Job) -> Result<Option<Vec<String>>, WorkError> {
+    let narrowed: Vec<&str> = job.request.patients.iter().map(LogicalId::as_str).collect();
+    match &job.request.level {
+        ExportLevel::System => Ok(None),
+        ExportLevel::Patient if narrowed.is_empty() => Ok(None),
+        ExportLevel::Patient => {
+            let mut ids: Vec<String> = narrowed.iter().map(|s| (*s).to_owned()).collect();
+            ids.sort();
+            ids.dedup();
+            Ok(Some(ids))
+        }
+        ExportLevel::Group(group) => {
+            let Some(resource) = deps.source.read(ResourceType::GROUP, group).await? else {
+                return Err(WorkError::Permanent(format!(
+                    "Group/{group} no longer exists in the source"
+                )));
+            };
+            let mut members = current_members(&resource, job.transaction_time.timestamp_micros());
+            if !narrowed.is_empty() {
+                // `patient` narrows a Group; it can never add a non-member.
+                members.retain(|m| narrowed.contains(&m.as_str()));
+            }
+            Ok(Some(members))
+        }
+    }
+}
+
+fn provenance_mode(job: &Job, types: &[ResourceType]) -> ProvenanceMode {
+    let asked = &job.request.include_associated;
+    if asked.contains(&AssociatedData::RelevantProvenanceResources) {
+        // Both values: the least restrictive wins (IG).
+        ProvenanceMode::Relevant
+    } else if asked.contains(&AssociatedData::LatestProvenanceResources) {
+        ProvenanceMode::Latest
+    } else if job.request.is_patient_level() && types.contains(&ResourceType::PROVENANCE) {
+        ProvenanceMode::Compartment
+    } else {
+        ProvenanceMode::Plain
+    }
+}
+
+/// Cuts the job into chunks and phases.
+async fn cut(
+    deps: &WorkerDeps,
+    job: &Job,
+    notes: &mut Vec<Issue>,
+) -> Result<(Vec<ChunkSpec>, JobPlan), WorkError> {
     let available = deps.source.types().await?;
+    let organized = job.request.organize_output_by.is_some();
+    let mut types = export_types(job, &available);
+    if organized && !job.request.is_patient_level() {
+        let (keep, drop): (Vec<_>, Vec<_>) =
+            types.into_iter().partition(|t| in_patient_compartment(*t));
+        types = keep;
+        if !drop.is_empty() {
+            notes.push(Issue {
+                severity: crate::outcome::Severity::Information,
+                code: IssueCode::Informational,
+                diagnostics: format!(
+                    "output organized by Patient holds the Patient compartment only; not exported: {}",
+                    drop.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                expression: Some("organizeOutputBy".into()),
+            });
+        }
+    }
+    let mode = provenance_mode(job, &types);
+    let associated = mode != ProvenanceMode::Plain;
+    let main: Vec<ResourceType> = types
+        .iter()
+        .copied()
+        .filter(|t| !associated || *t != ResourceType::PROVENANCE)
+        .collect();
+    // Provenance of a resource in the compartment is wanted even when `_type` does not export
+    // that resource: those types are read for their ids only.
+    let index: Vec<ResourceType> = if mode == ProvenanceMode::Compartment {
+        available
+            .iter()
+            .copied()
+            .filter(|t| {
+                in_patient_compartment(*t)
+                    && !main.contains(t)
+                    && *t != ResourceType::PROVENANCE
+                    && *t != ResourceType::GROUP
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let chunk_bytes = deps.settings.chunk_bytes;
+    let mut phases: Vec<Vec<(ChunkRole, SourcePiece)>> = Vec::new();
+    let mut first: Vec<(ChunkRole, SourcePiece)> = Vec::new();
+    for p in deps.source.plan(&main, chunk_bytes).await? {
+        first.push((ChunkRole::Export, p));
+    }
+    for p in deps.source.plan(&index, chunk_bytes).await? {
+        first.push((ChunkRole::Index, p));
+    }
+    let mut mapped_bytes: u64 = first
+        .iter()
+        .filter(|(r, _)| *r == ChunkRole::Export)
+        .map(|(_, p)| p.bytes)
+        .sum();
+    phases.push(first);
+    if associated && available.contains(&ResourceType::PROVENANCE) {
+        let pieces = deps
+            .source
+            .plan(&[ResourceType::PROVENANCE], chunk_bytes)
+            .await?;
+        mapped_bytes += pieces.iter().map(|p| p.bytes).sum::<u64>();
+        if mode == ProvenanceMode::Latest {
+            phases.push(
+                pieces
+                    .iter()
+                    .cloned()
+                    .map(|p| (ChunkRole::ProvenanceIndex, p))
+                    .collect(),
+            );
+        }
+        phases.push(
+            pieces
+                .into_iter()
+                .map(|p| (ChunkRole::ProvenanceSelect, p))
+                .collect(),
+        );
+    }
+    let partitions = if organized {
+        u32::try_from(mapped_bytes.div_ceil(chunk_bytes.max(1)).max(1)).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    let mut chunks = Vec::new();
+    let mut sizes = Vec::new();
+    let mut push = |phase_chunks: Vec<(ChunkRole, Option<SourcePiece>, ResourceType)>| {
+        if phase_chunks.is_empty() {
+            return;
+        }
+        let phase = u32::try_from(sizes.len()).unwrap_or(u32::MAX);
+        sizes.push(u32::try_from(phase_chunks.len()).unwrap_or(u32::MAX));
+        for (role, piece, resource_type) in phase_chunks {
+            chunks.push(ChunkSpec {
+                index: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
+                phase,
+                resource_type,
+                role,
+                read: piece.map(|p| p.read),
+            });
+        }
+    };
+    for phase in phases {
+        push(
+            phase
+                .into_iter()
+                .map(|(role, p)| {
+                    let t = p.resource_type;
+                    (role, Some(p), t)
+                })
+                .collect(),
+        );
+    }
+    if organized {
+        push(
+            (0..partitions)
+                .map(|partition| (ChunkRole::Reduce { partition }, None, ResourceType::PATIENT))
+                .collect(),
+        );
+    }
+    let publishing = chunks
+        .iter()
+        .filter(|c| match c.role {
+            ChunkRole::Export | ChunkRole::ProvenanceSelect => !organized,
+            ChunkRole::Reduce { .. } => true,
+            ChunkRole::Index | ChunkRole::ProvenanceIndex => false,
+        })
+        .map(|c| c.index)
+        .collect();
+    Ok((
+        chunks,
+        JobPlan {
+            phases: sizes,
+            partitions,
+            records_refs: associated,
+            publishing,
+            page_chunks: 0,
+            provenance: mode,
+            notes: Vec::new(),
+        },
+    ))
+}
+
+/// The types to export: `_type` (or everything the source has), narrowed to the Patient
+/// compartment at Patient and Group level, plus Provenance when associated Provenance is
+/// asked for. `Group` itself is left out of patient-level exports unless asked for: a
+/// Group's member list names patients outside the export.
+fn export_types(job: &Job, available: &[ResourceType]) -> Vec<ResourceType> {
     let mut types: Vec<ResourceType> = match &job.request.types {
         Some(ts) => ts
             .iter()
@@ -85,85 +295,49 @@ async fn export_types(deps: &WorkerDeps, job: &Job) -> Result<Vec<ResourceType>,
             .filter(|t| available.contains(t))
             .collect(),
         None => available
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|t| !job.request.is_patient_level() || *t != ResourceType::GROUP)
             .collect(),
     };
     if job.request.is_patient_level() {
         types.retain(|t| in_patient_compartment(*t));
     }
-    Ok(types)
+    if !job.request.include_associated.is_empty()
+        && available.contains(&ResourceType::PROVENANCE)
+        && !types.contains(&ResourceType::PROVENANCE)
+    {
+        types.push(ResourceType::PROVENANCE);
+    }
+    types
 }
 
-/// Current Patient members of a Group: `member.entity` references to Patients that are not
-/// `inactive` and whose `period` holds the export's transaction time.
-async fn group_members(
+async fn write_notes(
     deps: &WorkerDeps,
     job: &Job,
-    group: &LogicalId,
-) -> Result<Vec<String>, WorkError> {
-    let Some(resource) = deps.source.read(ResourceType::GROUP, group).await? else {
-        return Err(WorkError::Permanent(format!(
-            "Group/{group} no longer exists in the source"
-        )));
-    };
-    Ok(current_members(
-        &resource,
-        job.transaction_time.timestamp_micros(),
-    ))
-}
-
-pub(crate) fn current_members(group: &Value, at_micros: i64) -> Vec<String> {
-    let mut ids: Vec<String> = group
-        .get("member")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|m| m.get("inactive").and_then(Value::as_bool) != Some(true))
-        .filter(|m| {
-            let bound = |k: &str| {
-                m.get("period")
-                    .and_then(|p| p.get(k))
-                    .and_then(Value::as_str)
-                    .and_then(|s| instant_micros(s.as_bytes()).or_else(|| date_start_micros(s)))
-            };
-            bound("start").is_none_or(|s| s <= at_micros)
-                && bound("end").is_none_or(|e| e >= at_micros)
-        })
-        .filter_map(|m| m.get("entity")?.get("reference")?.as_str())
-        .filter_map(|r| match crate::model::ids::split_reference(r) {
-            Some(("Patient", id)) => Some(id.to_owned()),
-            _ => None,
-        })
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
-/// `YYYY-MM-DD` period bounds, read as the start of that day in UTC.
-fn date_start_micros(s: &str) -> Option<i64> {
-    instant_micros(format!("{s}T00:00:00Z").as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn members_exclude_inactive_expired_and_non_patients() {
-        let g = json!({"resourceType":"Group","id":"g","member":[
-            {"entity":{"reference":"Patient/b"}},
-            {"entity":{"reference":"Patient/a"}},
-            {"entity":{"reference":"Patient/c"},"inactive":true},
-            {"entity":{"reference":"Patient/d"},"period":{"end":"2020-01-01"}},
-            {"entity":{"reference":"Patient/e"},"period":{"start":"2030-01-01T00:00:00Z"}},
-            {"entity":{"reference":"Group/x"}},
-            {"entity":{"reference":"Patient/a"}}
-        ]});
-        let at = instant_micros(b"2024-06-01T00:00:00Z").expect("t");
-        assert_eq!(current_members(&g, at), vec!["a", "b"]);
-        assert!(current_members(&json!({"resourceType":"Group","id":"e"}), at).is_empty());
+    notes: &[Issue],
+) -> Result<OutputFile, WorkError> {
+    let mut body = Vec::new();
+    for issue in notes {
+        serde_json::to_writer(&mut body, &single(issue.clone()))
+            .map_err(|e| WorkError::Retryable(e.into()))?;
+        body.push(b'\n');
     }
+    let bytes = body.len() as u64;
+    deps.output
+        .put(
+            &format!("{}/{NOTES_NAME}", job.output_prefix),
+            Bytes::from(body),
+        )
+        .await?;
+    Ok(OutputFile {
+        kind: FileKind::Error,
+        resource_type: Some(ResourceType::OPERATION_OUTCOME),
+        name: NOTES_NAME.to_owned(),
+        count: notes.len() as u64,
+        bytes,
+        continues_in: None,
+        staged: String::new(),
+        page: 1,
+    })
 }

@@ -53,12 +53,16 @@ pub async fn sweep(deps: &WorkerDeps, now: DateTime<Utc>) -> Result<SweepReport,
                 ]
             }
             JobState::Running => {
-                let pending: Vec<String> = deps
-                    .jobs
-                    .chunks(&job.id)
-                    .await?
+                // Only the earliest unfinished phase may run.
+                let chunks = deps.jobs.chunks(&job.id).await?;
+                let phase = chunks
                     .iter()
                     .filter(|c| !c.is_done())
+                    .map(|c| c.spec.phase)
+                    .min();
+                let pending: Vec<String> = chunks
+                    .iter()
+                    .filter(|c| !c.is_done() && Some(c.spec.phase) == phase)
                     .map(|c| {
                         WorkMessage::Chunk {
                             job: job.id.clone(),

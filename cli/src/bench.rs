@@ -1,0 +1,349 @@
+//! `fhir-export bench`: export throughput and memory at several sizes, beside a raw copy of the
+//! same source bytes measured in the same run.
+//!
+//! For each size the command generates a dataset (kept for the next run), copies its files as
+//! they are (the baseline: the fastest an export could possibly write them), then runs the real
+//! server as a child process (`fhir-export serve`) and times two system exports from kick-off
+//! to manifest: pass-through (no per-resource filter) and filtered (`_typeFilter` on the large
+//! types and `_elements` on all). Peak RSS is the server process's `VmHWM`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::synth::{GenOptions, generate};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Dataset sizes, in resources (about 40 per generated patient).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub sizes: Vec<u64>,
+    /// Where datasets and outputs live (datasets are reused between runs).
+    #[arg(long, default_value = "fhir-export-bench")]
+    pub dir: PathBuf,
+    /// Worker tasks of the server, and threads of the raw copy.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("I/O")]
+    Io(#[from] std::io::Error),
+    #[error("HTTP")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Measure {
+    pub seconds: f64,
+    pub peak_rss: u64,
+    pub exported: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    pub resources: u64,
+    pub source_bytes: u64,
+    /// The baseline: a user-space read/write copy of the source files.
+    pub raw_copy_seconds: f64,
+    /// For reference: a kernel-side copy (`copy_file_range`).
+    pub kernel_copy_seconds: f64,
+    pub pass_through: Measure,
+    pub filtered: Measure,
+}
+
+/// The filtered export: filters on the three largest types, `_elements` on every type.
+pub const FILTERED_QUERY: &str = "_typeFilter=Observation%3Fstatus%3Dfinal%26date%3Dge2005,Encounter%3Fclass%3DAMB%2CEMER,Condition%3Fclinical-status%3Dactive&_elements=status,subject,code,patient";
+
+pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
+    std::fs::create_dir_all(&args.dir)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "machine: {cores} cores, {} ; workers {}",
+        std::env::consts::ARCH,
+        args.workers
+    );
+    let mut rows = Vec::new();
+    for size in &args.sizes {
+        let data = args.dir.join(format!("data-{size}"));
+        let (resources, source_bytes) = dataset(&data, *size).await?;
+        let copy_dir = args.dir.join("raw-copy");
+        let threads = usize::from(args.workers);
+        // Three rounds, interleaved so that the disk's write-back weather hits every
+        // measurement alike; each figure is the median of its three.
+        let mut raws = Vec::new();
+        let mut kernels = Vec::new();
+        let mut passes = Vec::new();
+        let mut filters = Vec::new();
+        for _ in 0..ROUNDS {
+            raws.push(raw_copy(&data, &copy_dir, threads, CopyMode::UserSpace).await?);
+            kernels.push(raw_copy(&data, &copy_dir, threads, CopyMode::Kernel).await?);
+            passes.push(export(&args, &data, "").await?);
+            filters.push(export(&args, &data, FILTERED_QUERY).await?);
+        }
+        let raw = median(raws);
+        let kernel = median(kernels);
+        let pass = median_measure(passes);
+        let filtered = median_measure(filters);
+        let row = BenchRow {
+            resources,
+            source_bytes,
+            raw_copy_seconds: raw,
+            kernel_copy_seconds: kernel,
+            pass_through: pass,
+            filtered,
+        };
+        print_row(&row, cores.min(usize::from(args.workers)));
+        rows.push(row);
+    }
+    if let [.., a, b] = rows.as_slice() {
+        println!(
+            "peak RSS growth {} -> {} resources: pass-through {:.2}x, filtered {:.2}x",
+            a.resources,
+            b.resources,
+            b.pass_through.peak_rss as f64 / a.pass_through.peak_rss.max(1) as f64,
+            b.filtered.peak_rss as f64 / a.filtered.peak_rss.max(1) as f64
+        );
+    }
+    Ok(rows)
+}
+
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The run with the median time; peak RSS is the largest seen in any run.
+fn median_measure(mut v: Vec<Measure>) -> Measure {
+    let peak = v.iter().map(|m| m.peak_rss).max().unwrap_or(0);
+    v.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mut m = v.swap_remove(v.len() / 2);
+    m.peak_rss = peak;
+    m
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn print_row(r: &BenchRow, cores: usize) {
+    let raw_mbs = mib(r.source_bytes) / r.raw_copy_seconds;
+    let pass_mbs = mib(r.source_bytes) / r.pass_through.seconds;
+    let filt_rps = r.resources as f64 / r.filtered.seconds;
+    println!(
+        "{:>9} resources, {:>8.1} MiB | kernel copy {:>7.1} MiB/s | raw copy {:>7.1} MiB/s | pass-through {:>9.0} res/s {:>7.1} MiB/s = {:.2}x raw, peak RSS {:.1} MiB | filtered {:>9.0} res/s = {:>7.0} res/s/core (kept {}), peak RSS {:.1} MiB",
+        r.resources,
+        mib(r.source_bytes),
+        mib(r.source_bytes) / r.kernel_copy_seconds,
+        raw_mbs,
+        r.resources as f64 / r.pass_through.seconds,
+        pass_mbs,
+        pass_mbs / raw_mbs,
+        mib(r.pass_through.peak_rss),
+        filt_rps,
+        filt_rps / cores as f64,
+        r.filtered.exported,
+        mib(r.filtered.peak_rss),
+    );
+}
+
+/// Generates (once) a dataset of about `size` resources; returns its resources and bytes.
+async fn dataset(dir: &Path, size: u64) -> Result<(u64, u64), BenchError> {
+    let marker = dir.join(".complete");
+    if let Ok(text) = std::fs::read_to_string(&marker)
+        && let Some((r, b)) = text.trim().split_once(' ')
+        && let (Ok(r), Ok(b)) = (r.parse(), b.parse())
+    {
+        return Ok((r, b));
+    }
+    let opts = GenOptions {
+        patients: (size / 40).max(2),
+        ..GenOptions::default()
+    };
+    let d = dir.to_path_buf();
+    let summary = tokio::task::spawn_blocking(move || generate(&opts, &d))
+        .await
+        .map_err(|e| BenchError::Protocol(e.to_string()))??;
+    let resources: u64 = summary.counts.values().sum();
+    std::fs::write(&marker, format!("{resources} {}\n", summary.bytes))?;
+    Ok((resources, summary.bytes))
+}
+
+/// How the baseline copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyMode {
+    /// `read` into a buffer and `write` it out: the bytes pass through the process once, as an
+    /// export's must (it validates every line).
+    UserSpace,
+    /// `std::io::copy`, which Linux turns into `copy_file_range`: the kernel moves the bytes
+    /// and the process never sees them. Shown for reference.
+    Kernel,
+}
+
+/// Copies every file of `from` into `to` with `threads` threads; seconds taken.
+async fn raw_copy(
+    from: &Path,
+    to: &Path,
+    threads: usize,
+    mode: CopyMode,
+) -> Result<f64, BenchError> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to)?;
+    let files: Vec<PathBuf> = std::fs::read_dir(from)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..threads.max(1) {
+        let mine: Vec<PathBuf> = files
+            .iter()
+            .skip(t)
+            .step_by(threads.max(1))
+            .cloned()
+            .collect();
+        let to = to.to_path_buf();
+        handles.push(tokio::task::spawn_blocking(
+            move || -> std::io::Result<()> {
+                for f in mine {
+                    let target = to.join(f.file_name().unwrap_or_default());
+                    let mut r = std::fs::File::open(&f)?;
+                    let mut w = std::fs::File::create(&target)?;
+                    match mode {
+                        CopyMode::Kernel => {
+                            std::io::copy(&mut r, &mut w)?;
+                        }
+                        CopyMode::UserSpace => {
+                            let mut buf = vec![0u8; 1024 * 1024];
+                            loop {
+                                let n = std::io::Read::read(&mut r, &mut buf)?;
+                                if n == 0 {
+                                    break;
+                                }
+                                std::io::Write::write_all(&mut w, &buf[..n])?;
+                            }
+                        }
+                    }
+                    w.sync_data()?;
+                }
+                Ok(())
+            },
+        ));
+    }
+    for h in handles {
+        h.await.map_err(|e| BenchError::Protocol(e.to_string()))??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(to)?;
+    Ok(secs)
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Runs one export on a fresh server process; time from kick-off to manifest.
+async fn export(args: &BenchArgs, data: &Path, query: &str) -> Result<Measure, BenchError> {
+    let state = args.dir.join("state");
+    let _ = std::fs::remove_dir_all(&state);
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve", "--bind", "127.0.0.1:0", "--workers"])
+        .arg(args.workers.to_string())
+        .arg("--source")
+        .arg(data)
+        .arg("--state")
+        .arg(&state)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| BenchError::Protocol("no stderr".into()))?;
+    let mut lines = BufReader::new(stderr).lines();
+    let base = loop {
+        let Some(line) = lines.next_line().await? else {
+            return Err(BenchError::Protocol(
+                "server exited before it was ready".into(),
+            ));
+        };
+        if let Some(rest) = line.split("FHIR base ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let http = reqwest::Client::new();
+    let url = if query.is_empty() {
+        format!("{base}/$export")
+    } else {
+        format!("{base}/$export?{query}")
+    };
+    let started = Instant::now();
+    let resp = http
+        .get(&url)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await?;
+    if resp.status() != 202 {
+        return Err(BenchError::Protocol(format!(
+            "kick-off answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        )));
+    }
+    let status = resp
+        .headers()
+        .get("content-location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let manifest: serde_json::Value = loop {
+        let resp = http.get(&status).send().await?;
+        match resp.status().as_u16() {
+            202 => tokio::time::sleep(Duration::from_millis(20)).await,
+            200 => break resp.json().await?,
+            s => return Err(BenchError::Protocol(format!("status answered {s}"))),
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_rss = peak_rss(pid);
+    let exported = manifest["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["count"].as_u64())
+        .sum();
+    child.kill().await?;
+    let _ = std::fs::remove_dir_all(&state);
+    Ok(Measure {
+        seconds,
+        peak_rss,
+        exported,
+    })
+}

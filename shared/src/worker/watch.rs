@@ -1,0 +1,66 @@
+//! A running chunk's periodic look around: is the job still running and the chunk still
+//! ours; renew the message lease; record a heartbeat.
+
+use std::time::{Duration, Instant};
+
+use super::{Lease, WorkError, WorkerDeps, now};
+use crate::job::{Job, JobState};
+
+/// How often a running chunk looks at its job (cancel) and at most how often it renews.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+pub(crate) struct Watch<'a> {
+    deps: &'a WorkerDeps,
+    job: &'a Job,
+    index: u32,
+    lease: &'a dyn Lease,
+    last_check: Instant,
+    last_lease: Instant,
+}
+
+impl<'a> Watch<'a> {
+    pub(crate) fn new(
+        deps: &'a WorkerDeps,
+        job: &'a Job,
+        index: u32,
+        lease: &'a dyn Lease,
+    ) -> Self {
+        Watch {
+            deps,
+            job,
+            index,
+            lease,
+            last_check: Instant::now(),
+            last_lease: Instant::now(),
+        }
+    }
+
+    /// Called between batches. `false`: stop, the work is no longer wanted.
+    pub(crate) async fn tick(&mut self) -> Result<bool, WorkError> {
+        if self.last_check.elapsed() < CHECK_EVERY {
+            return Ok(true);
+        }
+        self.last_check = Instant::now();
+        let Some(current) = self.deps.jobs.get(&self.job.id).await? else {
+            return Ok(false);
+        };
+        if current.state != JobState::Running {
+            return Ok(false);
+        }
+        if self
+            .deps
+            .jobs
+            .chunk(&self.job.id, self.index)
+            .await?
+            .is_some_and(|c| c.is_done())
+        {
+            return Ok(false);
+        }
+        if self.last_lease.elapsed() >= self.deps.settings.visibility_timeout / 3 {
+            self.last_lease = Instant::now();
+            self.lease.extend().await?;
+            self.deps.jobs.heartbeat(&self.job.id, now()).await?;
+        }
+        Ok(true)
+    }
+}
