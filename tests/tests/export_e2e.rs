@@ -442,14 +442,26 @@ async fn synthea_dataset_exports_every_resource() {
         })
         .collect();
     assert_eq!(members.len(), 10);
-    let got = t
-        .export_counts(
-            "/Group/BMCHealthNet/$export",
-            "_type=Patient,Encounter,Observation",
-        )
-        .await;
+    let got = t.export_counts("/Group/BMCHealthNet/$export", "").await;
     let mut want = BTreeMap::new();
-    for ty in ["Patient", "Encounter", "Observation"] {
+    // Every type of the data that is in the Patient compartment (Device, Organization and
+    // Practitioner are not; Group is left out unless asked for).
+    for ty in [
+        "AllergyIntolerance",
+        "CarePlan",
+        "CareTeam",
+        "Claim",
+        "Condition",
+        "DiagnosticReport",
+        "Encounter",
+        "ExplanationOfBenefit",
+        "ImagingStudy",
+        "Immunization",
+        "MedicationRequest",
+        "Observation",
+        "Patient",
+        "Procedure",
+    ] {
         let n = source[ty]
             .iter()
             .filter(|r| {
@@ -461,8 +473,21 @@ async fn synthea_dataset_exports_every_resource() {
                 refs.iter().any(|id| members.contains(id))
             })
             .count() as u64;
-        want.insert(ty.to_owned(), n);
+        if n > 0 {
+            want.insert(ty.to_owned(), n);
+        }
     }
     assert_eq!(got, want);
+    assert!(
+        want.len() > 10,
+        "most types have resources of the group's patients"
+    );
+    // Patient level: every resource of those types refers to one of the 100 patients.
+    let got = t.export_counts("/Patient/$export", "").await;
+    let all: BTreeMap<String, u64> = want
+        .keys()
+        .map(|ty| (ty.clone(), source[ty].len() as u64))
+        .collect();
+    assert_eq!(got, all);
     t.server.stop().await;
 }

@@ -30,8 +30,8 @@ use crate::ports::{
 };
 
 /// A batch is handed on once it holds this many bytes or records.
-const BATCH_BYTES: usize = 1024 * 1024;
-const BATCH_RECORDS: usize = 4096;
+const BATCH_BYTES: usize = 512 * 1024;
+const BATCH_RECORDS: usize = 2048;
 /// Lines longer than this are reported as errors instead of being buffered.
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 /// Planning's guess of how much a gzip file expands, to size its chunk.

@@ -30,9 +30,15 @@ pub(super) async fn metadata(State(state): State<MetadataState>) -> Response {
             "mode": "server",
             "documentation": "Bulk Data export at system, Patient and Group level, by GET or by POST with a Parameters body. \
                 Parameters: _outputFormat (application/fhir+ndjson, application/ndjson, ndjson), _since, _until (alias _till), \
-                _type, _container; unsupported parameters are refused unless `Prefer: handling=lenient`. \
+                _type, _typeFilter (FHIR R4 search: token, reference, date, string, quantity, number and uri parameters with \
+                :missing, :not, :text, :exact, :contains, :[Type], :below, :above; no chains, _has or composites), _elements, \
+                patient (Patient and Group level), includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources), \
+                organizeOutputBy=Patient, allowPartialManifests, _container. Unsupported parameters are refused unless \
+                `Prefer: handling=lenient`, which exports without them and lists them in the manifest's error files. \
                 One resource type per file, files rolled over to Type-2.ndjson, Type-3.ndjson, ... past the configured size. \
-                Patient and Group exports hold the FHIR R4 Patient compartment of the exported patients.",
+                Patient and Group exports hold the FHIR R4 Patient compartment of the exported patients (a Group's current, \
+                active members), plus the Provenance of those resources; Organization and Practitioner are not included. \
+                _since applies to meta.lastUpdated for every resource, Group exports included.",
             "operation": [{ "name": "export", "definition": EXPORT }],
             "resource": [
                 { "type": "Patient", "operation": [{ "name": "export", "definition": PATIENT_EXPORT }] },

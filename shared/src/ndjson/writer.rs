@@ -10,7 +10,7 @@ use crate::model::ResourceType;
 use crate::ports::{ObjectError, ObjectStore, ObjectWriter};
 
 /// Bytes gathered before they are handed to the object writer.
-const BUFFER: usize = 1024 * 1024;
+const BUFFER: usize = 512 * 1024;
 
 pub struct PartWriter {
     store: Arc<dyn ObjectStore>,

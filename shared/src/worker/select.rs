@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::compartment::for_each_patient;
-use crate::elements::ElementsFilter;
+use crate::elements::{ElementsFilter, TypeSubset};
 use crate::job::Job;
 use crate::model::ResourceType;
 use crate::model::ids::is_logical_id;
@@ -53,7 +53,7 @@ pub(crate) struct Selection {
     transaction_time: i64,
     scope: Scope,
     filters: Option<Arc<TypeFilterSet>>,
-    elements: Option<Arc<ElementsFilter>>,
+    elements: Option<TypeSubset>,
     /// Compute the owner even at system level (organized output, refs for Provenance).
     wants_owner: bool,
     /// Hand the parsed resource to the caller (Provenance selection).
@@ -69,7 +69,7 @@ impl Selection {
         elements: Option<Arc<ElementsFilter>>,
     ) -> Self {
         let filters = filters.filter(|f| f.is_filtered(resource_type));
-        let elements = elements.filter(|e| e.applies_to(resource_type));
+        let elements = elements.and_then(|e| e.for_type(resource_type));
         Selection {
             resource_type,
             since: job.request.since.map(|t| t.timestamp_micros()),
@@ -103,7 +103,7 @@ impl Selection {
     fn subset<'a>(&self, line: &'a [u8]) -> Result<Cow<'a, [u8]>, Issue> {
         match &self.elements {
             Some(e) => e
-                .apply_raw(self.resource_type, line)
+                .apply(line)
                 .map(Cow::Owned)
                 .map_err(|e| Issue::error(IssueCode::Structure, e.to_string())),
             None => Ok(Cow::Borrowed(line)),
