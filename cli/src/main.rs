@@ -28,11 +28,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "FHIR_EXPORT_BIND", default_value = "127.0.0.1:8080")]
         bind: SocketAddr,
-        /// NDJSON folder to export from (a path or file:// URL). Default: a generated sample
-        /// dataset under the state folder.
+        /// NDJSON to export from: a folder, file:///path, or s3://bucket/prefix (needs the
+        /// `aws` feature). Default: a generated sample dataset under the state folder.
         #[arg(long, env = "FHIR_EXPORT_SOURCE")]
         source: Option<String>,
-        /// Where exports are written (file:///path). Default: <state>/output.
+        /// Where exports are written: file:///path, or s3://bucket/prefix (needs the `aws`
+        /// feature). Default: <state>/output.
         #[arg(long, env = "FHIR_EXPORT_OUTPUT")]
         output: Option<String>,
         /// Folder for the job database, the default output and the sample data.
@@ -42,6 +43,14 @@ enum Command {
         /// http://<bound address>.
         #[arg(long, env = "FHIR_EXPORT_PUBLIC_URL")]
         public_url: Option<String>,
+        /// Job store: dynamodb://table (needs the `aws` feature). Default: SQLite in the
+        /// state folder.
+        #[arg(long, env = "FHIR_EXPORT_JOB_STORE")]
+        job_store: Option<String>,
+        /// Work queue: sqs://queue-name, dead letters in <name>-dlq (needs the `aws`
+        /// feature). Default: SQLite in the state folder.
+        #[arg(long, env = "FHIR_EXPORT_QUEUE")]
+        queue: Option<String>,
         /// Worker tasks pulling chunks from the queue.
         #[arg(long, env = "FHIR_EXPORT_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
         workers: u16,
@@ -116,6 +125,8 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             output,
             state,
             public_url,
+            job_store,
+            queue,
             workers,
             sweep_secs,
         } => {
@@ -125,6 +136,8 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
                 output,
                 state,
                 public_url,
+                job_store,
+                queue,
                 workers: usize::from(workers),
                 sweep_every: Duration::from_secs(sweep_secs.max(1)),
                 env: Vec::new(),

@@ -11,9 +11,9 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use shared::adapters::local_fs::LocalFsStore;
 use shared::adapters::ndjson_source::NdjsonSource;
 use shared::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
+use shared::adapters::target::{StoreUrl, TargetError};
 use shared::config::{ConfigError, Env};
 use shared::http::{
     CancelState, FilesState, KickoffState, MetadataState, StatusState, cancel_router, files_router,
@@ -44,6 +44,12 @@ pub struct ServeConfig {
     pub state: PathBuf,
     /// Base URL clients reach this server at; `None` is `http://<bound address>`.
     pub public_url: Option<String>,
+    /// `dynamodb://table` to keep jobs in DynamoDB (needs the `aws` feature); `None` is the
+    /// SQLite file in the state folder.
+    pub job_store: Option<String>,
+    /// `sqs://queue-name` to move work through SQS (dead letters in `<name>-dlq`; needs the
+    /// `aws` feature); `None` is the SQLite queue.
+    pub queue: Option<String>,
     /// Worker tasks; 0 runs no workers at all (tests drive the queue themselves).
     pub workers: usize,
     /// How often the sweep runs (stalled and expired jobs).
@@ -61,6 +67,8 @@ impl ServeConfig {
             output: None,
             state: state.into(),
             public_url: None,
+            job_store: None,
+            queue: None,
             workers: 4,
             sweep_every: Duration::from_secs(30),
             env: Vec::new(),
@@ -78,18 +86,6 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Db(#[from] shared::adapters::sqlite::SqliteOpenError),
-    #[error("{what} `{url}` is not supported: {reason}")]
-    UnsupportedUrl {
-        what: &'static str,
-        url: String,
-        reason: &'static str,
-    },
-    #[error("cannot open {what} folder")]
-    Store {
-        what: &'static str,
-        #[source]
-        source: shared::ports::ObjectError,
-    },
     #[error("cannot generate the sample dataset")]
     Sample(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -100,6 +96,95 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("`{url}` is not supported: {reason}")]
+    Unsupported { url: String, reason: &'static str },
+    #[error("cannot set up {what}")]
+    Backend {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The job store named on the command line.
+async fn open_job_store(url: Option<&str>, db: &SqliteDb) -> Result<Arc<dyn JobStore>, ServeError> {
+    let Some(url) = url else {
+        return Ok(Arc::new(SqliteJobStore::new(db.clone())));
+    };
+    if let Some(table) = url.strip_prefix("dynamodb://") {
+        #[cfg(feature = "aws")]
+        {
+            let config = shared::adapters::aws::sdk_config().await;
+            let store = shared::adapters::aws::dynamodb::DynamoJobStore::new(&config, table);
+            store
+                .create_table()
+                .await
+                .map_err(|e| ServeError::Backend {
+                    what: "the DynamoDB table",
+                    source: Box::new(e),
+                })?;
+            return Ok(Arc::new(store));
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            let _ = table;
+            return Err(ServeError::Unsupported {
+                url: url.to_owned(),
+                reason: "this build has no AWS adapters (build with `--features aws`)",
+            });
+        }
+    }
+    Err(ServeError::Unsupported {
+        url: url.to_owned(),
+        reason: "job stores are dynamodb://table (or the default SQLite file)",
+    })
+}
+
+/// The work queue and its dead-letter queue named on the command line.
+async fn open_queue(
+    url: Option<&str>,
+    db: &SqliteDb,
+    settings: &shared::settings::Settings,
+    max_receives: u32,
+) -> Result<(Arc<dyn WorkQueue>, Arc<dyn WorkQueue>), ServeError> {
+    let Some(url) = url else {
+        let dead = SqliteQueue::new(db.clone(), "dead-letter", settings.visibility_timeout);
+        let work = SqliteQueue::new(db.clone(), "work", settings.visibility_timeout)
+            .with_dead_letter(&dead, max_receives);
+        return Ok((Arc::new(work), Arc::new(dead)));
+    };
+    if let Some(name) = url.strip_prefix("sqs://") {
+        #[cfg(feature = "aws")]
+        {
+            let config = shared::adapters::aws::sdk_config().await;
+            let (work, dead) = shared::adapters::aws::sqs::create_queue_pair(
+                &config,
+                name,
+                settings.visibility_timeout,
+                max_receives,
+            )
+            .await
+            .map_err(|e| ServeError::Backend {
+                what: "the SQS queues",
+                source: Box::new(e),
+            })?;
+            return Ok((Arc::new(work), Arc::new(dead)));
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            let _ = (name, settings, max_receives);
+            return Err(ServeError::Unsupported {
+                url: url.to_owned(),
+                reason: "this build has no AWS adapters (build with `--features aws`)",
+            });
+        }
+    }
+    Err(ServeError::Unsupported {
+        url: url.to_owned(),
+        reason: "queues are sqs://queue-name (or the default SQLite queue)",
+    })
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::stop`].
@@ -110,9 +195,10 @@ pub struct RunningServer {
     pub output: Arc<dyn ObjectStore>,
     /// Where exports land when the output is a local folder.
     pub output_dir: Option<PathBuf>,
-    pub source_dir: PathBuf,
+    /// The source folder, when the source is local.
+    pub source_dir: Option<PathBuf>,
     pub deps: WorkerDeps,
-    pub dead_letters: Arc<SqliteQueue>,
+    pub dead_letters: Arc<dyn WorkQueue>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -134,30 +220,6 @@ impl RunningServer {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
-}
-
-/// A local folder from `file:///path` or a plain path.
-fn local_path(what: &'static str, url: &str) -> Result<PathBuf, ServeError> {
-    if let Some(rest) = url.strip_prefix("file://") {
-        return Ok(PathBuf::from(rest));
-    }
-    if url.contains("://") {
-        let reason = if url.starts_with("s3://") {
-            "the S3 adapter is not part of this build yet"
-        } else if url.starts_with("az://") || url.starts_with("abfss://") {
-            "the Azure adapter is not part of this build yet"
-        } else if url.starts_with("http://") || url.starts_with("https://") {
-            "an upstream FHIR server source is not part of this build yet"
-        } else {
-            "unknown scheme"
-        };
-        return Err(ServeError::UnsupportedUrl {
-            what,
-            url: url.to_owned(),
-            reason,
-        });
-    }
-    Ok(PathBuf::from(url))
 }
 
 /// Generates the sample dataset once; a marker file says it is complete.
@@ -213,36 +275,33 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .or_else(|| std::env::var(k).ok())
     });
 
-    let output_dir = match &config.output {
-        Some(url) => local_path("output", url)?,
-        None => config.state.join("output"),
+    let output_url = match &config.output {
+        Some(url) => StoreUrl::parse(url)?,
+        None => StoreUrl::Local(config.state.join("output")),
     };
-    let output: Arc<dyn ObjectStore> = Arc::new(LocalFsStore::new(&output_dir).map_err(
-        |source| ServeError::Store {
-            what: "output",
-            source,
-        },
-    )?);
-    let source_dir = match &config.source {
-        Some(url) => local_path("source", url)?,
+    let output_dir = match &output_url {
+        StoreUrl::Local(dir) => Some(dir.clone()),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    };
+    let output = output_url.open().await?;
+    let source_url = match &config.source {
+        Some(url) => StoreUrl::parse(url)?,
         None => {
             let dir = config.state.join("sample-data");
             let d = dir.clone();
             tokio::task::spawn_blocking(move || ensure_sample_data(&d))
                 .await
                 .map_err(|e| ServeError::Sample(std::io::Error::other(e)))??;
-            dir
+            StoreUrl::Local(dir)
         }
     };
-    let source: Arc<dyn ResourceSource> = Arc::new(NdjsonSource::new(
-        Arc::new(
-            LocalFsStore::new(&source_dir).map_err(|source| ServeError::Store {
-                what: "source",
-                source,
-            })?,
-        ),
-        "",
-    ));
+    let source_dir = match &source_url {
+        StoreUrl::Local(dir) => Some(dir.clone()),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    };
+    let source: Arc<dyn ResourceSource> = Arc::new(NdjsonSource::new(source_url.open().await?, ""));
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -261,17 +320,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let settings =
         Arc::new(env.settings(&format!("{}{}", public.trim_end_matches('/'), FHIR_PATH))?);
 
-    let dead = Arc::new(SqliteQueue::new(
-        db.clone(),
-        "dead-letter",
-        settings.visibility_timeout,
-    ));
     let max_receives = env.parse::<u32>("FHIR_EXPORT_MAX_RECEIVES")?.unwrap_or(5);
-    let queue: Arc<dyn WorkQueue> = Arc::new(
-        SqliteQueue::new(db.clone(), "work", settings.visibility_timeout)
-            .with_dead_letter(&dead, max_receives),
-    );
-    let jobs: Arc<dyn JobStore> = Arc::new(SqliteJobStore::new(db));
+    let (queue, dead) = open_queue(config.queue.as_deref(), &db, &settings, max_receives).await?;
+    let jobs = open_job_store(config.job_store.as_deref(), &db).await?;
 
     let fhir = Router::new()
         .merge(kickoff_router(KickoffState {
@@ -338,7 +389,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     tracing::info!(
         addr = %addr,
         base = %settings.public_base_url,
-        source = %source_dir.display(),
+        source = %deps.source.describe(),
         output = %output.describe(),
         workers = config.workers,
         "fhir-export serving"
@@ -347,7 +398,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         addr,
         base_url: settings.public_base_url.clone(),
         output,
-        output_dir: Some(output_dir),
+        output_dir,
         source_dir,
         deps,
         dead_letters: dead,

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod aws;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,6 +92,10 @@ impl TestServer {
             http: reqwest::Client::new(),
             state,
         }
+    }
+
+    pub fn source_dir(&self) -> &Path {
+        self.server.source_dir.as_deref().expect("local source")
     }
 
     pub fn output_dir(&self) -> &Path {
@@ -286,6 +292,40 @@ pub fn read_source(dir: &Path) -> BTreeMap<String, Vec<Value>> {
         }
     }
     out
+}
+
+/// The moto server the test command started, or `None` (the test then says it is skipped).
+/// When moto is switched on but does not answer, the test fails: it never passes silently.
+pub async fn moto() -> Option<String> {
+    let Ok(url) = std::env::var("FHIR_EXPORT_MOTO_URL") else {
+        eprintln!("SKIPPED: moto not running (run scripts/test)");
+        return None;
+    };
+    let ok = reqwest::get(format!("{url}/moto-api/"))
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    assert!(ok, "moto is switched on at {url} but does not answer");
+    Some(url)
+}
+
+/// A name unique to this test run (tables, queues and buckets are per test).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid_simple())
+}
+
+fn uuid_simple() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}{:x}{}",
+        nanos,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `../shared/data` (the Synthea set) when present.

@@ -75,7 +75,7 @@ async fn system_export_downloads_what_the_manifest_lists() {
     let s = client::run(args_for(&t, out.path())).await.unwrap();
     assert!(s.status_url.starts_with(&format!("{}/_export/", t.base)));
     check_against_manifest(&s);
-    let source: BTreeMap<String, u64> = integration_tests::read_source(&t.server.source_dir)
+    let source: BTreeMap<String, u64> = integration_tests::read_source(t.source_dir())
         .into_iter()
         .map(|(k, v)| (k, v.len() as u64))
         .collect();

@@ -78,7 +78,7 @@ fn source_counts(source: &BTreeMap<String, Vec<Value>>) -> BTreeMap<String, u64>
 #[tokio::test]
 async fn system_export_returns_every_resource_exactly_once() {
     let t = TestServer::start(Options::default()).await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let status = t.start_export("/$export", "").await;
     assert!(
         status.starts_with(&format!("{}/_export/", t.base)),
@@ -179,7 +179,7 @@ async fn patient_and_group_level_export_compartments() {
         ..Options::default()
     })
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
 
     let all = t.export_counts("/Patient/$export", "").await;
     assert_eq!(all, expected_for_patients(&source, |_| true));
@@ -232,7 +232,7 @@ async fn patient_and_group_level_export_compartments() {
 #[tokio::test]
 async fn since_and_until_select_by_last_updated() {
     let t = TestServer::start(Options::default()).await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let since = "2022-03-01T00:00:00Z";
     let until = "2024-07-01T12:00:00+02:00";
     let since_t = chrono::DateTime::parse_from_rfc3339(since).unwrap();
@@ -272,7 +272,7 @@ async fn since_and_until_select_by_last_updated() {
 #[tokio::test]
 async fn files_roll_over_past_the_size_threshold() {
     let t = TestServer::start(Options::default().env("FHIR_EXPORT_MAX_FILE_BYTES", "20000")).await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let status = t.start_export("/$export", "_type=Observation").await;
     let manifest = t.manifest(&status).await;
     let items = manifest["output"].as_array().unwrap();

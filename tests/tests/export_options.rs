@@ -51,7 +51,7 @@ async fn type_filter_selects_with_search_semantics() {
         ..Options::default()
     })
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     // Two filters for Observation are ORed; Patient has none and is exported whole.
     let f1 = "Observation?code=http://loinc.org|8867-4,http://loinc.org|8480-6";
     let f2 = "Observation?status=amended";
@@ -144,7 +144,7 @@ async fn unsupported_filters_are_refused_or_reported() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     let manifest = t.manifest(&content_location(resp.headers())).await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     assert_eq!(
         counts(&manifest)["Observation"],
         source["Observation"].len() as u64,
@@ -200,7 +200,7 @@ async fn patient_parameter_narrows_and_never_widens() {
         ..Options::default()
     })
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let (a, b) = (synth::patient_id(2), synth::patient_id(4)); // both in the even group
     let params = json!([
         {"name": "patient", "valueReference": {"reference": format!("Patient/{a}")}},
@@ -266,7 +266,7 @@ async fn a_resource_shared_by_two_exported_patients_is_written_once() {
         .env("FHIR_EXPORT_CHUNK_BYTES", "40000"),
     )
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let shared: Vec<&Value> = source["Observation"]
         .iter()
         .filter(|o| {
@@ -440,7 +440,7 @@ async fn output_organized_by_patient_writes_patient_blocks() {
         .env("FHIR_EXPORT_CHUNK_BYTES", "60000"),
     )
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let group = format!("/Group/{}/$export", synth::GROUP_EVEN);
     let status = t.start_export(&group, "organizeOutputBy=Patient").await;
     let manifest = t.manifest(&status).await;
@@ -569,7 +569,7 @@ async fn partial_manifests_grow_by_pages_while_the_export_runs() {
         .env("FHIR_EXPORT_MANIFEST_PAGE_CHUNKS", "2"),
     )
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let status = t
         .start_export(
             "/$export",

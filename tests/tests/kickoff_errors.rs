@@ -345,6 +345,25 @@ async fn lenient_handling_exports_and_reports_what_it_ignored() {
 }
 
 #[tokio::test]
+async fn an_encoded_dollar_reaches_the_same_operation() {
+    let t = TestServer::start(Options {
+        patients: 2,
+        ..Options::default()
+    })
+    .await;
+    for path in [
+        "/%24export",
+        "/Patient/%24export",
+        "/Group/small-cohort/%24export",
+    ] {
+        let status = t.start_export(path, "_type=Patient").await;
+        let manifest = t.manifest(&status).await;
+        assert_eq!(counts(&manifest)["Patient"], 2, "{path}");
+    }
+    t.server.stop().await;
+}
+
+#[tokio::test]
 async fn accepts_all_output_format_spellings() {
     let t = TestServer::start(Options {
         patients: 2,

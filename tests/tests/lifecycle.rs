@@ -126,7 +126,7 @@ async fn duplicate_deliveries_write_each_resource_once() {
         .env("FHIR_EXPORT_CHUNK_BYTES", "30000"),
     )
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let url = t
         .start_export("/$export", "_type=Observation,Patient")
         .await;
@@ -218,7 +218,7 @@ async fn a_worker_stopped_mid_chunk_is_replaced_after_the_visibility_timeout() {
         .env("FHIR_EXPORT_VISIBILITY_TIMEOUT_SECS", "2"),
     )
     .await;
-    let source = read_source(&t.server.source_dir);
+    let source = read_source(t.source_dir());
     let url = t.start_export("/$export", "_type=Observation").await;
     let deps = t.server.deps.clone();
     let plan = deps

@@ -83,10 +83,14 @@ pub fn kickoff_router(state: KickoffState) -> Router {
     let system = get(kickoff::system).post(kickoff::system);
     let patient = get(kickoff::patient).post(kickoff::patient);
     let group = get(kickoff::group).post(kickoff::group);
+    // Some clients and proxies percent-encode the `$` (RFC 3986 allows either spelling).
     Router::new()
-        .route("/$export", system)
-        .route("/Patient/$export", patient)
-        .route("/Group/{id}/$export", group)
+        .route("/$export", system.clone())
+        .route("/%24export", system)
+        .route("/Patient/$export", patient.clone())
+        .route("/Patient/%24export", patient)
+        .route("/Group/{id}/$export", group.clone())
+        .route("/Group/{id}/%24export", group)
         .with_state(state)
 }
 

@@ -51,8 +51,7 @@ pub(super) async fn chunk(
         tracing::debug!(job_id = %id, chunk = index, "duplicate delivery of a finished chunk");
         return nudge(deps, &job, &record).await;
     }
-    let phase_start = job.plan.phase_range(record.spec.phase as usize).start;
-    if job.chunks_done < phase_start {
+    if !previous_phases_done(deps, &job, record.spec.phase).await? {
         return Err(WorkError::Retryable(
             format!("chunk {index} waits for the previous phase").into(),
         ));
@@ -131,6 +130,24 @@ pub(super) async fn chunk(
         publish(deps, &job, &done).await?;
     }
     advance(deps, &job, completion.done, completion.total).await
+}
+
+/// Whether every chunk of the phases before `phase` is done. The job's counter says so
+/// cheaply; when it lags (a store that counts in a second write, and a worker that died
+/// between the two), the chunk records decide.
+async fn previous_phases_done(deps: &WorkerDeps, job: &Job, phase: u32) -> Result<bool, WorkError> {
+    let start = job.plan.phase_range(phase as usize).start;
+    if job.chunks_done >= start {
+        return Ok(true);
+    }
+    let done = deps
+        .jobs
+        .chunks(&job.id)
+        .await?
+        .iter()
+        .filter(|c| c.spec.index < start && c.is_done())
+        .count();
+    Ok(done as u32 >= start)
 }
 
 /// After the chunk that completes a phase, send the next phase; after the last, finalize.

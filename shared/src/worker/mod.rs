@@ -191,9 +191,15 @@ pub async fn fail_job(deps: &WorkerDeps, id: &JobId, reason: &str) -> Result<(),
     .await?;
     if let Some(job) = failed {
         tracing::error!(job_id = %id, %reason, "export failed");
-        deps.output
+        // The failure stands whether or not its files can be removed now; the expiry sweep
+        // (and the bucket's lifecycle rule) remove them later.
+        if let Err(e) = deps
+            .output
             .delete_prefix(&format!("{}/", job.output_prefix))
-            .await?;
+            .await
+        {
+            runner::log_failure("files of a failed export not deleted yet", &e);
+        }
     }
     Ok(())
 }

@@ -1,0 +1,92 @@
+//! What the four Lambda functions share: typed configuration from the environment, JSON logs,
+//! and the host around an axum router (the FHIR base path, the caller's identity taken from the
+//! API Gateway JWT authorizer, `OperationOutcome` fallbacks).
+//!
+//! Environment (see `docs/configuration.md`): `FHIR_EXPORT_PUBLIC_URL` (required),
+//! `FHIR_EXPORT_BASE_PATH` (default `/fhir`), `FHIR_EXPORT_TABLE`, `FHIR_EXPORT_QUEUE_URL`,
+//! `FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN`, `FHIR_EXPORT_OUTPUT`, `FHIR_EXPORT_SOURCE`, and the
+//! tuning variables of `shared::config`. Unlike the local server, files default to
+//! `redirect` access: API Gateway cannot stream large bodies through a function.
+
+#[cfg(feature = "http")]
+mod host;
+
+#[cfg(feature = "http")]
+pub use host::{caller_of, host};
+use shared::config::{ConfigError, Env};
+use shared::settings::{FileAccess, Settings};
+
+/// Configuration every function reads.
+#[derive(Debug, Clone)]
+pub struct FunctionConfig {
+    pub settings: Settings,
+    /// Where the routers are mounted (`/fhir`).
+    pub base_path: String,
+}
+
+impl FunctionConfig {
+    pub fn from_env() -> Result<FunctionConfig, ConfigError> {
+        Self::from(&Env::process())
+    }
+
+    pub fn from<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+    ) -> Result<FunctionConfig, ConfigError> {
+        let public = env.require("FHIR_EXPORT_PUBLIC_URL")?;
+        let base_path = env
+            .get("FHIR_EXPORT_BASE_PATH")
+            .unwrap_or_else(|| "/fhir".into());
+        if !base_path.starts_with('/') || base_path.ends_with('/') {
+            return Err(ConfigError::Invalid {
+                name: "FHIR_EXPORT_BASE_PATH",
+                value: base_path,
+                reason: "must start with / and not end with /".into(),
+            });
+        }
+        let mut settings = env.settings(&format!("{}{base_path}", public.trim_end_matches('/')))?;
+        if env.get("FHIR_EXPORT_FILE_ACCESS").is_none() {
+            settings.file_access = FileAccess::Redirect;
+        }
+        settings.authenticated = true;
+        Ok(FunctionConfig {
+            settings,
+            base_path,
+        })
+    }
+}
+
+/// JSON log lines (CloudWatch), filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .without_time() // CloudWatch stamps every line
+        .with_current_span(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn config_from_env() {
+        let vars: HashMap<&str, &str> =
+            [("FHIR_EXPORT_PUBLIC_URL", "https://api.example.org/")].into();
+        let env = Env::new(|k| vars.get(k).map(|v| (*v).to_owned()));
+        let c = FunctionConfig::from(&env).expect("config");
+        assert_eq!(c.settings.public_base_url, "https://api.example.org/fhir");
+        assert_eq!(c.settings.file_access, FileAccess::Redirect);
+        assert!(c.settings.requires_access_token());
+        let empty = Env::new(|_| None);
+        assert_eq!(
+            FunctionConfig::from(&empty).expect_err("missing"),
+            ConfigError::Missing {
+                name: "FHIR_EXPORT_PUBLIC_URL"
+            }
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! The kick-off function: `GET|POST [base]/$export`, `[base]/Patient/$export`,
+//! `[base]/Group/[id]/$export`. It creates jobs in DynamoDB, queues their plan on SQS, and
+//! reads Group resources from the NDJSON source.
+
+use std::sync::Arc;
+
+use axum::Router;
+use fn_common::{FunctionConfig, host};
+use shared::adapters::aws::dynamodb::DynamoJobStore;
+use shared::adapters::aws::sqs::SqsQueue;
+use shared::adapters::ndjson_source::NdjsonSource;
+use shared::adapters::target::open_store;
+use shared::config::Env;
+use shared::http::{KickoffState, kickoff_router};
+use shared::request::Capabilities;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The function's router, from the environment.
+pub async fn app_from_env() -> Result<Router, Error> {
+    let env = Env::process();
+    let config = FunctionConfig::from(&env)?;
+    let aws = shared::adapters::aws::sdk_config().await;
+    let state = KickoffState {
+        jobs: Arc::new(DynamoJobStore::new(
+            &aws,
+            &env.require("FHIR_EXPORT_TABLE")?,
+        )),
+        queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
+        source: Arc::new(NdjsonSource::new(
+            open_store(&env.require("FHIR_EXPORT_SOURCE")?).await?,
+            "",
+        )),
+        settings: Arc::new(config.settings.clone()),
+        caps: Capabilities::CURRENT,
+    };
+    Ok(app(state, &config))
+}
+
+pub fn app(state: KickoffState, config: &FunctionConfig) -> Router {
+    host(kickoff_router(state), config)
+}

@@ -1,0 +1,53 @@
+//! The status function: `GET [status URL]` (status and manifest), `GET [file URL]` (307 to a
+//! presigned S3 URL) and `GET [base]/metadata`. It reads DynamoDB and signs S3 URLs; it never
+//! writes and links no queue.
+
+use std::sync::Arc;
+
+use axum::Router;
+use fn_common::{FunctionConfig, host};
+use shared::adapters::aws::dynamodb::DynamoJobStore;
+use shared::adapters::target::open_store;
+use shared::config::Env;
+use shared::http::{
+    FilesState, MetadataState, StatusState, files_router, metadata_router, status_router,
+};
+use shared::ports::{JobStore, ObjectStore};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+pub async fn app_from_env() -> Result<Router, Error> {
+    let env = Env::process();
+    let config = FunctionConfig::from(&env)?;
+    let aws = shared::adapters::aws::sdk_config().await;
+    let jobs: Arc<dyn JobStore> = Arc::new(DynamoJobStore::new(
+        &aws,
+        &env.require("FHIR_EXPORT_TABLE")?,
+    ));
+    let output = open_store(&env.require("FHIR_EXPORT_OUTPUT")?).await?;
+    Ok(app(jobs, output, &config))
+}
+
+pub fn app(
+    jobs: Arc<dyn JobStore>,
+    output: Arc<dyn ObjectStore>,
+    config: &FunctionConfig,
+) -> Router {
+    let settings = Arc::new(config.settings.clone());
+    let routes = Router::new()
+        .merge(status_router(StatusState {
+            jobs: jobs.clone(),
+            output: output.clone(),
+            settings: settings.clone(),
+        }))
+        .merge(files_router(FilesState {
+            jobs,
+            output,
+            settings: settings.clone(),
+        }))
+        .merge(metadata_router(MetadataState {
+            settings,
+            started: chrono::Utc::now(),
+        }));
+    host(routes, config)
+}

@@ -1,0 +1,8 @@
+//! Status Lambda: wiring only.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    fn_common::init_tracing();
+    let app = status::app_from_env().await?;
+    lambda_http::run(app).await
+}

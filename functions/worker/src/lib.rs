@@ -1,0 +1,138 @@
+//! The worker function: SQS messages from the work queue (plan, chunk, finalize), dead letters
+//! from the dead-letter queue (their jobs are failed), and the EventBridge schedule (the sweep
+//! for stalled and expired exports).
+//!
+//! SQS batches answer with partial failures (`batchItemFailures`): a message that failed in a
+//! way a retry can fix is reported, so that only it is delivered again — after a short
+//! backoff, not the queue's long visibility timeout; a message that failed permanently has
+//! already failed its job and is dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use serde_json::Value;
+use shared::adapters::aws::dynamodb::DynamoJobStore;
+use shared::adapters::aws::sqs::SqsQueue;
+use shared::adapters::ndjson_source::NdjsonSource;
+use shared::adapters::target::open_store;
+use shared::config::Env;
+use shared::worker::{
+    MessageLease, WorkError, WorkerDeps, handle_dead_letter, handle_message, sweep,
+};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct Worker {
+    pub deps: WorkerDeps,
+    /// Records from this queue are dead letters.
+    pub dead_letter_arn: Option<String>,
+}
+
+impl Worker {
+    pub async fn from_env() -> Result<Worker, Error> {
+        let env = Env::process();
+        let config = fn_common::FunctionConfig::from(&env)?;
+        let aws = shared::adapters::aws::sdk_config().await;
+        let deps = WorkerDeps {
+            jobs: Arc::new(DynamoJobStore::new(
+                &aws,
+                &env.require("FHIR_EXPORT_TABLE")?,
+            )),
+            queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
+            output: open_store(&env.require("FHIR_EXPORT_OUTPUT")?).await?,
+            source: Arc::new(NdjsonSource::new(
+                open_store(&env.require("FHIR_EXPORT_SOURCE")?).await?,
+                "",
+            )),
+            settings: Arc::new(config.settings),
+        };
+        Ok(Worker {
+            deps,
+            dead_letter_arn: env.get("FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN"),
+        })
+    }
+
+    /// Handles one Lambda event: an SQS batch, or a scheduled event.
+    pub async fn handle(&self, event: Value) -> Result<Value, Error> {
+        if event.get("Records").is_some() {
+            let batch: SqsEvent = serde_json::from_value(event)?;
+            let response = self.handle_sqs(batch).await;
+            return Ok(serde_json::to_value(response)?);
+        }
+        if event.get("source").and_then(Value::as_str) == Some("aws.events") {
+            let report = sweep(&self.deps, chrono::Utc::now())
+                .await
+                .map_err(|e| Box::new(e) as Error)?;
+            tracing::info!(
+                restarted = report.restarted,
+                failed = report.failed,
+                expired = report.expired,
+                "sweep"
+            );
+            return Ok(serde_json::json!({
+                "restarted": report.restarted,
+                "failed": report.failed,
+                "expired": report.expired,
+            }));
+        }
+        Err("the worker handles SQS batches and scheduled events only".into())
+    }
+
+    pub async fn handle_sqs(&self, batch: SqsEvent) -> SqsBatchResponse {
+        let outcomes =
+            futures::future::join_all(batch.records.iter().map(|r| self.handle_record(r))).await;
+        let mut response = SqsBatchResponse::default();
+        for (record, ok) in batch.records.iter().zip(outcomes) {
+            if !ok && let Some(id) = &record.message_id {
+                response.add_failure(id.clone());
+            }
+        }
+        response
+    }
+
+    /// `true` when the message is done with (success, or a permanent failure already
+    /// recorded on its job).
+    async fn handle_record(&self, record: &SqsMessage) -> bool {
+        let body = record.body.as_deref().unwrap_or("");
+        let from_dead_letters = self
+            .dead_letter_arn
+            .as_deref()
+            .is_some_and(|arn| record.event_source_arn.as_deref() == Some(arn));
+        if from_dead_letters {
+            return match handle_dead_letter(&self.deps, body).await {
+                Ok(()) => true,
+                Err(e) => {
+                    shared::worker::runner::log_failure("dead letter not handled; will retry", &e);
+                    false
+                }
+            };
+        }
+        let Some(receipt) = record.receipt_handle.clone() else {
+            tracing::warn!(message_id = ?record.message_id, "SQS record without a receipt handle");
+            return false;
+        };
+        let lease = MessageLease {
+            queue: self.deps.queue.clone(),
+            receipt: receipt.clone(),
+            visibility: self.deps.settings.visibility_timeout,
+        };
+        match handle_message(&self.deps, body, &lease).await {
+            Ok(()) | Err(WorkError::Permanent(_)) => true,
+            Err(e) => {
+                shared::worker::runner::log_failure("message failed; it will be retried", &e);
+                let receives: u32 = record
+                    .attributes
+                    .get("ApproximateReceiveCount")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                let delay = Duration::from_secs(1u64 << receives.saturating_sub(1).min(6))
+                    .min(self.deps.settings.visibility_timeout);
+                if let Err(e) = self.deps.queue.extend(&receipt, delay).await {
+                    shared::worker::runner::log_failure("could not schedule the retry", &e);
+                }
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs (once, cached under ~/.cache/fhir-export) and starts the local stand-ins the tests
+# need: moto server for S3, DynamoDB and SQS. Source it: it exports the variables the tests
+# read and installs a trap that stops what it started.
+#
+#   FHIR_EXPORT_MOTO_URL   http://127.0.0.1:PORT of the running moto server
+#   AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   pointed at it
+set -euo pipefail
+
+CACHE="${FHIR_EXPORT_CACHE:-$HOME/.cache/fhir-export}"
+MOTO_VERSION=5.2.5
+VENV="$CACHE/venv-moto-$MOTO_VERSION"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/cfn-lint" ]; then
+    echo "stand-ins: installing moto $MOTO_VERSION and cfn-lint into $VENV" >&2
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" "cfn-lint==1.58.*" >&2
+fi
+
+MOTO_PORT=$(free_port)
+MOTO_LOG="${TMPDIR:-/tmp}/fhir-export-moto-$MOTO_PORT.log"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
+MOTO_PID=$!
+stop_stand_ins() { kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true; }
+trap stop_stand_ins EXIT
+
+for _ in $(seq 1 100); do
+    if curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then
+        break
+    fi
+    sleep 0.1
+done
+if ! curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then
+    echo "stand-ins: moto did not start; its log:" >&2
+    cat "$MOTO_LOG" >&2
+    exit 1
+fi
+
+export FHIR_EXPORT_MOTO_URL="http://127.0.0.1:$MOTO_PORT"
+export AWS_ENDPOINT_URL="$FHIR_EXPORT_MOTO_URL"
+export AWS_REGION=us-east-1
+export AWS_DEFAULT_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=testing
+export AWS_SECRET_ACCESS_KEY=testing
+export FHIR_EXPORT_CFN_LINT="$VENV/bin/cfn-lint"
+echo "stand-ins: moto on $FHIR_EXPORT_MOTO_URL" >&2

@@ -1,0 +1,694 @@
+//! `JobStore` on DynamoDB: one table, every item of a job under the job's partition key.
+//!
+//! | item | `pk` | `sk` | attributes |
+//! | --- | --- | --- | --- |
+//! | job | `JOB#<id>` | `#JOB` | `doc` (the job, JSON), `state`, `version`, `chunks_done`, `chunks_total`, `updated_at` (ms), `expires_at` (ms), `ttl` (s), `active` (present while active), `expiry_bucket` |
+//! | chunk | `JOB#<id>` | `CHUNK#<index>` | `spec`, `result`, `published` (JSON), `renamed` |
+//! | counter | `JOB#<id>` | `COUNTER#<name>` | `n` |
+//! | published file | `JOB#<id>` | `OUT#<seq>` | `file` (JSON) |
+//!
+//! Every state change is an `UpdateItem` conditioned on `version`; a `ConditionalCheckFailed`
+//! is a version conflict, not an error. Chunk completion is conditioned on the chunk having no
+//! result, and the job's `chunks_done` is then incremented with `ADD` returning the new value,
+//! so exactly one completion sees the last chunk. Two sparse indexes answer the sweep without
+//! scanning: `active` (`active`, `updated_at`) for stalled jobs, `expiry` (`expiry_bucket`,
+//! `expires_at`) for expired ones; `ttl` lets DynamoDB drop a job's record a day after it
+//! expires (the sweep deletes its files first).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, PutRequest, ReturnValue,
+    ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, OutputFile};
+use crate::model::JobId;
+use crate::ports::{ChunkCompletion, JobStore, StoreError};
+
+type Item = HashMap<String, AttributeValue>;
+
+const JOB_SK: &str = "#JOB";
+const ACTIVE_INDEX: &str = "active";
+const EXPIRY_INDEX: &str = "expiry";
+/// DynamoDB deletes a job's record this long after it expired (TTL deletion is lazy anyway).
+const TTL_GRACE_SECS: i64 = 86_400;
+/// Concurrent writes when storing many chunks.
+const PARALLEL_WRITES: usize = 16;
+
+#[derive(Clone)]
+pub struct DynamoJobStore {
+    client: Client,
+    table: String,
+}
+
+fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn pk(id: &JobId) -> AttributeValue {
+    AttributeValue::S(format!("JOB#{id}"))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn chunk_sk(index: u32) -> AttributeValue {
+    s(format!("CHUNK#{index:010}"))
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn get_n(item: &Item, name: &str) -> Result<u64, StoreError> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .ok_or_else(|| StoreError::Backend(format!("attribute {name} missing").into()))?
+        .parse()
+        .map_err(backend)
+}
+
+fn json<T: serde::de::DeserializeOwned>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
+    get_s(item, name)
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(backend)
+}
+
+fn is_condition_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+    e: &SdkError<E, R>,
+) -> bool {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+fn job_from(item: &Item) -> Result<Job, StoreError> {
+    let mut job: Job =
+        json(item, "doc")?.ok_or_else(|| StoreError::Backend("job item without doc".into()))?;
+    job.chunks_done = u32::try_from(get_n(item, "chunks_done")?).map_err(backend)?;
+    Ok(job)
+}
+
+fn chunk_from(item: &Item) -> Result<ChunkRecord, StoreError> {
+    Ok(ChunkRecord {
+        spec: json(item, "spec")?
+            .ok_or_else(|| StoreError::Backend("chunk item without spec".into()))?,
+        result: json(item, "result")?,
+        published: json(item, "published")?,
+        renamed: item
+            .get("renamed")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+    })
+}
+
+impl DynamoJobStore {
+    pub fn new(config: &aws_config::SdkConfig, table: &str) -> Self {
+        DynamoJobStore {
+            client: Client::new(config),
+            table: table.to_owned(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the table with its indexes and TTL (tests and local runs; deployments get it
+    /// from `template.yaml`). An existing table is left as it is.
+    pub async fn create_table(&self) -> Result<(), StoreError> {
+        let attr = |name: &str, t: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(t)
+                .build()
+                .map_err(backend)
+        };
+        let key = |name: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(t)
+                .build()
+                .map_err(backend)
+        };
+        let index =
+            |name: &str, hash: &str, range: &str| -> Result<GlobalSecondaryIndex, StoreError> {
+                GlobalSecondaryIndex::builder()
+                    .index_name(name)
+                    .key_schema(key(hash, KeyType::Hash)?)
+                    .key_schema(key(range, KeyType::Range)?)
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(backend)
+            };
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("sk", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("active", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("updated_at", ScalarAttributeType::N)?)
+            .attribute_definitions(attr("expiry_bucket", ScalarAttributeType::S)?)
+            .attribute_definitions(attr("expires_at", ScalarAttributeType::N)?)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .global_secondary_indexes(index(ACTIVE_INDEX, "active", "updated_at")?)
+            .global_secondary_indexes(index(EXPIRY_INDEX, "expiry_bucket", "expires_at")?)
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(backend(e)),
+        }
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name("ttl")
+                    .enabled(true)
+                    .build()
+                    .map_err(backend)?,
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                // Enabling TTL twice is refused; it is on, which is what we want.
+                if e.as_service_error()
+                    .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
+                    == Some("ValidationException")
+                {
+                    Ok(())
+                } else {
+                    Err(backend(e))
+                }
+            })
+    }
+
+    /// The attributes a job item carries besides its key.
+    fn job_attributes(
+        job: &Job,
+    ) -> Result<Vec<(&'static str, Option<AttributeValue>)>, StoreError> {
+        let doc = serde_json::to_string(job).map_err(backend)?;
+        Ok(vec![
+            ("doc", Some(s(doc))),
+            ("state", Some(s(job.state.as_str()))),
+            ("version", Some(n(job.version))),
+            ("chunks_total", Some(n(job.chunks_total))),
+            ("updated_at", Some(n(job.updated_at.timestamp_millis()))),
+            ("expires_at", Some(n(job.expires_at.timestamp_millis()))),
+            ("ttl", Some(n(job.expires_at.timestamp() + TTL_GRACE_SECS))),
+            ("expiry_bucket", Some(s("jobs"))),
+            // Sparse: only active jobs are in the `active` index.
+            ("active", job.state.is_active().then(|| s("1"))),
+        ])
+    }
+
+    async fn query_all(
+        &self,
+        id: &JobId,
+        sk_prefix: &str,
+        keys_only: bool,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .expression_attribute_values(":pk", pk(id))
+                .set_exclusive_start_key(start.take());
+            q = if sk_prefix.is_empty() {
+                // An empty string is not a valid key value: everything of the job.
+                q.key_condition_expression("pk = :pk")
+            } else {
+                q.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(sk_prefix))
+            };
+            if keys_only {
+                q = q.projection_expression("pk, sk");
+            }
+            let page = q.send().await.map_err(backend)?;
+            out.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn query_index(
+        &self,
+        index: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut jobs = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression(condition)
+                .set_exclusive_start_key(start.take());
+            for (k, v) in &values {
+                q = q.expression_attribute_values(*k, v.clone());
+            }
+            let page = q.send().await.map_err(backend)?;
+            for item in page.items.unwrap_or_default() {
+                jobs.push(job_from(&item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(jobs),
+            }
+        }
+    }
+
+    /// Writes or deletes items, 25 to a request, retrying what DynamoDB leaves unprocessed.
+    async fn batch_write(&self, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().min(25));
+            let mut pending = std::mem::replace(&mut requests, rest);
+            for attempt in 0..8u32 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .map_err(backend)?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(&self.table))
+                    .unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt == 7 {
+                    return Err(StoreError::Backend(
+                        "batch write left items unprocessed".into(),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_item(&self, id: &JobId, sk: AttributeValue) -> Result<Option<Item>, StoreError> {
+        Ok(self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", sk)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?
+            .item)
+    }
+}
+
+#[async_trait]
+impl JobStore for DynamoJobStore {
+    async fn create(&self, job: &Job) -> Result<(), StoreError> {
+        let mut item: Item = HashMap::new();
+        item.insert("pk".into(), pk(&job.id));
+        item.insert("sk".into(), s(JOB_SK));
+        item.insert("chunks_done".into(), n(job.chunks_done));
+        for (k, v) in Self::job_attributes(job)? {
+            if let Some(v) = v {
+                item.insert(k.into(), v);
+            }
+        }
+        match self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::AlreadyExists),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        self.get_item(id, s(JOB_SK))
+            .await?
+            .map(|item| job_from(&item))
+            .transpose()
+    }
+
+    async fn update(&self, job: &Job, expected_version: u64) -> Result<(), StoreError> {
+        let mut sets = Vec::new();
+        let mut removes = Vec::new();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(&job.id))
+            .key("sk", s(JOB_SK));
+        for (i, (name, value)) in Self::job_attributes(job)?.into_iter().enumerate() {
+            req = req.expression_attribute_names(format!("#a{i}"), name);
+            match value {
+                Some(v) => {
+                    sets.push(format!("#a{i} = :v{i}"));
+                    req = req.expression_attribute_values(format!(":v{i}"), v);
+                }
+                None => removes.push(format!("#a{i}")),
+            }
+        }
+        let mut expr = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expr.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        let result = req
+            .update_expression(expr)
+            .condition_expression("attribute_exists(pk) AND #version = :expected")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":expected", n(expected_version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => match self.get(&job.id).await? {
+                Some(_) => Err(StoreError::Conflict),
+                None => Err(StoreError::NotFound),
+            },
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn put_chunks(&self, id: &JobId, chunks: &[ChunkSpec]) -> Result<(), StoreError> {
+        // SET of the spec only: a chunk that exists keeps its result (idempotent re-plan).
+        let mut writes = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let spec = serde_json::to_string(c).map_err(backend)?;
+            let request = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", pk(id))
+                .key("sk", chunk_sk(c.index))
+                .update_expression("SET spec = :spec")
+                .expression_attribute_values(":spec", s(spec));
+            writes.push(async move { request.send().await.map(|_| ()).map_err(backend) });
+        }
+        let mut stream = futures::stream::iter(writes).buffer_unordered(PARALLEL_WRITES);
+        while let Some(r) = stream.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn chunk(&self, id: &JobId, index: u32) -> Result<Option<ChunkRecord>, StoreError> {
+        self.get_item(id, chunk_sk(index))
+            .await?
+            .filter(|i| i.contains_key("spec"))
+            .map(|item| chunk_from(&item))
+            .transpose()
+    }
+
+    async fn chunks(&self, id: &JobId) -> Result<Vec<ChunkRecord>, StoreError> {
+        let mut chunks: Vec<ChunkRecord> = self
+            .query_all(id, "CHUNK#", false)
+            .await?
+            .iter()
+            .filter(|i| i.contains_key("spec"))
+            .map(chunk_from)
+            .collect::<Result<_, _>>()?;
+        chunks.sort_by_key(|c| c.spec.index);
+        Ok(chunks)
+    }
+
+    async fn complete_chunk(
+        &self,
+        id: &JobId,
+        index: u32,
+        result: &ChunkResult,
+        now: DateTime<Utc>,
+    ) -> Result<ChunkCompletion, StoreError> {
+        let body = serde_json::to_string(result).map_err(backend)?;
+        let recorded = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", chunk_sk(index))
+            .update_expression("SET #result = :r")
+            .condition_expression("attribute_exists(spec) AND attribute_not_exists(#result)")
+            .expression_attribute_names("#result", "result")
+            .expression_attribute_values(":r", s(body))
+            .send()
+            .await;
+        match recorded {
+            Ok(_) => {}
+            Err(e) if is_condition_failure(&e) => {
+                if self.chunk(id, index).await?.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                let job = self.get(id).await?.ok_or(StoreError::NotFound)?;
+                return Ok(ChunkCompletion {
+                    first: false,
+                    done: job.chunks_done,
+                    total: job.chunks_total,
+                });
+            }
+            Err(e) => return Err(backend(e)),
+        }
+        // A crash right here leaves the chunk recorded but not counted; finalize and the
+        // phase checks count chunk records, so the job still moves on.
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", s(JOB_SK))
+            .update_expression("ADD chunks_done :one SET updated_at = :now")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| {
+                if is_condition_failure(&e) {
+                    StoreError::NotFound
+                } else {
+                    backend(e)
+                }
+            })?;
+        let item = updated.attributes.unwrap_or_default();
+        Ok(ChunkCompletion {
+            first: true,
+            done: u32::try_from(get_n(&item, "chunks_done")?).map_err(backend)?,
+            total: u32::try_from(get_n(&item, "chunks_total")?).map_err(backend)?,
+        })
+    }
+
+    async fn reserve(&self, id: &JobId, counter: &str, count: u32) -> Result<u64, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", s(format!("COUNTER#{counter}")))
+            .update_expression("ADD #n :n")
+            .expression_attribute_names("#n", "n")
+            .expression_attribute_values(":n", n(count))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(backend)?;
+        let last = get_n(&out.attributes.unwrap_or_default(), "n")?;
+        Ok(last + 1 - u64::from(count))
+    }
+
+    async fn set_published(
+        &self,
+        id: &JobId,
+        index: u32,
+        files: &[OutputFile],
+    ) -> Result<Vec<OutputFile>, StoreError> {
+        let body = serde_json::to_string(files).map_err(backend)?;
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", chunk_sk(index))
+            .update_expression("SET published = :p")
+            .condition_expression("attribute_exists(spec) AND attribute_not_exists(published)")
+            .expression_attribute_values(":p", s(body))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(files.to_vec()),
+            Err(e) if is_condition_failure(&e) => self
+                .chunk(id, index)
+                .await?
+                .ok_or(StoreError::NotFound)?
+                .published
+                .ok_or_else(|| StoreError::Backend("published names vanished".into())),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn mark_renamed(&self, id: &JobId, index: u32) -> Result<(), StoreError> {
+        match self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", chunk_sk(index))
+            .update_expression("SET renamed = :t")
+            .condition_expression("attribute_exists(spec)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::NotFound),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn heartbeat(&self, id: &JobId, now: DateTime<Utc>) -> Result<(), StoreError> {
+        match self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", s(JOB_SK))
+            .update_expression("SET updated_at = :now")
+            .condition_expression("attribute_exists(pk) AND updated_at < :now")
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .send()
+            .await
+        {
+            // Already fresher, or gone: nothing to record.
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn put_outputs(&self, id: &JobId, files: &[OutputFile]) -> Result<(), StoreError> {
+        let mut requests = Vec::new();
+        for old in self.query_all(id, "OUT#", true).await? {
+            requests.push(
+                WriteRequest::builder()
+                    .delete_request(
+                        DeleteRequest::builder()
+                            .set_key(Some(old))
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+        }
+        self.batch_write(requests).await?;
+        let mut requests = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let mut item: Item = HashMap::new();
+            item.insert("pk".into(), pk(id));
+            item.insert("sk".into(), s(format!("OUT#{i:010}")));
+            item.insert("file".into(), s(serde_json::to_string(f).map_err(backend)?));
+            requests.push(
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+        }
+        self.batch_write(requests).await
+    }
+
+    async fn outputs(&self, id: &JobId) -> Result<Vec<OutputFile>, StoreError> {
+        let mut items = self.query_all(id, "OUT#", false).await?;
+        items.sort_by(|a, b| get_s(a, "sk").cmp(&get_s(b, "sk")));
+        items
+            .iter()
+            .map(|i| {
+                json(i, "file")?
+                    .ok_or_else(|| StoreError::Backend("output item without file".into()))
+            })
+            .collect()
+    }
+
+    async fn stalled(&self, before: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
+        self.query_index(
+            ACTIVE_INDEX,
+            "active = :one AND updated_at < :before",
+            vec![(":one", s("1")), (":before", n(before.timestamp_millis()))],
+        )
+        .await
+    }
+
+    async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError> {
+        self.query_index(
+            EXPIRY_INDEX,
+            "expiry_bucket = :b AND expires_at < :now",
+            vec![(":b", s("jobs")), (":now", n(now.timestamp_millis()))],
+        )
+        .await
+    }
+
+    async fn delete(&self, id: &JobId) -> Result<(), StoreError> {
+        let items = self.query_all(id, "", true).await?;
+        let mut requests = Vec::new();
+        for key in items {
+            requests.push(
+                WriteRequest::builder()
+                    .delete_request(
+                        DeleteRequest::builder()
+                            .set_key(Some(key))
+                            .build()
+                            .map_err(backend)?,
+                    )
+                    .build(),
+            );
+        }
+        self.batch_write(requests).await
+    }
+}

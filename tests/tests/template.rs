@@ -1,0 +1,838 @@
+//! The AWS deployment: `template.yaml` passes cfn-lint and declares what the service needs
+//! (the four Rust functions, their event sources, exactly the IAM each one calls, the table,
+//! the queues, the bucket, the parameters and the environment contract), and every sample
+//! event in `events/` has the shape its handler receives on Lambda.
+//!
+//! There is no YAML parser in the workspace, so the template is read as text by a small
+//! indentation-based reader: `block(text, indent, key)` is the `key:` line at that indent
+//! plus everything indented deeper. That is enough for a template we write ourselves and
+//! keep in block style (one key per line, 2-space indents).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn template() -> String {
+    std::fs::read_to_string(root().join("template.yaml")).expect("template.yaml")
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// The `key:` line at exactly `indent` spaces and the lines below it indented deeper (blank
+/// lines included), or `None`.
+fn block(text: &str, indent: usize, key: &str) -> Option<String> {
+    let mut lines = text.lines();
+    let head = lines.by_ref().find(|l| {
+        indent_of(l) == indent
+            && l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest == ":" || rest.starts_with(": "))
+    })?;
+    let mut out = vec![head];
+    out.extend(lines.take_while(|l| l.trim().is_empty() || indent_of(l) > indent));
+    Some(out.join("\n"))
+}
+
+fn section(key: &str) -> String {
+    block(&template(), 0, key).unwrap_or_else(|| panic!("template has no {key} section"))
+}
+
+fn resource(name: &str) -> String {
+    block(&section("Resources"), 2, name).unwrap_or_else(|| panic!("no resource {name}"))
+}
+
+/// Logical ids and types of all resources.
+fn resources() -> BTreeMap<String, String> {
+    let resources = section("Resources");
+    let mut out = BTreeMap::new();
+    for line in resources.lines().skip(1) {
+        if indent_of(line) == 2
+            && !line.trim_start().starts_with('#')
+            && let Some(name) = line.trim().strip_suffix(':')
+        {
+            let body = block(&resources, 2, name).unwrap();
+            let ty = body
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Type: "))
+                .unwrap_or_else(|| panic!("{name} has no Type"));
+            out.insert(name.to_owned(), ty.to_owned());
+        }
+    }
+    out
+}
+
+/// The value of the first `key: value` line in `text` (any indent), without quotes.
+fn value_of(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+/// The environment variable names set in a block (`Variables:` maps).
+fn env_vars(text: &str) -> BTreeSet<String> {
+    let Some(vars) = text
+        .lines()
+        .position(|l| l.trim() == "Variables:")
+        .map(|i| text.lines().skip(i).collect::<Vec<_>>().join("\n"))
+    else {
+        return BTreeSet::new();
+    };
+    let head_indent = indent_of(vars.lines().next().unwrap());
+    vars.lines()
+        .skip(1)
+        .take_while(|l| l.trim().is_empty() || indent_of(l) > head_indent)
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k.to_owned()))
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// `service:Action` names listed in a block.
+fn actions(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|a| {
+            ["dynamodb:", "sqs:", "s3:", "logs:"]
+                .iter()
+                .any(|p| a.starts_with(p))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+// ------------------------------------------------------------------------------- cfn-lint
+
+#[test]
+fn template_passes_cfn_lint() {
+    let Some(cfn_lint) = std::env::var_os("FHIR_EXPORT_CFN_LINT") else {
+        eprintln!("SKIPPED: cfn-lint not installed (run scripts/test)");
+        return;
+    };
+    let out = Command::new(&cfn_lint)
+        .arg("template.yaml")
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cfn_lint.to_string_lossy()));
+    assert!(
+        out.status.success(),
+        "cfn-lint template.yaml failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ------------------------------------------------------------------------------- template
+
+const FUNCTIONS: [(&str, &str); 4] = [
+    ("KickoffFunction", "kickoff"),
+    ("StatusFunction", "status"),
+    ("CancelFunction", "cancel"),
+    ("WorkerFunction", "worker"),
+];
+
+#[test]
+fn four_rust_functions_on_arm64() {
+    let functions: BTreeSet<String> = resources()
+        .into_iter()
+        .filter(|(_, ty)| ty == "AWS::Serverless::Function")
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        functions,
+        FUNCTIONS.iter().map(|(f, _)| (*f).to_owned()).collect()
+    );
+    for (name, bin) in FUNCTIONS {
+        let f = resource(name);
+        for needle in [
+            "BuildMethod: rust-cargolambda".to_owned(),
+            format!("Binary: {bin}"),
+            format!("CodeUri: functions/{bin}"),
+            "Handler: bootstrap".to_owned(),
+            "Runtime: provided.al2023".to_owned(),
+            "Architectures: [arm64]".to_owned(),
+            "LogFormat: JSON".to_owned(),
+        ] {
+            assert!(f.contains(&needle), "{name} lacks `{needle}`:\n{f}");
+        }
+        // The crate SAM builds must exist and define the binary.
+        let manifest = root().join("functions").join(bin).join("Cargo.toml");
+        let manifest = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+        assert!(
+            manifest.contains(&format!("name = \"{bin}\"")),
+            "functions/{bin}/Cargo.toml does not name the binary {bin}"
+        );
+        // SAM would create a second role (and, for SQS events, attach a policy on every queue).
+        assert!(!f.contains("Policies:"), "{name}: IAM belongs in its Role");
+        let (timeout, memory) = if bin == "worker" {
+            ("300", "!Ref WorkerMemorySize")
+        } else {
+            ("29", "256")
+        };
+        assert_eq!(value_of(&f, "Timeout").as_deref(), Some(timeout), "{name}");
+        assert_eq!(
+            value_of(&f, "MemorySize").as_deref(),
+            Some(memory),
+            "{name}"
+        );
+    }
+    let p = block(&section("Parameters"), 2, "WorkerMemorySize").unwrap();
+    assert_eq!(value_of(&p, "Default").as_deref(), Some("1024"));
+}
+
+#[test]
+fn worker_event_sources() {
+    let events = block(&resource("WorkerFunction"), 6, "Events").expect("worker Events");
+    let work = block(&events, 8, "Work").expect("work queue event");
+    assert!(work.contains("Type: SQS") && work.contains("Queue: !GetAtt WorkQueue.Arn"));
+    assert_eq!(value_of(&work, "BatchSize").as_deref(), Some("1"));
+    assert!(work.contains("FunctionResponseTypes: [ReportBatchItemFailures]"));
+
+    let dead = block(&events, 8, "DeadLetters").expect("dead-letter queue event");
+    assert!(dead.contains("Type: SQS") && dead.contains("Queue: !GetAtt DeadLetterQueue.Arn"));
+    assert_eq!(value_of(&dead, "BatchSize").as_deref(), Some("10"));
+    assert!(dead.contains("FunctionResponseTypes: [ReportBatchItemFailures]"));
+
+    let sweep = block(&events, 8, "Sweep").expect("schedule event");
+    assert!(sweep.contains("Type: Schedule") && sweep.contains("Schedule: rate(5 minutes)"));
+}
+
+#[test]
+fn queues_redrive_and_agree_with_the_worker() {
+    let work = resource("WorkQueue");
+    let dlq = resource("DeadLetterQueue");
+    let globals = section("Globals");
+    let worker = resource("WorkerFunction");
+
+    let visibility = value_of(&work, "VisibilityTimeout").expect("VisibilityTimeout");
+    assert_eq!(visibility, "1800");
+    assert_eq!(
+        value_of(&globals, "FHIR_EXPORT_VISIBILITY_TIMEOUT_SECS").as_deref(),
+        Some(visibility.as_str()),
+        "FHIR_EXPORT_VISIBILITY_TIMEOUT_SECS must equal the work queue's VisibilityTimeout"
+    );
+    let redrive = block(&work, 6, "RedrivePolicy").expect("work queue RedrivePolicy");
+    assert!(redrive.contains("deadLetterTargetArn: !GetAtt DeadLetterQueue.Arn"));
+    assert_eq!(value_of(&redrive, "maxReceiveCount").as_deref(), Some("5"));
+    assert!(work.contains("SqsManagedSseEnabled: true"));
+
+    assert_eq!(
+        value_of(&dlq, "MessageRetentionPeriod").as_deref(),
+        Some("1209600")
+    );
+    assert!(dlq.contains("SqsManagedSseEnabled: true"));
+    // An SQS event source needs a visibility timeout of at least its function's timeout.
+    let worker_timeout: u32 = value_of(&worker, "Timeout").unwrap().parse().unwrap();
+    for q in [&work, &dlq] {
+        let v: u32 = value_of(q, "VisibilityTimeout").unwrap().parse().unwrap();
+        assert!(v >= worker_timeout, "visibility {v} < worker timeout");
+    }
+}
+
+#[test]
+fn table_keys_indexes_and_ttl() {
+    let t = resource("Table");
+    assert_eq!(
+        value_of(&t, "BillingMode").as_deref(),
+        Some("PAY_PER_REQUEST")
+    );
+    let keys = block(&t, 6, "KeySchema").unwrap();
+    assert!(keys.contains("AttributeName: pk\n          KeyType: HASH"));
+    assert!(keys.contains("AttributeName: sk\n          KeyType: RANGE"));
+    for (index, hash, range) in [
+        ("active", "active", "updated_at"),
+        ("expiry", "expiry_bucket", "expires_at"),
+    ] {
+        let at = t
+            .find(&format!("- IndexName: {index}\n"))
+            .unwrap_or_else(|| panic!("no index {index}"));
+        let rest = &t[at..];
+        let end = rest[1..].find("- IndexName:").map_or(rest.len(), |i| i + 1);
+        let gsi = &rest[..end];
+        assert!(gsi.contains(&format!(
+            "AttributeName: {hash}\n              KeyType: HASH"
+        )));
+        assert!(gsi.contains(&format!(
+            "AttributeName: {range}\n              KeyType: RANGE"
+        )));
+        assert!(gsi.contains("ProjectionType: ALL"), "{index}");
+    }
+    let ttl = block(&t, 6, "TimeToLiveSpecification").expect("TTL");
+    assert!(ttl.contains("AttributeName: ttl") && ttl.contains("Enabled: true"));
+    assert!(t.contains("PointInTimeRecoveryEnabled: true"));
+    assert!(t.contains("SSEEnabled: true"));
+}
+
+#[test]
+fn bucket_is_private_encrypted_tls_only_and_expires() {
+    let b = resource("OutputBucket");
+    let enc = block(&b, 6, "BucketEncryption").expect("BucketEncryption");
+    assert!(enc.contains("SSEAlgorithm: AES256"));
+    let pab = block(&b, 6, "PublicAccessBlockConfiguration").expect("public access block");
+    for flag in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(value_of(&pab, flag).as_deref(), Some("true"), "{flag}");
+    }
+    assert!(b.contains("ObjectOwnership: BucketOwnerEnforced"));
+    let lifecycle = block(&b, 6, "LifecycleConfiguration").expect("lifecycle rule");
+    assert!(lifecycle.contains("Status: Enabled"));
+    assert!(lifecycle.contains("ExpirationInDays: !FindInMap [Retention, !Ref RetentionDays,"));
+    let abort = block(&lifecycle, 12, "AbortIncompleteMultipartUpload").expect("abort uploads");
+    assert_eq!(
+        value_of(&abort, "DaysAfterInitiation").as_deref(),
+        Some("1")
+    );
+    assert!(
+        !b.contains("VersioningConfiguration"),
+        "deleted exports must not linger"
+    );
+
+    let policy = resource("OutputBucketPolicy");
+    assert!(policy.contains("Effect: Deny"));
+    assert!(policy.contains("aws:SecureTransport: \"false\""));
+}
+
+#[test]
+fn parameters_conditions_and_outputs() {
+    let params = section("Parameters");
+    let p = |name: &str| block(&params, 2, name).unwrap_or_else(|| panic!("no parameter {name}"));
+    for (name, default) in [
+        ("OutputUrl", Some("")),
+        ("ChunkBytes", Some("33554432")),
+        ("MaxFileBytes", Some("67108864")),
+        ("FileAccess", Some("redirect")),
+        ("SignedUrlTtlSeconds", Some("900")),
+        ("RetentionDays", Some("2")),
+        ("PublicUrl", Some("")),
+        ("JwtIssuer", Some("")),
+        ("JwtAudience", Some("")),
+        ("SourceUrl", None),
+    ] {
+        assert_eq!(value_of(&p(name), "Default").as_deref(), default, "{name}");
+    }
+    assert!(p("FileAccess").contains("AllowedValues: [redirect, signed]"));
+    let output = p("OutputUrl");
+    assert!(output.contains("az://") && output.contains("abfss://"));
+    assert!(
+        output.contains("NOT part of this build"),
+        "say the Azure adapter is missing"
+    );
+
+    // Retention: one parameter, seconds and lifecycle days from one mapping row per value.
+    let retention = block(&section("Mappings"), 2, "Retention").expect("Retention mapping");
+    let allowed = value_of(&p("RetentionDays"), "AllowedValues").unwrap();
+    for days in allowed.trim_matches(['[', ']']).split(", ") {
+        let row = retention
+            .lines()
+            .find(|l| l.trim().starts_with(&format!("\"{days}\":")))
+            .unwrap_or_else(|| panic!("no Retention row for {days}"));
+        let days: u64 = days.parse().unwrap();
+        assert!(
+            row.contains(&format!("Seconds: \"{}\"", days * 86400)),
+            "{row}"
+        );
+        assert!(
+            row.contains(&format!("LifecycleDays: {}", days + 1)),
+            "{row}"
+        );
+    }
+
+    let conditions = section("Conditions");
+    for c in [
+        "UseJwt",
+        "HasPublicUrl",
+        "HasOutputUrl",
+        "UseExternalS3Output",
+    ] {
+        assert!(block(&conditions, 2, c).is_some(), "no condition {c}");
+    }
+    let outputs = section("Outputs");
+    for o in [
+        "ApiBaseUrl",
+        "TableName",
+        "WorkQueueUrl",
+        "DeadLetterQueueUrl",
+        "OutputBucketName",
+    ] {
+        assert!(block(&outputs, 2, o).is_some(), "no output {o}");
+    }
+    assert!(block(&outputs, 2, "ApiBaseUrl").unwrap().contains("/fhir"));
+}
+
+#[test]
+fn environment_contract() {
+    let globals = env_vars(&section("Globals"));
+    assert_eq!(
+        globals,
+        set(&[
+            "FHIR_EXPORT_PUBLIC_URL",
+            "FHIR_EXPORT_BASE_PATH",
+            "FHIR_EXPORT_TABLE",
+            "FHIR_EXPORT_CHUNK_BYTES",
+            "FHIR_EXPORT_MAX_FILE_BYTES",
+            "FHIR_EXPORT_FILE_ACCESS",
+            "FHIR_EXPORT_SIGNED_URL_TTL_SECS",
+            "FHIR_EXPORT_RETENTION_SECS",
+            "FHIR_EXPORT_VISIBILITY_TIMEOUT_SECS",
+            "FHIR_EXPORT_LOG_FORMAT",
+            "RUST_LOG",
+        ])
+    );
+    let g = section("Globals");
+    assert_eq!(
+        value_of(&g, "FHIR_EXPORT_BASE_PATH").as_deref(),
+        Some("/fhir")
+    );
+    assert_eq!(
+        value_of(&g, "FHIR_EXPORT_LOG_FORMAT").as_deref(),
+        Some("json")
+    );
+    assert!(g.contains("FHIR_EXPORT_PUBLIC_URL: !If [HasPublicUrl, !Ref PublicUrl,"));
+    for (function, vars) in [
+        (
+            "KickoffFunction",
+            &["FHIR_EXPORT_QUEUE_URL", "FHIR_EXPORT_SOURCE"][..],
+        ),
+        ("StatusFunction", &["FHIR_EXPORT_OUTPUT"][..]),
+        ("CancelFunction", &["FHIR_EXPORT_OUTPUT"][..]),
+        (
+            "WorkerFunction",
+            &[
+                "FHIR_EXPORT_QUEUE_URL",
+                "FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN",
+                "FHIR_EXPORT_OUTPUT",
+                "FHIR_EXPORT_SOURCE",
+            ][..],
+        ),
+    ] {
+        assert_eq!(env_vars(&resource(function)), set(vars), "{function}");
+    }
+    let worker = resource("WorkerFunction");
+    assert!(worker.contains("FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN: !GetAtt DeadLetterQueue.Arn"));
+    assert!(worker.contains(
+        "FHIR_EXPORT_OUTPUT: !If [HasOutputUrl, !Ref OutputUrl, !Sub \"s3://${OutputBucket}/exports/\"]"
+    ));
+}
+
+#[test]
+fn each_function_gets_exactly_the_iam_it_calls() {
+    let logs = ["logs:CreateLogStream", "logs:PutLogEvents"];
+    let expected: [(&str, Vec<&str>); 4] = [
+        (
+            "KickoffFunction",
+            vec![
+                "dynamodb:PutItem",
+                "dynamodb:GetItem",
+                "dynamodb:Query",
+                "dynamodb:BatchWriteItem",
+                "dynamodb:DeleteItem",
+                "sqs:SendMessage",
+                "s3:GetObject",
+                "s3:ListBucket",
+            ],
+        ),
+        (
+            "StatusFunction",
+            vec!["dynamodb:GetItem", "dynamodb:Query", "s3:GetObject"],
+        ),
+        (
+            "CancelFunction",
+            vec![
+                "dynamodb:GetItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:Query",
+                "s3:ListBucket",
+                "s3:DeleteObject",
+            ],
+        ),
+        (
+            "WorkerFunction",
+            vec![
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:Query",
+                "dynamodb:BatchWriteItem",
+                "dynamodb:DeleteItem",
+                "sqs:SendMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:ListBucket",
+                "s3:AbortMultipartUpload",
+                "s3:ListMultipartUploadParts",
+            ],
+        ),
+    ];
+    let types = resources();
+    for (function, mut wanted) in expected {
+        let f = resource(function);
+        let role = value_of(&f, "Role")
+            .and_then(|r| {
+                r.strip_prefix("!GetAtt ")
+                    .and_then(|r| r.strip_suffix(".Arn"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("{function} has no `Role: !GetAtt <Role>.Arn`"));
+        assert_eq!(types.get(&role).map(String::as_str), Some("AWS::IAM::Role"));
+        let r = resource(&role);
+        wanted.extend(logs);
+        assert_eq!(actions(&r), set(&wanted), "{role} of {function}");
+        assert!(
+            !r.contains("ManagedPolicyArns"),
+            "{role}: no managed policies"
+        );
+        assert!(
+            !r.contains("Resource: \"*\"") && !r.contains(":*\n") && !r.contains("Action: \"*\""),
+            "{role}: no wildcards"
+        );
+        assert!(r.contains("Principal: { Service: lambda.amazonaws.com }"));
+    }
+    // Roles no function uses would be dead weight or a leftover grant.
+    let roles: BTreeSet<String> = types
+        .iter()
+        .filter(|(_, t)| *t == "AWS::IAM::Role")
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(
+        roles,
+        set(&["KickoffRole", "StatusRole", "CancelRole", "WorkerRole"])
+    );
+    // Only the worker reads the indexes (the sweep); the source is read at its prefix.
+    assert!(resource("WorkerRole").contains("Resource: !Sub \"${Table.Arn}/index/*\""));
+    for role in ["KickoffRole", "WorkerRole"] {
+        assert!(resource(role).contains("arn:${AWS::Partition}:s3:::${Path}/*"));
+    }
+}
+
+/// Route key -> the integration it targets.
+fn routes() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, ty) in resources() {
+        if ty != "AWS::ApiGatewayV2::Route" {
+            continue;
+        }
+        let r = resource(&name);
+        let key = value_of(&r, "RouteKey").unwrap_or_else(|| panic!("{name}: RouteKey"));
+        let target = value_of(&r, "Target").unwrap_or_else(|| panic!("{name}: Target"));
+        assert!(
+            r.contains("AuthorizationType: !If [UseJwt, JWT, NONE]")
+                && r.contains("AuthorizerId: !If [UseJwt, !Ref JwtAuthorizer, !Ref AWS::NoValue]"),
+            "{name}: every route takes the optional JWT authorizer"
+        );
+        let integration = target
+            .strip_prefix("!Sub integrations/${")
+            .and_then(|t| t.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{name}: Target {target}"));
+        assert!(out.insert(key, integration.to_owned()).is_none(), "{name}");
+    }
+    out
+}
+
+#[test]
+fn http_api_routes_payload_2_and_optional_jwt() {
+    let expected: BTreeMap<String, String> = [
+        ("GET /fhir/$export", "KickoffIntegration"),
+        ("POST /fhir/$export", "KickoffIntegration"),
+        ("GET /fhir/Patient/$export", "KickoffIntegration"),
+        ("POST /fhir/Patient/$export", "KickoffIntegration"),
+        ("GET /fhir/Group/{id}/$export", "KickoffIntegration"),
+        ("POST /fhir/Group/{id}/$export", "KickoffIntegration"),
+        ("GET /fhir/_export/{job}", "StatusIntegration"),
+        ("GET /fhir/_export/{job}/files/{name+}", "StatusIntegration"),
+        ("GET /fhir/metadata", "StatusIntegration"),
+        ("$default", "StatusIntegration"),
+        ("DELETE /fhir/_export/{job}", "CancelIntegration"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(routes(), expected);
+    for (integration, function) in [
+        ("KickoffIntegration", "KickoffFunction"),
+        ("StatusIntegration", "StatusFunction"),
+        ("CancelIntegration", "CancelFunction"),
+    ] {
+        let i = resource(integration);
+        assert!(i.contains("IntegrationType: AWS_PROXY"));
+        assert!(i.contains("PayloadFormatVersion: \"2.0\""), "{integration}");
+        assert!(i.contains(&format!("IntegrationUri: !GetAtt {function}.Arn")));
+        let permission = resource(&function.replace("Function", "InvokePermission"));
+        assert!(permission.contains(&format!("FunctionName: !Ref {function}")));
+        assert!(permission.contains("Principal: apigateway.amazonaws.com"));
+    }
+    let authorizer = resource("JwtAuthorizer");
+    assert!(authorizer.contains("Condition: UseJwt"));
+    assert!(authorizer.contains("AuthorizerType: JWT"));
+    assert!(resource("HttpApi").contains("ProtocolType: HTTP"));
+    assert!(resource("HttpApiStage").contains("StageName: $default"));
+}
+
+// ------------------------------------------------------------------------------- events
+
+fn event(name: &str) -> Value {
+    let path = root().join("events").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str, name: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{name}: no string at {pointer}"))
+}
+
+/// Whether a route path (`/fhir/Group/{id}/$export`) matches a request path; returns the
+/// path parameters.
+fn match_route(route: &str, path: &str) -> Option<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    let mut have = path.trim_start_matches('/').split('/');
+    for want in route.trim_start_matches('/').split('/') {
+        if let Some(var) = want.strip_prefix('{').and_then(|w| w.strip_suffix("+}")) {
+            let rest: Vec<&str> = have.by_ref().collect();
+            if rest.is_empty() {
+                return None;
+            }
+            params.insert(var.to_owned(), rest.join("/"));
+            return Some(params);
+        }
+        let seg = have.next()?;
+        if let Some(var) = want.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+            params.insert(var.to_owned(), seg.to_owned());
+        } else if want != seg {
+            return None;
+        }
+    }
+    have.next().is_none().then_some(params)
+}
+
+/// Checks an API Gateway HTTP API payload 2.0 event against the template's routes and
+/// returns it.
+fn api_event(name: &str, method: &str, path: &str, query: &str) -> Value {
+    let e = event(name);
+    let routes = routes();
+    assert_eq!(e["version"], "2.0", "{name}");
+    let route_key = str_at(&e, "/routeKey", name);
+    assert!(
+        routes.contains_key(route_key),
+        "{name}: {route_key} is not a template route"
+    );
+    assert_eq!(str_at(&e, "/requestContext/routeKey", name), route_key);
+    let (route_method, route_path) = route_key.split_once(' ').expect("METHOD /path");
+    assert_eq!(route_method, method, "{name}");
+    assert_eq!(str_at(&e, "/requestContext/http/method", name), method);
+    assert_eq!(str_at(&e, "/rawPath", name), path, "{name}");
+    assert_eq!(str_at(&e, "/requestContext/http/path", name), path);
+    let params = match_route(route_path, path)
+        .unwrap_or_else(|| panic!("{name}: {path} does not match {route_key}"));
+    let given: BTreeMap<String, String> = e
+        .get("pathParameters")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(given, params, "{name}: pathParameters");
+    assert_eq!(str_at(&e, "/rawQueryString", name), query, "{name}");
+    if let Some(q) = e.get("queryStringParameters").and_then(Value::as_object) {
+        for k in q.keys() {
+            assert!(
+                query.contains(&format!("{k}=")),
+                "{name}: {k} not in rawQueryString"
+            );
+        }
+    }
+    let headers = e["headers"].as_object().expect("headers");
+    for k in headers.keys() {
+        assert_eq!(k, &k.to_lowercase(), "{name}: header names are lower-case");
+    }
+    assert_eq!(str_at(&e, "/requestContext/stage", name), "$default");
+    for field in ["requestId", "domainName", "accountId", "apiId", "time"] {
+        str_at(&e, &format!("/requestContext/{field}"), name);
+    }
+    assert!(
+        e["requestContext"]["timeEpoch"].is_u64(),
+        "{name}: timeEpoch"
+    );
+    assert_eq!(
+        headers.get("host").and_then(Value::as_str),
+        Some(str_at(&e, "/requestContext/domainName", name))
+    );
+    assert!(e["isBase64Encoded"].is_boolean(), "{name}: isBase64Encoded");
+    if let Some(claims) = e.pointer("/requestContext/authorizer/jwt/claims") {
+        let claims = claims.as_object().expect("claims");
+        assert!(
+            claims.values().all(Value::is_string),
+            "{name}: API Gateway passes JWT claims as strings"
+        );
+        assert!(claims.contains_key("client_id") || claims.contains_key("sub"));
+    }
+    e
+}
+
+#[test]
+fn api_events_have_the_payload_2_shape() {
+    let e = api_event(
+        "kickoff-system-get.json",
+        "GET",
+        "/fhir/$export",
+        "_type=Patient,Observation",
+    );
+    assert_eq!(e["headers"]["accept"], "application/fhir+json");
+    assert_eq!(e["headers"]["prefer"], "respond-async");
+    assert_eq!(e["queryStringParameters"]["_type"], "Patient,Observation");
+
+    let e = api_event(
+        "kickoff-group-post.json",
+        "POST",
+        "/fhir/Group/all-patients/$export",
+        "",
+    );
+    assert_eq!(e["headers"]["content-type"], "application/fhir+json");
+    assert_eq!(e["isBase64Encoded"], false);
+    let body: Value = serde_json::from_str(str_at(&e, "/body", "kickoff-group-post.json"))
+        .expect("the POST body is JSON");
+    assert_eq!(body["resourceType"], "Parameters");
+    assert_eq!(body["parameter"][0]["name"], "_type");
+    assert_eq!(body["parameter"][0]["valueString"], "Patient");
+    assert_eq!(
+        e.pointer("/requestContext/authorizer/jwt/claims/client_id"),
+        Some(&Value::from("client-1"))
+    );
+
+    let e = api_event(
+        "kickoff-bad-since.json",
+        "GET",
+        "/fhir/$export",
+        "_since=yesterday",
+    );
+    assert_eq!(e["queryStringParameters"]["_since"], "yesterday");
+
+    let job = "0123456789abcdef0123456789abcdef";
+    api_event(
+        "status-get.json",
+        "GET",
+        &format!("/fhir/_export/{job}"),
+        "",
+    );
+    api_event(
+        "cancel-delete.json",
+        "DELETE",
+        &format!("/fhir/_export/{job}"),
+        "",
+    );
+    api_event("metadata-get.json", "GET", "/fhir/metadata", "");
+}
+
+/// Checks an SQS event and returns the parsed bodies of its records.
+fn sqs_event(name: &str, queue: &str) -> Vec<String> {
+    let e = event(name);
+    let records = e["Records"].as_array().expect("Records");
+    assert!(!records.is_empty(), "{name}: no records");
+    records
+        .iter()
+        .map(|r| {
+            for field in ["messageId", "receiptHandle", "md5OfBody", "awsRegion"] {
+                assert!(r[field].is_string(), "{name}: {field}");
+            }
+            assert_eq!(r["eventSource"], "aws:sqs", "{name}");
+            assert_eq!(
+                r["eventSourceARN"],
+                format!("arn:aws:sqs:us-east-1:123456789012:{queue}"),
+                "{name}"
+            );
+            let count = r["attributes"]["ApproximateReceiveCount"]
+                .as_str()
+                .expect("ApproximateReceiveCount is a string");
+            assert!(count.parse::<u32>().is_ok_and(|c| c >= 1), "{name}");
+            r["body"].as_str().expect("body is a string").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn worker_events_have_the_sqs_and_schedule_shapes() {
+    let job = "0123456789abcdef0123456789abcdef";
+    let bodies = sqs_event("worker-sqs-plan.json", "fhir-export-work");
+    assert_eq!(bodies.len(), 2);
+    let plan: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(
+        plan,
+        serde_json::json!({"v": 1, "type": "plan", "job": job})
+    );
+    let malformed: Value = serde_json::from_str(&bodies[1]).unwrap();
+    assert_eq!(malformed, serde_json::json!({"v": 99}));
+
+    let bodies = sqs_event("worker-dlq.json", "fhir-export-dlq");
+    let chunk: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(
+        chunk,
+        serde_json::json!({"v": 1, "type": "chunk", "job": job, "chunk": 3})
+    );
+
+    let e = event("worker-schedule.json");
+    assert_eq!(e["source"], "aws.events");
+    assert_eq!(e["detail-type"], "Scheduled Event");
+    assert!(
+        e["resources"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("arn:aws:events:")
+    );
+    assert!(e["detail"].is_object() && e.get("Records").is_none());
+}
+
+#[test]
+fn every_event_file_is_checked() {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("events"))
+        .expect("events/")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cancel-delete.json",
+            "kickoff-bad-since.json",
+            "kickoff-group-post.json",
+            "kickoff-system-get.json",
+            "metadata-get.json",
+            "status-get.json",
+            "worker-dlq.json",
+            "worker-schedule.json",
+            "worker-sqs-plan.json",
+        ],
+        "a new event needs its shape checked here"
+    );
+}
