@@ -29,13 +29,17 @@ MOTO_PID=$!
 stop_stand_ins() { kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true; }
 trap stop_stand_ins EXIT
 
-for _ in $(seq 1 100); do
-    if curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then
+moto_ready() {
+    python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+        "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1
+}
+for _ in $(seq 1 150); do
+    if moto_ready; then
         break
     fi
     sleep 0.1
 done
-if ! curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then
+if ! moto_ready; then
     echo "stand-ins: moto did not start; its log:" >&2
     cat "$MOTO_LOG" >&2
     exit 1

@@ -6,6 +6,7 @@
 //! whitespace. Problems carry the line number and never the line's content: it is patient
 //! data (serde_json messages are cut down to category and column for the same reason).
 
+use shared::ndjson::head::position_only;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -149,16 +150,6 @@ fn resource_type(line: &[u8]) -> Result<Cow<'_, str>, LineProblem> {
             },
         ),
     }
-}
-
-fn position_only(e: &serde_json::Error) -> String {
-    let what = match e.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "syntax error",
-        serde_json::error::Category::Data => "unexpected data",
-        serde_json::error::Category::Eof => "unexpected end of line",
-    };
-    format!("{what} at column {}", e.column())
 }
 
 #[cfg(test)]

@@ -13,8 +13,34 @@ mod host;
 
 #[cfg(feature = "http")]
 pub use host::{caller_of, host};
+use std::sync::Arc;
+
+use shared::adapters::aws::dynamodb::DynamoJobStore;
+use shared::adapters::target::open_store;
 use shared::config::{ConfigError, Env};
+use shared::ports::{JobStore, ObjectStore};
 use shared::settings::{FileAccess, Settings};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The job table every function reads (`FHIR_EXPORT_TABLE`).
+pub fn job_store<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    aws: &aws_config::SdkConfig,
+) -> Result<Arc<dyn JobStore>, ConfigError> {
+    Ok(Arc::new(DynamoJobStore::new(
+        aws,
+        &env.require("FHIR_EXPORT_TABLE")?,
+    )))
+}
+
+/// The store named by an environment variable (`FHIR_EXPORT_OUTPUT`, `FHIR_EXPORT_SOURCE`).
+pub async fn store<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    name: &'static str,
+) -> Result<Arc<dyn ObjectStore>, Error> {
+    Ok(open_store(&env.require(name)?).await?)
+}
 
 /// Configuration every function reads.
 #[derive(Debug, Clone)]

@@ -6,15 +6,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use fn_common::{FunctionConfig, host};
-use shared::adapters::aws::dynamodb::DynamoJobStore;
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::adapters::ndjson_source::NdjsonSource;
-use shared::adapters::target::open_store;
 use shared::config::Env;
 use shared::http::{KickoffState, kickoff_router};
 use shared::request::Capabilities;
 
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub use fn_common::Error;
 
 /// The function's router, from the environment.
 pub async fn app_from_env() -> Result<Router, Error> {
@@ -22,13 +20,10 @@ pub async fn app_from_env() -> Result<Router, Error> {
     let config = FunctionConfig::from(&env)?;
     let aws = shared::adapters::aws::sdk_config().await;
     let state = KickoffState {
-        jobs: Arc::new(DynamoJobStore::new(
-            &aws,
-            &env.require("FHIR_EXPORT_TABLE")?,
-        )),
+        jobs: fn_common::job_store(&env, &aws)?,
         queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
         source: Arc::new(NdjsonSource::new(
-            open_store(&env.require("FHIR_EXPORT_SOURCE")?).await?,
+            fn_common::store(&env, "FHIR_EXPORT_SOURCE").await?,
             "",
         )),
         settings: Arc::new(config.settings.clone()),

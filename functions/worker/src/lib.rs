@@ -12,16 +12,14 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::Value;
-use shared::adapters::aws::dynamodb::DynamoJobStore;
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::adapters::ndjson_source::NdjsonSource;
-use shared::adapters::target::open_store;
 use shared::config::Env;
 use shared::worker::{
     MessageLease, WorkError, WorkerDeps, handle_dead_letter, handle_message, sweep,
 };
 
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub use fn_common::Error;
 
 pub struct Worker {
     pub deps: WorkerDeps,
@@ -35,14 +33,11 @@ impl Worker {
         let config = fn_common::FunctionConfig::from(&env)?;
         let aws = shared::adapters::aws::sdk_config().await;
         let deps = WorkerDeps {
-            jobs: Arc::new(DynamoJobStore::new(
-                &aws,
-                &env.require("FHIR_EXPORT_TABLE")?,
-            )),
+            jobs: fn_common::job_store(&env, &aws)?,
             queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
-            output: open_store(&env.require("FHIR_EXPORT_OUTPUT")?).await?,
+            output: fn_common::store(&env, "FHIR_EXPORT_OUTPUT").await?,
             source: Arc::new(NdjsonSource::new(
-                open_store(&env.require("FHIR_EXPORT_SOURCE")?).await?,
+                fn_common::store(&env, "FHIR_EXPORT_SOURCE").await?,
                 "",
             )),
             settings: Arc::new(config.settings),

@@ -96,11 +96,13 @@ pub fn instant_micros(b: &[u8]) -> Option<i64> {
     Some(secs * 1_000_000 + micros)
 }
 
-fn expect(b: &[u8], i: usize, c: u8) -> Option<()> {
+/// `Some` when byte `i` is `c`.
+pub(crate) fn expect(b: &[u8], i: usize, c: u8) -> Option<()> {
     (b.get(i) == Some(&c)).then_some(())
 }
 
-fn digits(b: &[u8]) -> Option<u32> {
+/// The decimal value of an all-digit slice.
+pub(crate) fn digits(b: &[u8]) -> Option<u32> {
     let mut v = 0u32;
     for &c in b {
         if !c.is_ascii_digit() {

@@ -121,8 +121,9 @@ pub fn read_head_serde(line: &[u8]) -> Result<LineHead<'_>, LineError> {
     })
 }
 
-/// serde_json's message without any quoted input: "line 1 column 17" plus the category.
-fn position_only(e: &serde_json::Error) -> String {
+/// serde_json's message without any quoted input (it is patient data): the category and the
+/// column.
+pub fn position_only(e: &serde_json::Error) -> String {
     let what = match e.classify() {
         serde_json::error::Category::Io => "I/O error",
         serde_json::error::Category::Syntax => "syntax error",

@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 use super::Prefix;
-use crate::model::fhir_time::{days_from_civil, days_in_month};
+use crate::model::fhir_time::{days_from_civil, days_in_month, digits, expect};
 
 const DAY: i64 = 86_400 * 1_000_000;
 
@@ -238,21 +238,6 @@ pub(super) fn target_range(dt: super::Datatype, v: &Value) -> Option<Range> {
 
 fn day_micros(year: u32, month: u32, day: u32) -> i64 {
     days_from_civil(i64::from(year), month, day) * DAY
-}
-
-fn expect(b: &[u8], i: usize, c: u8) -> Option<()> {
-    (b.get(i) == Some(&c)).then_some(())
-}
-
-fn digits(b: &[u8]) -> Option<u32> {
-    let mut v = 0u32;
-    for &c in b {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v * 10 + u32::from(c - b'0');
-    }
-    Some(v)
 }
 
 #[cfg(test)]
