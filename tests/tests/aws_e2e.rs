@@ -197,3 +197,34 @@ async fn a_chunk_that_keeps_failing_lands_in_the_dead_letter_queue_and_fails_the
     assert!(diag.contains("failed repeatedly"), "{diag}");
     stack.stop.cancel();
 }
+
+#[tokio::test]
+async fn signed_file_access_lists_presigned_urls() {
+    let Some(stack) = stack(6, &[("FHIR_EXPORT_FILE_ACCESS", "signed")], 5).await else {
+        return;
+    };
+    let stack = Arc::new(stack);
+    let harness = stack.spawn_harness();
+    let status = stack.kickoff("/$export", "_type=Patient,Condition").await;
+    let resp = stack.finish(&status).await;
+    assert_eq!(resp.status(), 200);
+    let manifest: Value = resp.json().await.unwrap();
+    assert_eq!(manifest["requiresAccessToken"], false);
+    let moto = std::env::var("FHIR_EXPORT_MOTO_URL").unwrap();
+    for item in manifest["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        assert!(
+            url.starts_with(&moto),
+            "a presigned object-store URL, not our route: {url}"
+        );
+        assert!(
+            url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=900"),
+            "{url}"
+        );
+    }
+    let got = stack.download(&manifest).await;
+    assert_eq!(got["Patient"].len(), 6);
+    assert_eq!(got["Condition"].len(), stack.source["Condition"].len());
+    harness.cancel();
+    stack.stop.cancel();
+}
