@@ -208,6 +208,46 @@ impl TestServer {
         out
     }
 
+    /// Handles the next `n` queued messages by hand (for servers started without workers).
+    pub async fn handle_next(&self, n: usize) {
+        let deps = &self.server.deps;
+        for _ in 0..n {
+            let d = deps
+                .queue
+                .receive(1, Duration::from_secs(1))
+                .await
+                .expect("receive")
+                .remove(0);
+            shared::worker::handle_message(deps, &d.body, &shared::worker::NoLease)
+                .await
+                .expect("handled");
+            deps.queue.delete(&d.receipt).await.expect("ack");
+        }
+    }
+
+    /// Handles queued messages by hand until the queue is empty; returns how many.
+    pub async fn drain(&self) -> usize {
+        let deps = &self.server.deps;
+        let mut n = 0;
+        loop {
+            let got = deps
+                .queue
+                .receive(10, Duration::from_millis(300))
+                .await
+                .expect("receive");
+            if got.is_empty() {
+                return n;
+            }
+            for d in got {
+                shared::worker::handle_message(deps, &d.body, &shared::worker::NoLease)
+                    .await
+                    .expect("handled");
+                deps.queue.delete(&d.receipt).await.expect("ack");
+                n += 1;
+            }
+        }
+    }
+
     /// Every line of every `output` file (for manifests whose items have no `type`).
     pub async fn download_any(&self, manifest: &Value) -> Vec<Value> {
         let mut out = Vec::new();

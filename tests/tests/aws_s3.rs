@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use integration_tests::{moto, unique};
 use shared::adapters::aws::s3::{S3Location, S3Store};
 use shared::adapters::aws::sdk_config;
@@ -37,16 +36,7 @@ async fn store(prefix: &str) -> Option<S3Store> {
 }
 
 async fn read_all(store: &S3Store, key: &str, start: u64, end: Option<u64>) -> Vec<u8> {
-    store
-        .read(key, start, end)
-        .await
-        .unwrap_or_else(|e| panic!("read {key}: {e}"))
-        .try_fold(Vec::new(), |mut acc, b| async move {
-            acc.extend_from_slice(&b);
-            Ok(acc)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("read {key}: {e}"))
+    shared::testkit::object_store::read_all(store, key, start, end).await
 }
 
 /// Multipart uploads still open in the store's bucket.

@@ -4,12 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use fhir_export::synth;
 use integration_tests::{Options, TestServer, content_location, counts, read_source};
 use serde_json::{Value, json};
-use shared::worker::{NoLease, handle_message};
 
 fn ids(resources: &[Value]) -> BTreeSet<String> {
     resources
@@ -576,30 +574,14 @@ async fn partial_manifests_grow_by_pages_while_the_export_runs() {
             "allowPartialManifests=true&_type=Observation,Condition",
         )
         .await;
-    let deps = t.server.deps.clone();
-    let next = |n: usize| {
-        let deps = deps.clone();
-        async move {
-            for _ in 0..n {
-                let d = deps
-                    .queue
-                    .receive(1, Duration::from_secs(1))
-                    .await
-                    .unwrap()
-                    .remove(0);
-                handle_message(&deps, &d.body, &NoLease).await.unwrap();
-                deps.queue.delete(&d.receipt).await.unwrap();
-            }
-        }
-    };
-    next(1).await; // plan
+    t.handle_next(1).await; // plan
     let resp = t.http.get(&status).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     assert!(
         resp.bytes().await.unwrap().is_empty(),
         "no manifest before a page is ready"
     );
-    next(2).await; // the two chunks of page 1
+    t.handle_next(2).await; // the two chunks of page 1
     let resp = t.http.get(&status).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     assert_eq!(resp.headers()["content-type"], "application/json");
@@ -609,7 +591,7 @@ async fn partial_manifests_grow_by_pages_while_the_export_runs() {
     // its files can be fetched already
     let early = t.download(&page1, "output").await;
     assert!(!early.is_empty());
-    next(2).await;
+    t.handle_next(2).await;
     let page1_again: Value = t
         .http
         .get(&status)
@@ -628,20 +610,7 @@ async fn partial_manifests_grow_by_pages_while_the_export_runs() {
     let page2 = t.http.get(&next_url).send().await.unwrap();
     assert_eq!(page2.status(), 202);
     // finish, then walk every page of the completed manifest
-    loop {
-        let got = deps
-            .queue
-            .receive(10, Duration::from_millis(300))
-            .await
-            .unwrap();
-        if got.is_empty() {
-            break;
-        }
-        for d in got {
-            handle_message(&deps, &d.body, &NoLease).await.unwrap();
-            deps.queue.delete(&d.receipt).await.unwrap();
-        }
-    }
+    t.drain().await;
     let mut url = status.clone();
     let mut all: BTreeMap<String, u64> = BTreeMap::new();
     let mut pages = 0;

@@ -13,27 +13,6 @@ use shared::worker::runner::{PoolConfig, spawn_pool};
 use shared::worker::{NoLease, handle_message, sweep};
 use tokio_util::sync::CancellationToken;
 
-/// Handles queued messages by hand until the queue is empty; returns how many.
-async fn drain(t: &TestServer) -> usize {
-    let deps = &t.server.deps;
-    let mut n = 0;
-    loop {
-        let got = deps
-            .queue
-            .receive(10, Duration::from_millis(300))
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return n;
-        }
-        for d in got {
-            handle_message(deps, &d.body, &NoLease).await.unwrap();
-            deps.queue.delete(&d.receipt).await.unwrap();
-            n += 1;
-        }
-    }
-}
-
 fn job_id(status_url: &str) -> JobId {
     JobId::parse(status_url.rsplit('/').next().unwrap()).unwrap()
 }
@@ -110,7 +89,7 @@ async fn status_reports_real_progress_while_running() {
         assert_eq!(resp.headers()["x-progress"], want);
         assert!(resp.headers()["x-progress"].len() < 100);
     }
-    drain(&t).await;
+    t.drain().await;
     assert_eq!(status(&t, &url).await.status(), 200);
     t.server.stop().await;
 }
@@ -186,7 +165,7 @@ async fn duplicate_deliveries_write_each_resource_once() {
         deps.queue.delete(&m.receipt).await.unwrap();
     }
     // several finalize messages may be queued; all but one are no-ops
-    drain(&t).await;
+    t.drain().await;
     let manifest = t.manifest(&url).await;
     let got = t.download(&manifest, "output").await;
     assert_exactly_once(&got, source["Observation"].len(), "Observation");
@@ -480,7 +459,7 @@ async fn stalled_jobs_are_restarted_then_failed() {
     let later = chrono::Utc::now() + chrono::Duration::minutes(11);
     let report = sweep(&deps, later).await.unwrap();
     assert_eq!(report.restarted, 1);
-    drain(&t).await;
+    t.drain().await;
     let manifest = t.manifest(&url).await;
     assert_eq!(counts(&manifest)["Patient"], 5);
 

@@ -7,7 +7,8 @@ use futures::TryStreamExt;
 
 use crate::ports::{ObjectError, ObjectStore};
 
-async fn read_all(store: &dyn ObjectStore, key: &str, start: u64, end: Option<u64>) -> Vec<u8> {
+/// The bytes of `[start, end)` of an object, or a panic naming the key.
+pub async fn read_all(store: &dyn ObjectStore, key: &str, start: u64, end: Option<u64>) -> Vec<u8> {
     store
         .read(key, start, end)
         .await
