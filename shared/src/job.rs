@@ -207,6 +207,14 @@ pub struct ChunkSpec {
     pub role: ChunkRole,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<ReadSpec>,
+    /// Source bytes the chunk reads (an estimate for compressed files), so that the biggest
+    /// chunks are sent first and the export does not end waiting on one that started last.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a chunk does with what it reads.

@@ -638,3 +638,84 @@ async fn partial_manifests_grow_by_pages_while_the_export_runs() {
     assert_eq!(all["Condition"], source["Condition"].len() as u64);
     t.server.stop().await;
 }
+
+/// The `.ndjson` files published so far, as (export folder, file name); staging and temp
+/// folders left out.
+fn published(dir: &std::path::Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                if !name.starts_with('.') {
+                    stack.push(e.path());
+                }
+            } else if name.ends_with(".ndjson") {
+                let folder = d.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert((folder, name));
+            }
+        }
+    }
+    out
+}
+
+/// Names of the files published since `before`.
+fn new_files(dir: &std::path::Path, before: &BTreeSet<(String, String)>) -> BTreeSet<String> {
+    published(dir)
+        .difference(before)
+        .map(|(_, name)| name.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_biggest_chunk_runs_first_unless_pages_are_wanted_in_order() {
+    let t = TestServer::start(Options {
+        workers: 0,
+        patients: 20,
+        ..Options::default()
+    })
+    .await;
+    let source = read_source(t.source_dir());
+    let biggest = source
+        .iter()
+        .max_by_key(|(_, r)| serde_json::to_vec(r).unwrap().len())
+        .map(|(k, _)| k.clone())
+        .unwrap();
+    let first_in_plan = source.keys().next().unwrap().clone();
+    assert_ne!(
+        biggest, first_in_plan,
+        "the dataset must tell the orders apart"
+    );
+
+    let before = published(t.output_dir());
+    let status = t.start_export("/$export", "").await;
+    t.handle_next(2).await; // plan, then the first chunk sent
+    assert_eq!(
+        new_files(t.output_dir(), &before),
+        BTreeSet::from([format!("{biggest}-1.ndjson")])
+    );
+    t.drain().await;
+    let m = t.manifest(&status).await;
+    assert_eq!(counts(&m)[&biggest], source[&biggest].len() as u64);
+    // The manifest lists files in plan order, whatever order they were written in.
+    let first_url = m["output"][0]["url"].as_str().unwrap();
+    assert!(
+        first_url.ends_with(&format!("/{first_in_plan}-1.ndjson")),
+        "{first_url}"
+    );
+
+    // Partial manifests fill their pages in plan order.
+    let before = published(t.output_dir());
+    let status = t
+        .start_export("/$export", "allowPartialManifests=true")
+        .await;
+    t.handle_next(2).await;
+    assert_eq!(
+        new_files(t.output_dir(), &before),
+        BTreeSet::from([format!("{first_in_plan}-1.ndjson")])
+    );
+    t.drain().await;
+    assert_eq!(counts(&t.manifest(&status).await), counts(&m));
+    t.server.stop().await;
+}

@@ -10,8 +10,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::io::{Read, Seek, Write};
 
-use bytes::BytesMut;
-
 use crate::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, validate_key};
 
 const TMP_DIR: &str = ".tmp";
@@ -113,6 +111,8 @@ impl ObjectStore for LocalFsStore {
             tmp: Some(tmp),
             file: Some(file),
             size: 0,
+            flushed_to: 0,
+            flushing: None,
         }))
     }
 
@@ -152,29 +152,25 @@ impl ObjectStore for LocalFsStore {
                 if want == 0 {
                     return None;
                 }
-                let buf = BytesMut::zeroed(want);
+                // `read_to_end` within the capacity fills the buffer without zeroing it
+                // first and never reallocates.
+                let buf: Vec<u8> = Vec::with_capacity(want);
                 let joined = tokio::task::spawn_blocking(move || {
                     let mut file = file;
                     let mut buf = buf;
-                    let r = loop {
-                        match file.read(&mut buf) {
-                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                            other => break other,
-                        }
-                    };
+                    let r = (&mut file).take(want as u64).read_to_end(&mut buf);
                     (file, buf, r)
                 })
                 .await;
                 match joined {
                     Err(e) => Some((Err(ObjectError::backend(&st.key, e)), st)),
                     Ok((_, _, Ok(0))) => None,
-                    Ok((file, mut buf, Ok(n))) => {
-                        buf.truncate(n);
+                    Ok((file, buf, Ok(n))) => {
                         if let Some(l) = st.left.as_mut() {
                             *l -= n as u64;
                         }
                         st.file = Some(file);
-                        Some((Ok(buf.freeze()), st))
+                        Some((Ok(Bytes::from(buf)), st))
                     }
                     Ok((_, _, Err(e))) => Some((Err(map_io(&st.key, e)), st)),
                 }
@@ -276,6 +272,31 @@ struct LocalWriter {
     /// `tokio::fs::File` makes into its own buffer.
     file: Option<std::fs::File>,
     size: u64,
+    /// Bytes written when the last early flush started.
+    flushed_to: u64,
+    /// An early flush in flight (see [`EARLY_FLUSH_BYTES`]).
+    flushing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// A big file starts going to disk while it is still being written, one flush in flight at
+/// a time, so that the `fdatasync` that makes it durable at the end waits only for the
+/// last few MiB instead of the whole file (at the end of a chunk, on an export's critical
+/// path).
+const EARLY_FLUSH_BYTES: u64 = 8 * 1024 * 1024;
+
+impl LocalWriter {
+    fn flush_early(&mut self, file: &std::fs::File) {
+        if self.size - self.flushed_to < EARLY_FLUSH_BYTES
+            || self.flushing.as_ref().is_some_and(|h| !h.is_finished())
+        {
+            return;
+        }
+        // A failed early flush is not an error: the final sync reports whatever is wrong.
+        if let Ok(handle) = file.try_clone() {
+            self.flushed_to = self.size;
+            self.flushing = Some(tokio::task::spawn_blocking(move || handle.sync_data()));
+        }
+    }
 }
 
 #[async_trait]
@@ -292,9 +313,10 @@ impl ObjectWriter for LocalWriter {
         })
         .await
         .map_err(|e| ObjectError::backend(&self.key, e))?;
-        self.file = Some(file);
         written.map_err(|e| ObjectError::backend(&self.key, e))?;
         self.size += len;
+        self.flush_early(&file);
+        self.file = Some(file);
         Ok(())
     }
 
@@ -304,6 +326,9 @@ impl ObjectWriter for LocalWriter {
             .take()
             .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
         let key = self.key.clone();
+        if let Some(early) = self.flushing.take() {
+            let _ = early.await;
+        }
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(|e| ObjectError::backend(&key, e))?
@@ -357,6 +382,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Arc::new(LocalFsStore::new(dir.path()).expect("store"));
         crate::testkit::object_store::run(store, "contract/").await;
+    }
+
+    #[tokio::test]
+    async fn a_file_flushed_early_while_written_is_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = LocalFsStore::new(dir.path()).expect("store");
+        let mut w = store.writer("big/file.ndjson").await.expect("writer");
+        let mut expected = Vec::new();
+        // Three times the early-flush step, in pieces that do not divide it.
+        let piece = 700 * 1024 + 13;
+        let mut k = 0u8;
+        while (expected.len() as u64) < 3 * EARLY_FLUSH_BYTES {
+            let data: Vec<u8> = (0..piece).map(|i| k.wrapping_add(i as u8)).collect();
+            k = k.wrapping_add(1);
+            expected.extend_from_slice(&data);
+            w.write(Bytes::from(data)).await.expect("write");
+        }
+        let size = w.finish().await.expect("finish");
+        assert_eq!(size, expected.len() as u64);
+        let written = std::fs::read(dir.path().join("big/file.ndjson")).expect("read");
+        assert!(written == expected, "content differs");
     }
 
     #[tokio::test]

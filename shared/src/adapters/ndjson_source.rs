@@ -175,10 +175,14 @@ impl ResourceSource for NdjsonSource {
                         f.size.saturating_mul(GZIP_RATIO),
                     )]
                 } else {
-                    (0..f.size.div_ceil(chunk_bytes))
+                    // Equal pieces rather than full ones and a remainder: the pieces of a big
+                    // file run side by side and the export waits for the longest.
+                    let n = f.size.div_ceil(chunk_bytes);
+                    let piece = f.size.div_ceil(n.max(1));
+                    (0..n)
                         .map(|k| {
-                            let start = k * chunk_bytes;
-                            let end = (start + chunk_bytes).min(f.size);
+                            let start = k * piece;
+                            let end = (start + piece).min(f.size);
                             let range = FileRange {
                                 object: object.clone(),
                                 start,
@@ -599,6 +603,26 @@ mod tests {
                 assert!(!l.ends_with('\r'));
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_big_file_is_cut_in_equal_pieces() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let line = "{\"resourceType\":\"Patient\",\"id\":\"p\"}\n";
+        std::fs::write(dir.path().join("Patient.ndjson"), line.repeat(1000)).expect("write");
+        let size = (line.len() * 1000) as u64;
+        let source = NdjsonSource::new(store(dir.path()), "");
+        // 2.5 pieces' worth: three pieces of a third each, not two full ones and a half.
+        let chunks = source
+            .plan(&[ResourceType::PATIENT], size * 2 / 5)
+            .await
+            .expect("plan");
+        let weights: Vec<u64> = chunks.iter().map(|c| c.bytes).collect();
+        assert_eq!(weights.len(), 3, "{weights:?}");
+        assert_eq!(weights.iter().sum::<u64>(), size);
+        let (min, max) = (weights.iter().min(), weights.iter().max());
+        assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{weights:?}");
+        assert_eq!(read_all(&source, &chunks).await.len(), 1000);
     }
 
     #[tokio::test]

@@ -43,7 +43,7 @@ const MAX_DEPTH: usize = 128;
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Bytes before the first `"`, `\` or control character. Eight bytes at a time ("SWAR"):
+/// Bytes before the first `"`, `\`, control character or non-ASCII byte. Eight bytes at a time ("SWAR"):
 /// most FHIR strings are short keys and codes, where a vectorised search costs more to set
 /// up than it saves. Each test sets the high bit of the first byte that matches exactly
 /// (borrows can only mark bytes after it), so `trailing_zeros` finds the first stop.
@@ -56,9 +56,12 @@ fn plain_run(b: &[u8]) -> usize {
         let w = u64::from_le_bytes(w);
         let q = w ^ (ONES * u64::from(b'"'));
         let bs = w ^ (ONES * u64::from(b'\\'));
+        // Non-ASCII bytes stop the run too: strings check their UTF-8 where it occurs
+        // instead of the whole line taking a second pass.
         let stop = (q.wrapping_sub(ONES) & !q)
             | (bs.wrapping_sub(ONES) & !bs)
-            | (w.wrapping_sub(ONES * 0x20) & !w);
+            | (w.wrapping_sub(ONES * 0x20) & !w)
+            | w;
         let stop = stop & HIGH;
         if stop != 0 {
             return i + (stop.trailing_zeros() / 8) as usize;
@@ -66,7 +69,7 @@ fn plain_run(b: &[u8]) -> usize {
         i += 8;
     }
     while let Some(&c) = b.get(i) {
-        if c == b'"' || c == b'\\' || c < 0x20 {
+        if c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c) {
             break;
         }
         i += 1;
@@ -112,7 +115,10 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
-    /// At a `"`: scans the string, returns its content range.
+    /// At a `"`: scans the string, returns its content range. Inlined: a `Result` this wide
+    /// comes back through memory, and reading it whole right after the callee wrote it in
+    /// parts stalls store forwarding (it was most of `value`'s time).
+    #[inline(always)]
     fn string(&mut self) -> Result<Str, ScanError> {
         self.i += 1;
         let start = self.i;
@@ -146,6 +152,16 @@ impl<'a> Scanner<'a> {
                         }
                         _ => return Err(self.err("invalid escape")),
                     }
+                }
+                Some(c) if c >= 0x80 => {
+                    // Every byte of a multi-byte UTF-8 sequence is non-ASCII, so a run of
+                    // such bytes is valid exactly when it is valid on its own.
+                    let run = self.b[self.i..].iter().take_while(|c| **c >= 0x80).count();
+                    if let Err(e) = std::str::from_utf8(&self.b[self.i..self.i + run]) {
+                        self.i += e.valid_up_to();
+                        return Err(self.err("invalid UTF-8"));
+                    }
+                    self.i += run;
                 }
                 Some(_) => return Err(self.err("control character in string")),
             }
@@ -365,12 +381,6 @@ pub fn scan_members(line: &[u8]) -> Result<Captured, ScanError> {
 }
 
 fn scan_with(line: &[u8], cap: Captured) -> Result<Captured, ScanError> {
-    if let Err(e) = std::str::from_utf8(line) {
-        return Err(ScanError {
-            column: e.valid_up_to() + 1,
-            what: "invalid UTF-8",
-        });
-    }
     let mut s = Scanner { b: line, i: 0 };
     let mut cap = cap;
     s.ws();
@@ -392,10 +402,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn broken_utf8_in_a_string_is_named_where_it_starts() {
+        let ok = "{\"a\":\"caf\u{e9} \u{1f600}\"}".as_bytes();
+        assert!(scan(ok).is_ok());
+        // A lone continuation byte, a truncated sequence, an overlong form, a surrogate.
+        for (bad, column) in [
+            (&b"{\"a\":\"x\x80\"}"[..], 8),
+            (&b"{\"a\":\"\xc3\"}"[..], 7),
+            (&b"{\"a\":\"ab\xc0\xaf\"}"[..], 9),
+            (&b"{\"a\":\"\xed\xa0\x80\"}"[..], 7),
+        ] {
+            let e = scan(bad).expect_err("not UTF-8");
+            assert_eq!((e.what, e.column), ("invalid UTF-8", column), "{bad:?}");
+        }
+        // Outside strings a non-ASCII byte is not JSON at all.
+        assert!(scan(b"{\"a\":\xc3\xa9}").is_err());
+    }
+
+    #[test]
     fn plain_run_finds_the_first_stop_byte() {
         let naive = |b: &[u8]| {
             b.iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))
                 .unwrap_or(b.len())
         };
         let mut state: u64 = 7;

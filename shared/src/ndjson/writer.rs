@@ -69,6 +69,25 @@ impl PartWriter {
             self.part += 1;
             let key = self.key();
             self.current = Some(self.store.writer(&key).await?);
+        }
+        // The buffer is handed over whole when it is full, so it must never grow on the way
+        // (every growth copies it): a line that does not fit sends what is gathered first.
+        let need = line.len() + 1;
+        if self.buf.capacity() - self.buf.len() < need {
+            self.flush().await?;
+            if need > BUFFER {
+                // A line longer than the buffer goes out on its own, so that the buffer
+                // does not keep its size for the rest of the part.
+                let mut single = BytesMut::with_capacity(need);
+                single.put_slice(line);
+                single.put_u8(b'\n');
+                if let Some(w) = self.current.as_mut() {
+                    w.write(single.freeze()).await?;
+                }
+                self.part_bytes += len;
+                self.part_count += 1;
+                return Ok(());
+            }
             self.buf.reserve(BUFFER);
         }
         self.buf.put_slice(line);
@@ -186,6 +205,45 @@ mod tests {
                 .expect("read");
         assert_eq!(first, "{\"n\":0000}\n{\"n\":0001}\n");
         assert!(files.iter().all(|f| f.bytes <= 25 || f.count == 1));
+    }
+
+    #[tokio::test]
+    async fn lines_of_every_size_cross_the_buffer_intact() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFsStore::new(dir.path()).expect("store"));
+        let mut w = PartWriter::new(
+            store.clone(),
+            "j/".into(),
+            "j/".into(),
+            "Patient",
+            FileKind::Output,
+            ResourceType::PATIENT,
+            u64::MAX,
+        );
+        let mut expected = Vec::new();
+        let mut state: u64 = 1;
+        for i in 0..3000u64 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            // Mostly short lines, some near and over the buffer's size.
+            let len = match i % 500 {
+                7 => BUFFER - 1,
+                8 => BUFFER,
+                9 => BUFFER * 2 + 3,
+                _ => (state >> 40) as usize % 3000,
+            };
+            let line: Vec<u8> = (0..len)
+                .map(|k| b'a' + ((k as u64 + i) % 26) as u8)
+                .collect();
+            w.write_line(&line).await.expect("write");
+            expected.extend_from_slice(&line);
+            expected.push(b'\n');
+        }
+        let files = w.finish().await.expect("finish");
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].count, 3000);
+        let written = std::fs::read(dir.path().join("j/Patient-1.ndjson")).expect("read");
+        assert_eq!(written.len(), expected.len());
+        assert!(written == expected, "content differs");
     }
 
     #[tokio::test]

@@ -66,5 +66,6 @@ pub fn sample_chunk(index: u32) -> ChunkSpec {
                 gzip: false,
             }],
         }),
+        bytes: 100,
     }
 }

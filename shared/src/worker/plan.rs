@@ -75,9 +75,8 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
             .encode(),
         ]
     } else {
-        running
-            .plan
-            .phase_range(0)
+        dispatch_order(&chunks, running.plan.phase_range(0), &running)
+            .into_iter()
             .map(|chunk| {
                 WorkMessage::Chunk {
                     job: running.id.clone(),
@@ -89,6 +88,33 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
     };
     deps.queue.send(messages).await?;
     Ok(())
+}
+
+/// The order a phase's chunks are sent in. Manifest pages are cut in plan order, so an
+/// export that asked for partial manifests runs its chunks in that order and its pages fill
+/// one after the other; any other runs biggest first.
+fn dispatch_order(chunks: &[ChunkSpec], range: std::ops::Range<u32>, job: &Job) -> Vec<u32> {
+    if job.request.allow_partial_manifests {
+        range.collect()
+    } else {
+        largest_first(chunks, range).collect()
+    }
+}
+
+/// The chunks of `range` biggest first: the export ends when its last chunk does, so the
+/// long ones must not be the ones left to start when the workers free up (queues are
+/// close to first-in first-out, SQS included, though it does not promise it).
+pub(super) fn largest_first(
+    chunks: &[ChunkSpec],
+    range: std::ops::Range<u32>,
+) -> impl Iterator<Item = u32> + use<> {
+    let mut order: Vec<(u64, u32)> = chunks
+        .iter()
+        .filter(|c| range.contains(&c.index))
+        .map(|c| (c.bytes, c.index))
+        .collect();
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    order.into_iter().map(|(_, index)| index)
 }
 
 /// The patients of a Group export (its current members, narrowed by `patient`), or of a
@@ -238,6 +264,7 @@ async fn cut(
                 phase,
                 resource_type,
                 role,
+                bytes: piece.as_ref().map_or(0, |p| p.bytes),
                 read: piece.map(|p| p.read),
             });
         }
@@ -340,4 +367,30 @@ async fn write_notes(
         staged: String::new(),
         page: 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(index: u32, bytes: u64) -> ChunkSpec {
+        ChunkSpec {
+            bytes,
+            ..crate::testkit::sample_chunk(index)
+        }
+    }
+
+    #[test]
+    fn chunks_are_sent_biggest_first_within_the_range() {
+        let chunks = vec![
+            spec(0, 10),
+            spec(1, 500),
+            spec(2, 10),
+            spec(3, 90),
+            spec(4, 1_000),
+        ];
+        let order: Vec<u32> = largest_first(&chunks, 0..4).collect();
+        // Chunk 4 is outside the range; equal sizes keep their plan order.
+        assert_eq!(order, vec![1, 3, 0, 2]);
+    }
 }
