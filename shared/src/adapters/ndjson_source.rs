@@ -139,6 +139,10 @@ impl ResourceSource for NdjsonSource {
         types: &[ResourceType],
         chunk_bytes: u64,
     ) -> Result<Vec<SourcePiece>, SourceError> {
+        if types.is_empty() {
+            // Nothing to list the store for (a plan asks for index types it may not need).
+            return Ok(Vec::new());
+        }
         let chunk_bytes = chunk_bytes.max(1);
         let mut by_type: BTreeMap<ResourceType, Vec<SourceFile>> = BTreeMap::new();
         for f in self.files().await? {

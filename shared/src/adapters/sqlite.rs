@@ -379,6 +379,7 @@ impl JobStore for SqliteJobStore {
                     first,
                     done: job.chunks_done,
                     total: job.chunks_total,
+                    state: job.state,
                 })
             })
             .await

@@ -70,27 +70,23 @@ impl PartWriter {
             let key = self.key();
             self.current = Some(self.store.writer(&key).await?);
         }
-        // The buffer is handed over whole when it is full, so it must never grow on the way
-        // (every growth copies it): a line that does not fit sends what is gathered first.
-        let need = line.len() + 1;
-        if self.buf.capacity() - self.buf.len() < need {
-            self.flush().await?;
-            if need > BUFFER {
-                // A line longer than the buffer goes out on its own, so that the buffer
-                // does not keep its size for the rest of the part.
-                let mut single = BytesMut::with_capacity(need);
-                single.put_slice(line);
-                single.put_u8(b'\n');
-                if let Some(w) = self.current.as_mut() {
-                    w.write(single.freeze()).await?;
-                }
-                self.part_bytes += len;
-                self.part_count += 1;
-                return Ok(());
+        // The buffer is handed over whenever it is full and never grows (every growth
+        // copies it, and a buffer grown for one long line would keep its size): a line is
+        // copied in as many pieces as it takes.
+        let mut rest = line;
+        loop {
+            if self.buf.capacity() == self.buf.len() {
+                self.flush().await?;
+                self.buf.reserve(BUFFER);
             }
-            self.buf.reserve(BUFFER);
+            let room = self.buf.capacity() - self.buf.len();
+            let (piece, after) = rest.split_at(room.min(rest.len()));
+            self.buf.put_slice(piece);
+            rest = after;
+            if rest.is_empty() && self.buf.capacity() > self.buf.len() {
+                break;
+            }
         }
-        self.buf.put_slice(line);
         self.buf.put_u8(b'\n');
         self.part_bytes += len;
         self.part_count += 1;

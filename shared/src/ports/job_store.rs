@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::BoxError;
-use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, OutputFile};
+use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
 use crate::model::JobId;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub struct ChunkCompletion {
     pub first: bool,
     pub done: u32,
     pub total: u32,
+    /// The job's state as the completion left it, so that a cancel that came in meanwhile is
+    /// seen without reading the job again.
+    pub state: JobState,
 }
 
 #[async_trait]

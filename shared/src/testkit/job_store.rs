@@ -88,6 +88,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
         .expect("complete");
     assert!(c.first);
     assert_eq!((c.done, c.total), (1, 3));
+    assert_eq!(c.state, JobState::Planning);
     let again = s
         .complete_chunk(&job.id, 1, &result(99), now)
         .await
@@ -118,6 +119,32 @@ pub async fn run(store: Arc<dyn JobStore>) {
             .chunks_done,
         2
     );
+
+    // a completion reports the job's state as it leaves it: a cancel made while the chunk
+    // ran is seen without another read, by a first completion and by a duplicate alike
+    let job3 = sample_job(JobState::Running, now);
+    s.create(&job3).await.expect("create");
+    s.put_chunks(&job3.id, &chunks).await.expect("put_chunks");
+    let c = s
+        .complete_chunk(&job3.id, 0, &result(1), now)
+        .await
+        .expect("complete");
+    assert_eq!(c.state, JobState::Running);
+    let current = s.get(&job3.id).await.expect("get").expect("exists");
+    let cancelled = current
+        .transitioned(JobState::Cancelled, now)
+        .expect("transition");
+    s.update(&cancelled, current.version).await.expect("cancel");
+    let c = s
+        .complete_chunk(&job3.id, 1, &result(1), now)
+        .await
+        .expect("complete");
+    assert_eq!((c.first, c.state), (true, JobState::Cancelled));
+    let c = s
+        .complete_chunk(&job3.id, 1, &result(1), now)
+        .await
+        .expect("complete again");
+    assert_eq!((c.first, c.state), (false, JobState::Cancelled));
 
     // concurrent completions: each counted once, exactly one sees the last one
     let job2 = sample_job(JobState::Running, now);

@@ -111,12 +111,7 @@ pub(super) async fn chunk(
         deps.output.delete_prefix(&dir).await?;
         return Ok(());
     }
-    if deps
-        .jobs
-        .get(id)
-        .await?
-        .is_none_or(|j| j.state == JobState::Cancelled)
-    {
+    if completion.state == JobState::Cancelled {
         // Cancelled while we worked: the cancel's clean-up may have run before our files
         // existed.
         deps.output.delete_prefix(&dir).await?;

@@ -488,6 +488,7 @@ impl JobStore for DynamoJobStore {
                     first: false,
                     done: job.chunks_done,
                     total: job.chunks_total,
+                    state: job.state,
                 });
             }
             Err(e) => return Err(backend(e)),
@@ -519,6 +520,7 @@ impl JobStore for DynamoJobStore {
             first: true,
             done: u32::try_from(get_n(&item, "chunks_done")?).map_err(backend)?,
             total: u32::try_from(get_n(&item, "chunks_total")?).map_err(backend)?,
+            state: job_from(&item)?.state,
         })
     }
 
