@@ -285,17 +285,33 @@ struct LocalWriter {
 const EARLY_FLUSH_BYTES: u64 = 8 * 1024 * 1024;
 
 impl LocalWriter {
-    fn flush_early(&mut self, file: &std::fs::File) {
+    /// Starts an early flush when enough was written since the last and none is in flight.
+    /// A finished flush's error fails the file: Linux reports a write-back error to only one
+    /// `fsync` of the open file (the clone shares it), so the final sync would not see it.
+    async fn flush_early(&mut self, file: &std::fs::File) -> Result<(), ObjectError> {
         if self.size - self.flushed_to < EARLY_FLUSH_BYTES
             || self.flushing.as_ref().is_some_and(|h| !h.is_finished())
         {
-            return;
+            return Ok(());
         }
-        // A failed early flush is not an error: the final sync reports whatever is wrong.
-        if let Ok(handle) = file.try_clone() {
-            self.flushed_to = self.size;
-            self.flushing = Some(tokio::task::spawn_blocking(move || handle.sync_data()));
+        self.settle_early_flush().await?;
+        let handle = file
+            .try_clone()
+            .map_err(|e| ObjectError::backend(&self.key, e))?;
+        self.flushed_to = self.size;
+        self.flushing = Some(tokio::task::spawn_blocking(move || handle.sync_data()));
+        Ok(())
+    }
+
+    /// Waits for the early flush in flight, if any, and reports its error.
+    async fn settle_early_flush(&mut self) -> Result<(), ObjectError> {
+        if let Some(flush) = self.flushing.take() {
+            flush
+                .await
+                .map_err(|e| ObjectError::backend(&self.key, e))?
+                .map_err(|e| ObjectError::backend(&self.key, e))?;
         }
+        Ok(())
     }
 }
 
@@ -315,9 +331,9 @@ impl ObjectWriter for LocalWriter {
         .map_err(|e| ObjectError::backend(&self.key, e))?;
         written.map_err(|e| ObjectError::backend(&self.key, e))?;
         self.size += len;
-        self.flush_early(&file);
+        let flushed = self.flush_early(&file).await;
         self.file = Some(file);
-        Ok(())
+        flushed
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, ObjectError> {
@@ -326,9 +342,7 @@ impl ObjectWriter for LocalWriter {
             .take()
             .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
         let key = self.key.clone();
-        if let Some(early) = self.flushing.take() {
-            let _ = early.await;
-        }
+        self.settle_early_flush().await?;
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(|e| ObjectError::backend(&key, e))?
