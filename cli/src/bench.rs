@@ -96,6 +96,12 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
             passes.push(export(&args, &data, "").await?);
             filters.push(export(&args, &data, FILTERED_QUERY).await?);
         }
+        // Each round's copy and export ran back to back: their ratio shows the spread.
+        let per_round: Vec<f64> = raws
+            .iter()
+            .zip(&passes)
+            .map(|(raw, pass)| raw / pass.seconds)
+            .collect();
         let raw = median(raws);
         let kernel = median(kernels);
         let pass = median_measure(passes);
@@ -109,6 +115,12 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
             filtered,
         };
         print_row(&row, cores.min(usize::from(args.workers)));
+        let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = per_round.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{:>9} pass-through vs raw copy, round by round: {lo:.2}x to {hi:.2}x",
+            ""
+        );
         rows.push(row);
     }
     if let [.., a, b] = rows.as_slice() {
