@@ -61,39 +61,58 @@ pub fn instant_micros(b: &[u8]) -> Option<i64> {
     let mut i = 19;
     let mut micros: i64 = 0;
     if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 6 {
-                micros = micros * 10 + i64::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        let n = i - start;
-        if n == 0 {
-            return None;
-        }
-        for _ in n..6 {
-            micros *= 10;
-        }
+        let (m, _, next) = fraction(b, i + 1)?;
+        micros = m;
+        i = next;
     }
     let offset_secs: i64 = match b.get(i)? {
         b'Z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-' | b' ') if i + 6 == b.len() => {
-            let oh = digits(&b[i + 1..i + 3])?;
-            expect(b, i + 3, b':')?;
-            let om = digits(&b[i + 4..i + 6])?;
-            if oh > 14 || om > 59 {
-                return None;
-            }
-            let secs = i64::from(oh * 3600 + om * 60);
-            if *sign == b'-' { -secs } else { secs }
-        }
-        _ => return None,
+        _ => zone_offset_secs(b, i)?,
     };
     let days = days_from_civil(i64::from(year), month, day);
     let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second.min(59)) - offset_secs;
     Some(secs * 1_000_000 + micros)
+}
+
+/// The fraction of a second whose digits start at `i` (after the `.`): microseconds (digits
+/// past the sixth are read and ignored), how many digits counted (at most 6), and where the
+/// digits end. `None` without a digit.
+#[inline]
+pub(crate) fn fraction(b: &[u8], start: usize) -> Option<(i64, u32, usize)> {
+    let mut i = start;
+    let mut micros = 0i64;
+    while i < b.len() && b[i].is_ascii_digit() {
+        if i - start < 6 {
+            micros = micros * 10 + i64::from(b[i] - b'0');
+        }
+        i += 1;
+    }
+    let n = i - start;
+    if n == 0 {
+        return None;
+    }
+    for _ in n..6 {
+        micros *= 10;
+    }
+    Some((micros, n.min(6) as u32, i))
+}
+
+/// A `+hh:mm`/`-hh:mm` zone offset at `i` that ends the value, in seconds east of UTC. A
+/// space stands for a `+` that form decoding turned into a space.
+#[inline]
+pub(crate) fn zone_offset_secs(b: &[u8], i: usize) -> Option<i64> {
+    let sign = *b.get(i)?;
+    if !matches!(sign, b'+' | b'-' | b' ') || i + 6 != b.len() {
+        return None;
+    }
+    let oh = digits(&b[i + 1..i + 3])?;
+    expect(b, i + 3, b':')?;
+    let om = digits(&b[i + 4..i + 6])?;
+    if oh > 14 || om > 59 {
+        return None;
+    }
+    let secs = i64::from(oh * 3600 + om * 60);
+    Some(if sign == b'-' { -secs } else { secs })
 }
 
 /// `Some` when byte `i` is `c`.

@@ -16,7 +16,9 @@
 use serde_json::Value;
 
 use super::Prefix;
-use crate::model::fhir_time::{days_from_civil, days_in_month, digits, expect};
+use crate::model::fhir_time::{
+    days_from_civil, days_in_month, digits, expect, fraction, zone_offset_secs,
+};
 
 const DAY: i64 = 86_400 * 1_000_000;
 
@@ -140,39 +142,16 @@ pub(super) fn parse_range(s: &str) -> Option<Range> {
         i = 19;
         width = 1_000_000;
         if b.get(i) == Some(&b'.') {
-            i += 1;
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                if i - start < 6 {
-                    micros = micros * 10 + i64::from(b[i] - b'0');
-                    width /= 10;
-                }
-                i += 1;
-            }
-            let n = i - start;
-            if n == 0 {
-                return None;
-            }
-            for _ in n..6 {
-                micros *= 10;
-            }
+            let (m, counted, next) = fraction(b, i + 1)?;
+            micros = m;
+            width /= 10i64.pow(counted);
+            i = next;
         }
     }
     let offset = match b.get(i) {
         None => 0,
         Some(b'Z') if i + 1 == b.len() => 0,
-        // A space is a `+` that form decoding turned into a space.
-        Some(&sign @ (b'+' | b'-' | b' ')) if i + 6 == b.len() => {
-            let oh = digits(&b[i + 1..i + 3])?;
-            expect(b, i + 3, b':')?;
-            let om = digits(&b[i + 4..i + 6])?;
-            if oh > 14 || om > 59 {
-                return None;
-            }
-            let secs = i64::from(oh * 3600 + om * 60) * 1_000_000;
-            if sign == b'-' { -secs } else { secs }
-        }
-        _ => return None,
+        Some(_) => zone_offset_secs(b, i)? * 1_000_000,
     };
     let lo = midnight + i64::from(hour * 3600 + minute * 60 + second) * 1_000_000 + micros - offset;
     Some(Range { lo, hi: lo + width })
