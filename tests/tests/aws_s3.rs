@@ -319,18 +319,7 @@ async fn ndjson_source_reads_every_line_once() {
     let Some(store) = store("data/").await else {
         return;
     };
-    let mut text = String::new();
-    for i in 0..200 {
-        // Lines of varying length, a blank line and CRLF endings in the mix.
-        text.push_str(&format!(
-            "{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"pad\":\"{}\"}}{}",
-            "x".repeat(i % 17),
-            if i % 10 == 0 { "\r\n" } else { "\n" }
-        ));
-        if i == 50 {
-            text.push('\n');
-        }
-    }
+    let text = shared::testkit::ragged_patient_lines(200);
     store
         .put("src/Patient.ndjson", Bytes::from(text))
         .await

@@ -581,18 +581,7 @@ mod tests {
     #[tokio::test]
     async fn every_line_once_whatever_the_split() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut text = String::new();
-        for i in 0..200 {
-            // Lines of varying length, one blank line and CRLF endings in the mix.
-            text.push_str(&format!(
-                "{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"pad\":\"{}\"}}{}",
-                "x".repeat(i % 17),
-                if i % 10 == 0 { "\r\n" } else { "\n" }
-            ));
-            if i == 50 {
-                text.push('\n');
-            }
-        }
+        let text = crate::testkit::ragged_patient_lines(200);
         std::fs::write(dir.path().join("Patient.ndjson"), &text).expect("write");
         let source = NdjsonSource::new(store(dir.path()), "");
         for chunk_bytes in [1u64, 7, 50, 333, 1000, 100_000] {

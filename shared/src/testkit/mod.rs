@@ -69,3 +69,21 @@ pub fn sample_chunk(index: u32) -> ChunkSpec {
         bytes: 100,
     }
 }
+
+/// `n` Patient lines `p0`, `p1`, ... of varying length, with CRLF endings on every tenth and
+/// one blank line after `p50`: what an NDJSON reader must split correctly whatever the
+/// ranges it is given.
+pub fn ragged_patient_lines(n: usize) -> String {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"pad\":\"{}\"}}{}",
+            "x".repeat(i % 17),
+            if i % 10 == 0 { "\r\n" } else { "\n" }
+        ));
+        if i == 50 {
+            text.push('\n');
+        }
+    }
+    text
+}
