@@ -5,18 +5,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use fn_common::{FunctionConfig, host};
-use shared::config::Env;
 use shared::http::{CancelState, cancel_router};
 use shared::ports::{JobStore, ObjectStore};
 
 pub use fn_common::Error;
 
 pub async fn app_from_env() -> Result<Router, Error> {
-    let env = Env::process();
-    let config = FunctionConfig::from(&env)?;
-    let aws = shared::adapters::aws::sdk_config().await;
-    let jobs = fn_common::job_store(&env, &aws)?;
-    let output = fn_common::store(&env, "FHIR_EXPORT_OUTPUT").await?;
+    let (config, jobs, output) = fn_common::jobs_and_output_from_env().await?;
     Ok(app(jobs, output, &config))
 }
 

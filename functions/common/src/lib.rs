@@ -42,6 +42,18 @@ pub async fn store<F: Fn(&str) -> Option<String>>(
     Ok(open_store(&env.require(name)?).await?)
 }
 
+/// What the status and cancel functions are built from: their configuration, the job table
+/// and the output store, all from the process environment.
+pub async fn jobs_and_output_from_env()
+-> Result<(FunctionConfig, Arc<dyn JobStore>, Arc<dyn ObjectStore>), Error> {
+    let env = Env::process();
+    let config = FunctionConfig::from(&env)?;
+    let aws = shared::adapters::aws::sdk_config().await;
+    let jobs = job_store(&env, &aws)?;
+    let output = store(&env, "FHIR_EXPORT_OUTPUT").await?;
+    Ok((config, jobs, output))
+}
+
 /// Configuration every function reads.
 #[derive(Debug, Clone)]
 pub struct FunctionConfig {
