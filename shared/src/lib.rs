@@ -6,6 +6,7 @@
 //! ([`ports`]) and the adapters ([`adapters`]). See `docs/architecture.md`.
 
 pub mod adapters;
+pub mod buffers;
 pub mod compartment;
 pub mod config;
 pub mod elements;

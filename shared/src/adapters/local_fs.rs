@@ -5,15 +5,16 @@
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 
 use crate::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, validate_key};
 
 const TMP_DIR: &str = ".tmp";
-const READ_BUFFER: usize = 256 * 1024;
+const READ_BUFFER: usize = crate::buffers::BUFFER_BYTES;
 
 #[derive(Debug, Clone)]
 pub struct LocalFsStore {
@@ -95,22 +96,22 @@ impl ObjectStore for LocalFsStore {
         if key.is_empty() || key.ends_with('/') {
             return Err(ObjectError::InvalidKey(key.to_owned()));
         }
-        let tmp_dir = self.root.join(TMP_DIR);
-        tokio::fs::create_dir_all(&tmp_dir)
+        let tmp = self
+            .root
+            .join(TMP_DIR)
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        let path = tmp.clone();
+        let file = tokio::task::spawn_blocking(move || create_file(&path))
             .await
+            .map_err(|e| ObjectError::backend(key, e))?
             .map_err(|e| map_io(key, e))?;
-        let tmp = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| map_io(key, e))?
-            .into_std()
-            .await;
         Ok(Box::new(LocalWriter {
             key: key.to_owned(),
             target,
             tmp: Some(tmp),
-            file: Some(file),
+            file: Some(Arc::new(file)),
             size: 0,
+            writing: None,
             flushed_to: 0,
             flushing: None,
         }))
@@ -134,45 +135,40 @@ impl ObjectStore for LocalFsStore {
         .await
         .map_err(|e| ObjectError::backend(key, e))?
         .map_err(|e| map_io(key, e))?;
-        // Each read runs on the blocking pool straight into a buffer allocated here, on the
-        // async side: one copy from the page cache, and no allocation on blocking threads
-        // (each of which would get a malloc arena of its own and keep its memory).
-        let state = ReadState {
-            file: Some(file),
+        // Each read runs on the blocking pool straight into a pooled buffer: one copy from
+        // the page cache, no page faults, and no allocation on blocking threads (each of
+        // which would get a malloc arena of its own and keep its memory). The next read is
+        // started as soon as one is handed out, so the disk and the kernel's copy overlap
+        // the caller's work on the previous buffer.
+        let mut state = ReadState {
+            next: None,
             left: end.map(|e| e.saturating_sub(start)),
             key: owned_key,
         };
+        state.read_ahead(file);
         Ok(Box::pin(futures::stream::unfold(
             state,
             |mut st| async move {
-                let want = st
-                    .left
-                    .map_or(READ_BUFFER, |l| l.min(READ_BUFFER as u64) as usize);
-                let file = st.file.take()?;
-                if want == 0 {
-                    return None;
-                }
-                // `read_to_end` within the capacity fills the buffer without zeroing it
-                // first and never reallocates.
-                let buf: Vec<u8> = Vec::with_capacity(want);
-                let joined = tokio::task::spawn_blocking(move || {
-                    let mut file = file;
-                    let mut buf = buf;
-                    let r = (&mut file).take(want as u64).read_to_end(&mut buf);
-                    (file, buf, r)
-                })
-                .await;
-                match joined {
-                    Err(e) => Some((Err(ObjectError::backend(&st.key, e)), st)),
-                    Ok((_, _, Ok(0))) => None,
-                    Ok((file, buf, Ok(n))) => {
+                let (file, buf, want, read) = match st.next.take()?.await {
+                    Ok(done) => done,
+                    Err(e) => return Some((Err(ObjectError::backend(&st.key, e)), st)),
+                };
+                match read {
+                    Ok(0) => {
+                        crate::buffers::pool().recycle(buf);
+                        None
+                    }
+                    Ok(n) => {
                         if let Some(l) = st.left.as_mut() {
                             *l -= n as u64;
                         }
-                        st.file = Some(file);
-                        Some((Ok(Bytes::from(buf)), st))
+                        // A short read is the end of the file.
+                        if n == want {
+                            st.read_ahead(file);
+                        }
+                        Some((Ok(crate::buffers::pool().freeze(buf)), st))
                     }
-                    Ok((_, _, Err(e))) => Some((Err(map_io(&st.key, e)), st)),
+                    Err(e) => Some((Err(map_io(&st.key, e)), st)),
                 }
             },
         )))
@@ -220,35 +216,20 @@ impl ObjectStore for LocalFsStore {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError> {
-        let objects = self.list(prefix).await?;
-        for o in &objects {
-            self.delete(&o.key).await?;
-        }
-        // Folders are an artefact of this adapter: drop the ones the prefix emptied.
-        if let Some(dir) = prefix.strip_suffix('/').filter(|d| !d.is_empty()) {
-            let path = self.path(dir)?;
-            let objects_left = self.list(prefix).await?;
-            if objects_left.is_empty() {
-                match tokio::fs::remove_dir_all(&path).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(ObjectError::backend(prefix, e)),
-                }
-            }
-        }
-        Ok(objects.len() as u64)
+        validate_key(prefix)?;
+        let root = self.root.clone();
+        let owned = prefix.to_owned();
+        tokio::task::spawn_blocking(move || delete_prefix(&root, &owned))
+            .await
+            .map_err(|e| ObjectError::backend(prefix, e))?
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError> {
         let src = self.path(from)?;
         let dst = self.path(to)?;
-        if let Some(parent) = dst.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| map_io(to, e))?;
-        }
-        tokio::fs::rename(&src, &dst)
+        tokio::task::spawn_blocking(move || rename_into(&src, &dst))
             .await
+            .map_err(|e| ObjectError::backend(from, e))?
             .map_err(|e| map_io(from, e))
     }
 
@@ -257,21 +238,104 @@ impl ObjectStore for LocalFsStore {
     }
 }
 
+/// Creates `path` (in the temp folder), creating the folder the first time.
+fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::File::create(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::File::create(path)
+        }
+        other => other,
+    }
+}
+
+/// Renames `src` to `dst`, creating `dst`'s folder when it is missing (and only then: most
+/// renames go into a folder that exists).
+fn rename_into(src: &Path, dst: &Path) -> std::io::Result<()> {
+    match std::fs::rename(src, dst) {
+        Err(e) if e.kind() == ErrorKind::NotFound && src.exists() => {
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(src, dst)
+        }
+        other => other,
+    }
+}
+
+/// Deletes every object under `prefix`; a folder prefix (ending in `/`) that is left empty
+/// goes too, since folders are an artefact of this adapter.
+fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
+    let dir = match prefix.rfind('/') {
+        Some(i) => root.join(&prefix[..i]),
+        None => root.to_path_buf(),
+    };
+    let mut objects = Vec::new();
+    walk(root, &dir, &mut objects).map_err(|e| ObjectError::backend(prefix, e))?;
+    objects.retain(|m| m.key.starts_with(prefix));
+    for o in &objects {
+        match std::fs::remove_file(root.join(&o.key)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(ObjectError::backend(&o.key, e)),
+        }
+    }
+    if let Some(folder) = prefix.strip_suffix('/').filter(|d| !d.is_empty()) {
+        let mut left = Vec::new();
+        walk(root, &dir, &mut left).map_err(|e| ObjectError::backend(prefix, e))?;
+        if left.is_empty() {
+            match std::fs::remove_dir_all(root.join(folder)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(ObjectError::backend(prefix, e)),
+            }
+        }
+    }
+    Ok(objects.len() as u64)
+}
+
+/// What a read on the blocking pool gives back: the file, the buffer, how much was asked.
+type ReadDone = (std::fs::File, Vec<u8>, usize, std::io::Result<usize>);
+
 struct ReadState {
-    /// `None` once the read ended (or failed).
-    file: Option<std::fs::File>,
+    /// The read in flight; `None` once the stream ended (or failed).
+    next: Option<tokio::task::JoinHandle<ReadDone>>,
+    /// Bytes left to read when a range was asked for.
     left: Option<u64>,
     key: String,
+}
+
+impl ReadState {
+    /// Starts reading the next buffer from `file`, unless the range is exhausted.
+    fn read_ahead(&mut self, mut file: std::fs::File) {
+        let want = self
+            .left
+            .map_or(READ_BUFFER, |l| l.min(READ_BUFFER as u64) as usize);
+        if want == 0 {
+            return;
+        }
+        let mut buf = crate::buffers::pool().take();
+        self.next = Some(tokio::task::spawn_blocking(move || {
+            // `read_to_end` within the capacity fills the buffer without zeroing it first
+            // and never reallocates.
+            let r = (&mut file).take(want as u64).read_to_end(&mut buf);
+            (file, buf, want, r)
+        }));
+    }
 }
 
 struct LocalWriter {
     key: String,
     target: PathBuf,
     tmp: Option<PathBuf>,
-    /// A std file written on the blocking pool, so that data is handed over without the copy
-    /// `tokio::fs::File` makes into its own buffer.
-    file: Option<std::fs::File>,
+    /// A std file written on the blocking pool (`&File` is `Write`), so that data is handed
+    /// over without the copy `tokio::fs::File` makes into its own buffer; `None` once closed.
+    file: Option<Arc<std::fs::File>>,
     size: u64,
+    /// The write in flight, if any (see [`LocalWriter::write`]).
+    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Bytes written when the last early flush started.
     flushed_to: u64,
     /// An early flush in flight (see [`EARLY_FLUSH_BYTES`]).
@@ -284,87 +348,95 @@ struct LocalWriter {
 /// path).
 const EARLY_FLUSH_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Waits for a background write or flush and reports its error.
+async fn settle(
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    key: &str,
+) -> Result<(), ObjectError> {
+    if let Some(task) = task {
+        task.await
+            .map_err(|e| ObjectError::backend(key, e))?
+            .map_err(|e| ObjectError::backend(key, e))?;
+    }
+    Ok(())
+}
+
 impl LocalWriter {
+    fn file(&self) -> Result<Arc<std::fs::File>, ObjectError> {
+        self.file
+            .clone()
+            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))
+    }
+
     /// Starts an early flush when enough was written since the last and none is in flight.
     /// A finished flush's error fails the file: Linux reports a write-back error to only one
-    /// `fsync` of the open file (the clone shares it), so the final sync would not see it.
-    async fn flush_early(&mut self, file: &std::fs::File) -> Result<(), ObjectError> {
+    /// `fsync` of the open file, so the final sync would not see it.
+    async fn flush_early(&mut self) -> Result<(), ObjectError> {
         if self.size - self.flushed_to < EARLY_FLUSH_BYTES
             || self.flushing.as_ref().is_some_and(|h| !h.is_finished())
         {
             return Ok(());
         }
-        self.settle_early_flush().await?;
-        let handle = file
-            .try_clone()
-            .map_err(|e| ObjectError::backend(&self.key, e))?;
+        settle(self.flushing.take(), &self.key).await?;
+        let file = self.file()?;
         self.flushed_to = self.size;
-        self.flushing = Some(tokio::task::spawn_blocking(move || handle.sync_data()));
+        self.flushing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
         Ok(())
     }
 
-    /// Waits for the early flush in flight, if any, and reports its error.
-    async fn settle_early_flush(&mut self) -> Result<(), ObjectError> {
-        if let Some(flush) = self.flushing.take() {
-            flush
-                .await
-                .map_err(|e| ObjectError::backend(&self.key, e))?
-                .map_err(|e| ObjectError::backend(&self.key, e))?;
-        }
-        Ok(())
+    /// Waits for everything in flight.
+    async fn settle_all(&mut self) -> Result<(), ObjectError> {
+        let writing = settle(self.writing.take(), &self.key).await;
+        let flushing = settle(self.flushing.take(), &self.key).await;
+        writing.and(flushing)
     }
 }
 
 #[async_trait]
 impl ObjectWriter for LocalWriter {
+    /// Returns once the previous write is done and this one has started: the caller fills
+    /// its next buffer while the kernel copies this one (one write in flight; its error is
+    /// reported by the next call, or by `finish`).
     async fn write(&mut self, data: Bytes) -> Result<(), ObjectError> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
-        let len = data.len() as u64;
-        let (file, written) = tokio::task::spawn_blocking(move || {
-            let r = file.write_all(&data);
-            (file, r)
-        })
-        .await
-        .map_err(|e| ObjectError::backend(&self.key, e))?;
-        written.map_err(|e| ObjectError::backend(&self.key, e))?;
-        self.size += len;
-        let flushed = self.flush_early(&file).await;
-        self.file = Some(file);
-        flushed
+        let file = self.file()?;
+        settle(self.writing.take(), &self.key).await?;
+        self.size += data.len() as u64;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            std::io::Write::write_all(&mut &*file, &data)
+        }));
+        self.flush_early().await
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, ObjectError> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
-        let key = self.key.clone();
-        self.settle_early_flush().await?;
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| ObjectError::backend(&key, e))?
-            .map_err(|e| ObjectError::backend(&key, e))?;
-        if let Some(parent) = self.target.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| ObjectError::backend(&key, e))?;
-        }
+        let file = self.file()?;
+        self.file = None;
         let tmp = self
             .tmp
             .take()
-            .ok_or_else(|| ObjectError::backend(&key, "writer already closed"))?;
-        if let Err(e) = tokio::fs::rename(&tmp, &self.target).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(ObjectError::backend(&key, e));
+            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
+        if let Err(e) = self.settle_all().await {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
+        let target = self.target.clone();
+        // Made durable, then moved into place, in one trip to the blocking pool.
+        tokio::task::spawn_blocking(move || {
+            let done = file.sync_data().and_then(|()| rename_into(&tmp, &target));
+            if done.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            done
+        })
+        .await
+        .map_err(|e| ObjectError::backend(&self.key, e))?
+        .map_err(|e| ObjectError::backend(&self.key, e))?;
         Ok(self.size)
     }
 
     async fn abort(mut self: Box<Self>) -> Result<(), ObjectError> {
-        self.file.take();
+        // Whatever is in flight finishes into the temp file, which goes either way.
+        let _ = self.settle_all().await;
+        self.file = None;
         if let Some(tmp) = self.tmp.take() {
             match tokio::fs::remove_file(&tmp).await {
                 Ok(()) => {}

@@ -87,6 +87,33 @@ fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
+/// Statements prepared once per connection and reused: parsing the SQL costs more than most
+/// of these statements take to run.
+trait Cached {
+    fn run(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn row<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn run(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+
+    fn row<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -99,7 +126,17 @@ impl SqliteDb {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
-        Self::init(conn).map_err(err)
+        let db = Self::init(conn).map_err(err)?;
+        // Commits leave their pages in the write-ahead log; moving them into the database
+        // (and the `fsync` that takes) happens on a connection of its own, off the callers'
+        // threads.
+        db.conn
+            .lock()
+            .map_err(|_| err(rusqlite::Error::InvalidQuery))?
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(err)?;
+        spawn_checkpointer(path.to_path_buf(), Arc::downgrade(&db.conn));
+        Ok(db)
     }
 
     /// A private in-memory database, for tests.
@@ -116,6 +153,7 @@ impl SqliteDb {
 
     fn init(conn: Connection) -> Result<Self, rusqlite::Error> {
         conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
@@ -124,22 +162,52 @@ impl SqliteDb {
         })
     }
 
-    /// Runs `f` on the connection in a blocking thread.
+    /// Runs `f` on the connection, on the calling thread. A statement here takes
+    /// microseconds and never waits for the disk (a commit appends to the write-ahead log
+    /// without `fsync`, checkpoints run elsewhere), which is less than handing it to a
+    /// blocking thread and waking the caller again would cost.
     async fn with<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<BoxError> + Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| E::from("sqlite connection mutex poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| E::from(Box::new(e)))?
+        let mut guard = self
+            .conn
+            .lock()
+            .map_err(|_| E::from("sqlite connection mutex poisoned".into()))?;
+        f(&mut guard)
+    }
+}
+
+/// How often the write-ahead log is folded back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the database at `path` on a thread and connection of its own until the
+/// database `alive` points at is dropped. A passive checkpoint never blocks writers; the
+/// log is bounded by what is written between two checkpoints.
+fn spawn_checkpointer(path: std::path::PathBuf, alive: std::sync::Weak<Mutex<Connection>>) {
+    let run = move || {
+        let conn = match Connection::open(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "SQLite checkpointer cannot open the database; the write-ahead log will grow");
+                return;
+            }
+        };
+        let _ = conn.busy_timeout(Duration::from_secs(1));
+        while alive.strong_count() > 0 {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(error = %e, "SQLite checkpoint skipped");
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(run)
+    {
+        tracing::warn!(error = %e, "cannot start the SQLite checkpointer; the write-ahead log will grow");
     }
 }
 
@@ -178,7 +246,7 @@ fn select_jobs(
     sql: &str,
     p: impl rusqlite::Params,
 ) -> Result<Vec<Job>, StoreError> {
-    let mut stmt = conn.prepare(sql).map_err(backend)?;
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let rows = stmt
         .query_map(p, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
         .map_err(backend)?;
@@ -194,7 +262,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let n = c
-                    .execute(
+                    .run(
                         "INSERT OR IGNORE INTO jobs (id, state, version, updated_at, expires_at, chunks_done, doc)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                         params![
@@ -222,7 +290,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let row: Option<(String, i64)> = c
-                    .query_row(
+                    .row(
                         "SELECT doc, chunks_done FROM jobs WHERE id = ?1",
                         [id.as_str()],
                         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -240,7 +308,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let n = c
-                    .execute(
+                    .run(
                         "UPDATE jobs SET state = ?2, version = ?3, updated_at = ?4, expires_at = ?5, doc = ?6
                          WHERE id = ?1 AND version = ?7",
                         params![
@@ -258,7 +326,7 @@ impl JobStore for SqliteJobStore {
                     return Ok(());
                 }
                 let exists: bool = c
-                    .query_row("SELECT 1 FROM jobs WHERE id = ?1", [job.id.as_str()], |_| Ok(()))
+                    .row("SELECT 1 FROM jobs WHERE id = ?1", [job.id.as_str()], |_| Ok(()))
                     .optional()
                     .map_err(backend)?
                     .is_some();
@@ -278,7 +346,7 @@ impl JobStore for SqliteJobStore {
                 let tx = c.transaction().map_err(backend)?;
                 {
                     let mut stmt = tx
-                        .prepare(
+                        .prepare_cached(
                             "INSERT OR IGNORE INTO chunks (job_id, idx, spec) VALUES (?1, ?2, ?3)",
                         )
                         .map_err(backend)?;
@@ -296,7 +364,7 @@ impl JobStore for SqliteJobStore {
         let id = id.clone();
         self.db
             .with(move |c| {
-                c.query_row(
+                c.row(
                     "SELECT spec, result, published, renamed FROM chunks WHERE job_id = ?1 AND idx = ?2",
                     params![id.as_str(), index],
                     chunk_row,
@@ -314,7 +382,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let mut stmt = c
-                    .prepare(
+                    .prepare_cached(
                         "SELECT spec, result, published, renamed FROM chunks WHERE job_id = ?1 ORDER BY idx",
                     )
                     .map_err(backend)?;
@@ -339,7 +407,7 @@ impl JobStore for SqliteJobStore {
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
                 let exists = tx
-                    .query_row(
+                    .row(
                         "SELECT 1 FROM chunks WHERE job_id = ?1 AND idx = ?2",
                         params![id.as_str(), index],
                         |_| Ok(()),
@@ -351,21 +419,21 @@ impl JobStore for SqliteJobStore {
                     return Err(StoreError::NotFound);
                 }
                 let first = tx
-                    .execute(
+                    .run(
                         "UPDATE chunks SET result = ?3 WHERE job_id = ?1 AND idx = ?2 AND result IS NULL",
                         params![id.as_str(), index, result],
                     )
                     .map_err(backend)?
                     == 1;
                 if first {
-                    tx.execute(
+                    tx.run(
                         "UPDATE jobs SET chunks_done = chunks_done + 1, updated_at = ?2 WHERE id = ?1",
                         params![id.as_str(), ms(now)],
                     )
                     .map_err(backend)?;
                 }
                 let (doc, done): (String, i64) = tx
-                    .query_row(
+                    .row(
                         "SELECT doc, chunks_done FROM jobs WHERE id = ?1",
                         [id.as_str()],
                         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -393,13 +461,13 @@ impl JobStore for SqliteJobStore {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                tx.execute(
+                tx.run(
                     "INSERT OR IGNORE INTO counters (job_id, name, next) VALUES (?1, ?2, 1)",
                     params![id.as_str(), counter],
                 )
                 .map_err(backend)?;
                 let first: i64 = tx
-                    .query_row(
+                    .row(
                         "UPDATE counters SET next = next + ?3 WHERE job_id = ?1 AND name = ?2 RETURNING next - ?3",
                         params![id.as_str(), counter, i64::from(n)],
                         |r| r.get(0),
@@ -424,13 +492,13 @@ impl JobStore for SqliteJobStore {
                 let tx = c
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                tx.execute(
+                tx.run(
                     "UPDATE chunks SET published = ?3 WHERE job_id = ?1 AND idx = ?2 AND published IS NULL",
                     params![id.as_str(), index, body],
                 )
                 .map_err(backend)?;
                 let standing: Option<Option<String>> = tx
-                    .query_row(
+                    .row(
                         "SELECT published FROM chunks WHERE job_id = ?1 AND idx = ?2",
                         params![id.as_str(), index],
                         |r| r.get(0),
@@ -449,7 +517,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let n = c
-                    .execute(
+                    .run(
                         "UPDATE chunks SET renamed = 1 WHERE job_id = ?1 AND idx = ?2",
                         params![id.as_str(), index],
                     )
@@ -467,7 +535,7 @@ impl JobStore for SqliteJobStore {
         let id = id.clone();
         self.db
             .with(move |c| {
-                c.execute(
+                c.run(
                     "UPDATE jobs SET updated_at = max(updated_at, ?2) WHERE id = ?1",
                     params![id.as_str(), ms(now)],
                 )
@@ -486,11 +554,13 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let tx = c.transaction().map_err(backend)?;
-                tx.execute("DELETE FROM outputs WHERE job_id = ?1", [id.as_str()])
+                tx.run("DELETE FROM outputs WHERE job_id = ?1", [id.as_str()])
                     .map_err(backend)?;
                 {
                     let mut stmt = tx
-                        .prepare("INSERT INTO outputs (job_id, seq, file) VALUES (?1, ?2, ?3)")
+                        .prepare_cached(
+                            "INSERT INTO outputs (job_id, seq, file) VALUES (?1, ?2, ?3)",
+                        )
                         .map_err(backend)?;
                     for (i, f) in rows.iter().enumerate() {
                         stmt.execute(params![id.as_str(), i as i64, f])
@@ -507,7 +577,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let mut stmt = c
-                    .prepare("SELECT file FROM outputs WHERE job_id = ?1 ORDER BY seq")
+                    .prepare_cached("SELECT file FROM outputs WHERE job_id = ?1 ORDER BY seq")
                     .map_err(backend)?;
                 let rows = stmt
                     .query_map([id.as_str()], |r| r.get::<_, String>(0))
@@ -558,13 +628,13 @@ impl JobStore for SqliteJobStore {
             .with(move |c| {
                 let tx = c.transaction().map_err(backend)?;
                 for table in ["outputs", "chunks", "counters"] {
-                    tx.execute(
+                    tx.run(
                         &format!("DELETE FROM {table} WHERE job_id = ?1"),
                         [id.as_str()],
                     )
                     .map_err(backend)?;
                 }
-                tx.execute("DELETE FROM jobs WHERE id = ?1", [id.as_str()])
+                tx.run("DELETE FROM jobs WHERE id = ?1", [id.as_str()])
                     .map_err(backend)?;
                 tx.commit().map_err(backend)
             })
@@ -628,7 +698,7 @@ impl SqliteQueue {
         let name = self.name.clone();
         self.db
             .with(move |c| {
-                c.query_row(
+                c.row(
                     "SELECT count(*) FROM messages WHERE queue = ?1",
                     [name.as_str()],
                     |r| r.get::<_, i64>(0),
@@ -656,7 +726,7 @@ impl WorkQueue for SqliteQueue {
                 let tx = c.transaction().map_err(qerr)?;
                 {
                     let mut stmt = tx
-                        .prepare(
+                        .prepare_cached(
                             "INSERT INTO messages (queue, body, visible_at) VALUES (?1, ?2, ?3)",
                         )
                         .map_err(qerr)?;
@@ -687,7 +757,7 @@ impl WorkQueue for SqliteQueue {
                         .map_err(qerr)?;
                     let now = now_ms();
                     if let Some((dead, max_receives)) = &redrive {
-                        tx.execute(
+                        tx.run(
                             "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL
                              WHERE queue = ?2 AND visible_at <= ?3 AND receive_count >= ?4",
                             params![dead, name.as_str(), now, max_receives],
@@ -696,7 +766,7 @@ impl WorkQueue for SqliteQueue {
                     }
                     let rows: Vec<(i64, String, i64)> = {
                         let mut stmt = tx
-                            .prepare(
+                            .prepare_cached(
                                 "SELECT id, body, receive_count FROM messages
                                  WHERE queue = ?1 AND visible_at <= ?2
                                  ORDER BY visible_at, id LIMIT ?3",
@@ -712,7 +782,7 @@ impl WorkQueue for SqliteQueue {
                     let mut out = Vec::with_capacity(rows.len());
                     for (id, body, count) in rows {
                         let receipt = uuid::Uuid::new_v4().simple().to_string();
-                        tx.execute(
+                        tx.run(
                             "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE id = ?1",
                             params![id, now.saturating_add(visibility), receipt],
                         )
@@ -747,7 +817,7 @@ impl WorkQueue for SqliteQueue {
         self.db
             .with(move |c| {
                 let n = c
-                    .execute(
+                    .run(
                         "DELETE FROM messages WHERE receipt = ?1",
                         [receipt.as_str()],
                     )
@@ -768,7 +838,7 @@ impl WorkQueue for SqliteQueue {
         self.db
             .with(move |c| {
                 let n = c
-                    .execute(
+                    .run(
                         "UPDATE messages SET visible_at = ?2 WHERE receipt = ?1",
                         params![receipt.as_str(), until],
                     )

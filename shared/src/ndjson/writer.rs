@@ -3,14 +3,12 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
-
 use crate::job::{FileKind, StagedFile};
 use crate::model::ResourceType;
 use crate::ports::{ObjectError, ObjectStore, ObjectWriter};
 
 /// Bytes gathered before they are handed to the object writer.
-const BUFFER: usize = 512 * 1024;
+const BUFFER: usize = crate::buffers::BUFFER_BYTES;
 
 pub struct PartWriter {
     store: Arc<dyn ObjectStore>,
@@ -22,7 +20,8 @@ pub struct PartWriter {
     max_bytes: u64,
     part: u32,
     current: Option<Box<dyn ObjectWriter>>,
-    buf: BytesMut,
+    /// From the buffer pool; empty (no capacity) until the first line.
+    buf: Vec<u8>,
     part_bytes: u64,
     part_count: u64,
     done: Vec<StagedFile>,
@@ -51,7 +50,7 @@ impl PartWriter {
             max_bytes: max_bytes.max(1),
             part: 0,
             current: None,
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             part_bytes: 0,
             part_count: 0,
             done: Vec::new(),
@@ -73,21 +72,23 @@ impl PartWriter {
         // The buffer is handed over whenever it is full and never grows (every growth
         // copies it, and a buffer grown for one long line would keep its size): a line is
         // copied in as many pieces as it takes.
+        if self.buf.capacity() == 0 {
+            self.buf = crate::buffers::pool().take();
+        }
         let mut rest = line;
         loop {
-            if self.buf.capacity() == self.buf.len() {
+            if self.buf.len() >= BUFFER {
                 self.flush().await?;
-                self.buf.reserve(BUFFER);
             }
-            let room = self.buf.capacity() - self.buf.len();
+            let room = BUFFER - self.buf.len();
             let (piece, after) = rest.split_at(room.min(rest.len()));
-            self.buf.put_slice(piece);
+            self.buf.extend_from_slice(piece);
             rest = after;
-            if rest.is_empty() && self.buf.capacity() > self.buf.len() {
+            if rest.is_empty() && self.buf.len() < BUFFER {
                 break;
             }
         }
-        self.buf.put_u8(b'\n');
+        self.buf.push(b'\n');
         self.part_bytes += len;
         self.part_count += 1;
         if self.buf.len() >= BUFFER {
@@ -122,7 +123,9 @@ impl PartWriter {
         if let Some(w) = self.current.as_mut()
             && !self.buf.is_empty()
         {
-            w.write(self.buf.split().freeze()).await?;
+            let pool = crate::buffers::pool();
+            let full = std::mem::replace(&mut self.buf, pool.take());
+            w.write(pool.freeze(full)).await?;
         }
         Ok(())
     }
@@ -163,6 +166,12 @@ impl PartWriter {
         if let Some(w) = self.current.take() {
             let _ = w.abort().await;
         }
+    }
+}
+
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        crate::buffers::pool().recycle(std::mem::take(&mut self.buf));
     }
 }
 

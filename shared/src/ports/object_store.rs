@@ -50,6 +50,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ObjectError>> + Se
 /// (or dropping the writer) leaves nothing behind.
 #[async_trait]
 pub trait ObjectWriter: Send {
+    /// Appends `data`. A writer may still be writing it when this returns; an error it meets
+    /// then is reported by a later `write` or by `finish`, so only `finish` says the object
+    /// is whole.
     async fn write(&mut self, data: Bytes) -> Result<(), ObjectError>;
     /// Publishes the object; returns its size.
     async fn finish(self: Box<Self>) -> Result<u64, ObjectError>;

@@ -196,7 +196,7 @@ pub(crate) struct ChunkCtx<'a> {
     pub deps: &'a WorkerDeps,
     pub job: &'a Job,
     pub record: &'a ChunkRecord,
-    /// Staging folder of this attempt (ends in `/`).
+    /// Key prefix of this attempt's staged files (see [`layout::chunk_attempt_dir`]).
     pub dir: &'a str,
     /// Prefix staged paths are relative to (`<export>/`).
     pub relative_to: String,
@@ -256,7 +256,7 @@ impl<'a> ChunkCtx<'a> {
         &self.deps.output
     }
 
-    /// A key in this attempt's folder, and the same key relative to the export folder.
+    /// A key under this attempt's prefix, and the same key relative to the export folder.
     pub(crate) fn staged(&self, name: &str) -> (String, String) {
         let key = format!("{}{name}", self.dir);
         let path = key
