@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Time each server's first export instead of its second (a cold process).
     #[arg(long)]
     pub cold: bool,
+    /// Rounds per size (copy, export, filtered export); each figure is the median round.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub rounds: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +93,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
         let mut kernels = Vec::new();
         let mut passes = Vec::new();
         let mut filters = Vec::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..args.rounds {
             raws.push(raw_copy(&data, &copy_dir, threads, CopyMode::UserSpace).await?);
             kernels.push(raw_copy(&data, &copy_dir, threads, CopyMode::Kernel).await?);
             passes.push(export(&args, &data, "").await?);
@@ -134,8 +137,6 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
     }
     Ok(rows)
 }
-
-const ROUNDS: usize = 5;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -6,6 +6,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -100,17 +101,18 @@ impl ObjectStore for LocalFsStore {
             .root
             .join(TMP_DIR)
             .join(uuid::Uuid::new_v4().simple().to_string());
-        let path = tmp.clone();
-        let file = tokio::task::spawn_blocking(move || create_file(&path))
-            .await
-            .map_err(|e| ObjectError::backend(key, e))?
-            .map_err(|e| map_io(key, e))?;
+        // The file is created by the first write that reaches the disk (or by `finish`):
+        // a small object is created, written, synced and renamed in one trip to the
+        // blocking pool.
         Ok(Box::new(LocalWriter {
             key: key.to_owned(),
             target,
-            tmp: Some(tmp),
-            file: Some(Arc::new(file)),
+            tmp,
+            file: None,
+            closed: false,
+            abandoned: Arc::new(AtomicBool::new(false)),
             size: 0,
+            pending: None,
             writing: None,
             flushed_to: 0,
             flushing: None,
@@ -124,34 +126,40 @@ impl ObjectStore for LocalFsStore {
         end: Option<u64>,
     ) -> Result<ByteStream, ObjectError> {
         let path = self.path(key)?;
-        let owned_key = key.to_owned();
-        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let mut state = ReadState {
+            ready: None,
+            next: None,
+            left: end.map(|e| e.saturating_sub(start)),
+            key: key.to_owned(),
+        };
+        // Opened and read from in one trip to the blocking pool (a missing object is still
+        // reported here, not by the stream).
+        let want = state.want();
+        let first = tokio::task::spawn_blocking(move || -> std::io::Result<ReadDone> {
             let mut f = std::fs::File::open(&path)?;
             if start > 0 {
                 f.seek(std::io::SeekFrom::Start(start))?;
             }
-            Ok(f)
+            Ok(read_into(f, want))
         })
         .await
         .map_err(|e| ObjectError::backend(key, e))?
         .map_err(|e| map_io(key, e))?;
+        state.ready = Some(first);
         // Each read runs on the blocking pool straight into a pooled buffer: one copy from
         // the page cache, no page faults, and no allocation on blocking threads (each of
         // which would get a malloc arena of its own and keep its memory). The next read is
         // started as soon as one is handed out, so the disk and the kernel's copy overlap
         // the caller's work on the previous buffer.
-        let mut state = ReadState {
-            next: None,
-            left: end.map(|e| e.saturating_sub(start)),
-            key: owned_key,
-        };
-        state.read_ahead(file);
         Ok(Box::pin(futures::stream::unfold(
             state,
             |mut st| async move {
-                let (file, buf, want, read) = match st.next.take()?.await {
-                    Ok(done) => done,
-                    Err(e) => return Some((Err(ObjectError::backend(&st.key, e)), st)),
+                let (file, buf, want, read) = match st.ready.take() {
+                    Some(done) => done,
+                    None => match st.next.take()?.await {
+                        Ok(done) => done,
+                        Err(e) => return Some((Err(ObjectError::backend(&st.key, e)), st)),
+                    },
                 };
                 match read {
                     Ok(0) => {
@@ -300,7 +308,9 @@ fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
 type ReadDone = (std::fs::File, Vec<u8>, usize, std::io::Result<usize>);
 
 struct ReadState {
-    /// The read in flight; `None` once the stream ended (or failed).
+    /// A read already done (the first, made with the open).
+    ready: Option<ReadDone>,
+    /// The read in flight; `None` (with nothing ready) once the stream ended or failed.
     next: Option<tokio::task::JoinHandle<ReadDone>>,
     /// Bytes left to read when a range was asked for.
     left: Option<u64>,
@@ -308,34 +318,52 @@ struct ReadState {
 }
 
 impl ReadState {
-    /// Starts reading the next buffer from `file`, unless the range is exhausted.
-    fn read_ahead(&mut self, mut file: std::fs::File) {
-        let want = self
-            .left
-            .map_or(READ_BUFFER, |l| l.min(READ_BUFFER as u64) as usize);
-        if want == 0 {
-            return;
-        }
-        let mut buf = crate::buffers::pool().take();
-        self.next = Some(tokio::task::spawn_blocking(move || {
-            // `read_to_end` within the capacity fills the buffer without zeroing it first
-            // and never reallocates.
-            let r = (&mut file).take(want as u64).read_to_end(&mut buf);
-            (file, buf, want, r)
-        }));
+    /// How much the next read asks for: a buffer, or what is left of the range.
+    fn want(&self) -> usize {
+        self.left
+            .map_or(READ_BUFFER, |l| l.min(READ_BUFFER as u64) as usize)
     }
+
+    /// Starts reading the next buffer from `file`, unless the range is exhausted.
+    fn read_ahead(&mut self, file: std::fs::File) {
+        let want = self.want();
+        if want > 0 {
+            self.next = Some(tokio::task::spawn_blocking(move || read_into(file, want)));
+        }
+    }
+}
+
+/// Reads up to `want` bytes of `file` into a pooled buffer. `read_to_end` within the
+/// capacity fills the buffer without zeroing it first and never reallocates.
+fn read_into(mut file: std::fs::File, want: usize) -> ReadDone {
+    let mut buf = crate::buffers::pool().take();
+    let r = if want == 0 {
+        Ok(0)
+    } else {
+        (&mut file).take(want as u64).read_to_end(&mut buf)
+    };
+    (file, buf, want, r)
 }
 
 struct LocalWriter {
     key: String,
     target: PathBuf,
-    tmp: Option<PathBuf>,
+    /// The temp file the object is written to, created when first needed.
+    tmp: PathBuf,
     /// A std file written on the blocking pool (`&File` is `Write`), so that data is handed
-    /// over without the copy `tokio::fs::File` makes into its own buffer; `None` once closed.
+    /// over without the copy `tokio::fs::File` makes into its own buffer; `None` until the
+    /// first write to it is done.
     file: Option<Arc<std::fs::File>>,
+    closed: bool,
+    /// Set when the writer is dropped unfinished, for a write in flight that creates the
+    /// temp file after `Drop` looked for it.
+    abandoned: Arc<AtomicBool>,
+    /// Bytes taken, including `pending`.
     size: u64,
+    /// The last buffer handed over, written with the next one or by `finish`.
+    pending: Option<Bytes>,
     /// The write in flight, if any (see [`LocalWriter::write`]).
-    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<Arc<std::fs::File>>>>,
     /// Bytes written when the last early flush started.
     flushed_to: u64,
     /// An early flush in flight (see [`EARLY_FLUSH_BYTES`]).
@@ -344,11 +372,11 @@ struct LocalWriter {
 
 /// A big file starts going to disk while it is still being written, one flush in flight at
 /// a time, so that the `fdatasync` that makes it durable at the end waits only for the
-/// last few MiB instead of the whole file (at the end of a chunk, on an export's critical
+/// last MiB or so instead of the whole file (at the end of a chunk, on an export's critical
 /// path).
-const EARLY_FLUSH_BYTES: u64 = 8 * 1024 * 1024;
+const EARLY_FLUSH_BYTES: u64 = 1024 * 1024;
 
-/// Waits for a background write or flush and reports its error.
+/// Waits for a background flush and reports its error.
 async fn settle(
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     key: &str,
@@ -361,32 +389,70 @@ async fn settle(
     Ok(())
 }
 
+/// Appends `data` to `file`, creating it at `tmp` first when there is none yet. A file
+/// created for a writer that was dropped meanwhile is removed again (the writer's `Drop`
+/// may have looked for it before it existed).
+fn append(
+    file: Option<Arc<std::fs::File>>,
+    tmp: &Path,
+    data: &[u8],
+    abandoned: &AtomicBool,
+) -> std::io::Result<Arc<std::fs::File>> {
+    let file = match file {
+        Some(f) => f,
+        None => {
+            let f = Arc::new(create_file(tmp)?);
+            if abandoned.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(tmp);
+            }
+            f
+        }
+    };
+    std::io::Write::write_all(&mut &*file, data)?;
+    Ok(file)
+}
+
 impl LocalWriter {
-    fn file(&self) -> Result<Arc<std::fs::File>, ObjectError> {
-        self.file
-            .clone()
-            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))
+    fn check_open(&self) -> Result<(), ObjectError> {
+        if self.closed {
+            return Err(ObjectError::backend(&self.key, "writer already closed"));
+        }
+        Ok(())
     }
 
-    /// Starts an early flush when enough was written since the last and none is in flight.
-    /// A finished flush's error fails the file: Linux reports a write-back error to only one
-    /// `fsync` of the open file, so the final sync would not see it.
-    async fn flush_early(&mut self) -> Result<(), ObjectError> {
-        if self.size - self.flushed_to < EARLY_FLUSH_BYTES
+    /// Waits for the write in flight, if any, and keeps the file it wrote to.
+    async fn settle_write(&mut self) -> Result<(), ObjectError> {
+        if let Some(task) = self.writing.take() {
+            let file = task
+                .await
+                .map_err(|e| ObjectError::backend(&self.key, e))?
+                .map_err(|e| ObjectError::backend(&self.key, e))?;
+            self.file = Some(file);
+        }
+        Ok(())
+    }
+
+    /// Starts an early flush when enough reached the file since the last and none is in
+    /// flight. A finished flush's error fails the file: Linux reports a write-back error to
+    /// only one `fsync` of the open file, so the final sync would not see it.
+    async fn flush_early(&mut self, written: u64) -> Result<(), ObjectError> {
+        if written - self.flushed_to < EARLY_FLUSH_BYTES
             || self.flushing.as_ref().is_some_and(|h| !h.is_finished())
         {
             return Ok(());
         }
+        let Some(file) = self.file.clone() else {
+            return Ok(());
+        };
         settle(self.flushing.take(), &self.key).await?;
-        let file = self.file()?;
-        self.flushed_to = self.size;
+        self.flushed_to = written;
         self.flushing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
         Ok(())
     }
 
     /// Waits for everything in flight.
     async fn settle_all(&mut self) -> Result<(), ObjectError> {
-        let writing = settle(self.writing.take(), &self.key).await;
+        let writing = self.settle_write().await;
         let flushing = settle(self.flushing.take(), &self.key).await;
         writing.and(flushing)
     }
@@ -394,34 +460,47 @@ impl LocalWriter {
 
 #[async_trait]
 impl ObjectWriter for LocalWriter {
-    /// Returns once the previous write is done and this one has started: the caller fills
-    /// its next buffer while the kernel copies this one (one write in flight; its error is
-    /// reported by the next call, or by `finish`).
+    /// Keeps `data` and starts writing the buffer handed over before it, once the write
+    /// before that is done: the caller fills its next buffer while the kernel copies (one
+    /// write in flight; its error is reported by the next call, or by `finish`).
     async fn write(&mut self, data: Bytes) -> Result<(), ObjectError> {
-        let file = self.file()?;
-        settle(self.writing.take(), &self.key).await?;
-        self.size += data.len() as u64;
+        self.check_open()?;
+        let len = data.len() as u64;
+        let Some(previous) = self.pending.replace(data) else {
+            self.size += len;
+            return Ok(());
+        };
+        self.settle_write().await?;
+        // What the file holds now: everything taken but the buffer about to be written.
+        let on_file = self.size - previous.len() as u64;
+        self.size += len;
+        let file = self.file.clone();
+        let tmp = self.tmp.clone();
+        let abandoned = self.abandoned.clone();
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            std::io::Write::write_all(&mut &*file, &data)
+            append(file, &tmp, &previous, &abandoned)
         }));
-        self.flush_early().await
+        self.flush_early(on_file).await
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64, ObjectError> {
-        let file = self.file()?;
-        self.file = None;
-        let tmp = self
-            .tmp
-            .take()
-            .ok_or_else(|| ObjectError::backend(&self.key, "writer already closed"))?;
+        self.check_open()?;
+        self.closed = true;
+        let tmp = self.tmp.clone();
         if let Err(e) = self.settle_all().await {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
+        let file = self.file.take();
+        let last = self.pending.take();
         let target = self.target.clone();
-        // Made durable, then moved into place, in one trip to the blocking pool.
+        let abandoned = self.abandoned.clone();
+        // The last buffer written, made durable and moved into place in one trip to the
+        // blocking pool.
         tokio::task::spawn_blocking(move || {
-            let done = file.sync_data().and_then(|()| rename_into(&tmp, &target));
+            let done = append(file, &tmp, last.as_deref().unwrap_or_default(), &abandoned)
+                .and_then(|f| f.sync_data())
+                .and_then(|()| rename_into(&tmp, &target));
             if done.is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -436,24 +515,24 @@ impl ObjectWriter for LocalWriter {
     async fn abort(mut self: Box<Self>) -> Result<(), ObjectError> {
         // Whatever is in flight finishes into the temp file, which goes either way.
         let _ = self.settle_all().await;
+        self.closed = true;
         self.file = None;
-        if let Some(tmp) = self.tmp.take() {
-            match tokio::fs::remove_file(&tmp).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(ObjectError::backend(&self.key, e)),
-            }
+        self.pending = None;
+        match tokio::fs::remove_file(&self.tmp).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ObjectError::backend(&self.key, e)),
         }
-        Ok(())
     }
 }
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
         // A writer dropped without finish (a cancelled or crashed task) must not leave its
-        // temp file behind.
-        if let Some(tmp) = self.tmp.take() {
-            let _ = std::fs::remove_file(tmp);
+        // temp file behind; a write in flight that creates it after this removes it itself.
+        if !self.closed {
+            self.abandoned.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
@@ -491,6 +570,15 @@ mod tests {
         assert!(written == expected, "content differs");
     }
 
+    /// Files left in the temp folder (which may not exist).
+    fn temp_files(root: &Path) -> Vec<std::fs::DirEntry> {
+        match std::fs::read_dir(root.join(TMP_DIR)) {
+            Ok(entries) => entries.filter_map(Result::ok).collect(),
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("temp folder unreadable: {e}"),
+        }
+    }
+
     #[tokio::test]
     async fn dropped_writer_leaves_no_temp_file() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -498,9 +586,49 @@ mod tests {
         let mut w = store.writer("x/y.ndjson").await.expect("writer");
         w.write(Bytes::from_static(b"abc")).await.expect("write");
         drop(w);
-        let tmp: Vec<_> = std::fs::read_dir(dir.path().join(TMP_DIR))
-            .expect("tmp dir")
-            .collect();
-        assert!(tmp.is_empty(), "temp files left: {tmp:?}");
+        assert!(temp_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writer_dropped_with_a_write_in_flight_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = LocalFsStore::new(dir.path()).expect("store");
+        for _ in 0..20 {
+            let mut w = store.writer("x/y.ndjson").await.expect("writer");
+            // The second write starts the first on the blocking pool, which creates the
+            // file; the writer is dropped before that write is done.
+            w.write(Bytes::from(vec![b'a'; 256 * 1024]))
+                .await
+                .expect("write");
+            w.write(Bytes::from_static(b"b")).await.expect("write");
+            drop(w);
+        }
+        // Let the writes in flight end.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let left = temp_files(dir.path());
+        assert!(left.is_empty(), "temp files left: {left:?}");
+        assert!(!dir.path().join("x/y.ndjson").exists());
+    }
+
+    #[tokio::test]
+    async fn a_small_object_is_whole_and_an_empty_one_exists() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = LocalFsStore::new(dir.path()).expect("store");
+        let mut w = store.writer("a/one.ndjson").await.expect("writer");
+        w.write(Bytes::from_static(b"{}\n")).await.expect("write");
+        assert_eq!(w.finish().await.expect("finish"), 3);
+        assert_eq!(
+            std::fs::read(dir.path().join("a/one.ndjson")).expect("read"),
+            b"{}\n"
+        );
+        let w = store.writer("a/empty.ndjson").await.expect("writer");
+        assert_eq!(w.finish().await.expect("finish"), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a/empty.ndjson"))
+                .expect("empty object exists")
+                .len(),
+            0
+        );
+        assert!(temp_files(dir.path()).is_empty());
     }
 }

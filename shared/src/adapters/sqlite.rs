@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
 use crate::model::JobId;
 use crate::ports::{
-    BoxError, ChunkCompletion, Delivery, JobStore, QueueError, StoreError, WorkQueue,
+    BoxError, ChunkCompletion, Delivery, JobStore, Naming, QueueError, StoreError, WorkQueue,
 };
 
 const SCHEMA: &str = r#"
@@ -114,6 +114,52 @@ impl Cached for Connection {
     }
 }
 
+/// A transaction begun and ended by cached statements (rusqlite's `Transaction` parses its
+/// `BEGIN` and `COMMIT` anew each time, a third of a short transaction's cost). Rolled back
+/// when dropped without a successful `commit`.
+struct Tx<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl<'c> Tx<'c> {
+    /// `immediate` takes the write lock at once (as `BEGIN IMMEDIATE`), for a transaction
+    /// that reads and then writes what it read.
+    fn begin(conn: &'c Connection, immediate: bool) -> rusqlite::Result<Self> {
+        conn.run(
+            if immediate {
+                "BEGIN IMMEDIATE"
+            } else {
+                "BEGIN"
+            },
+            [],
+        )?;
+        Ok(Tx { conn, done: false })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.run("COMMIT", [])?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.run("ROLLBACK", []);
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -154,6 +200,9 @@ impl SqliteDb {
     fn init(conn: Connection) -> Result<Self, rusqlite::Error> {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Small pages for a new database (an existing one keeps its own): a transaction here
+        // changes a few short rows, and the write-ahead log takes whole pages.
+        conn.pragma_update(None, "page_size", 1024)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
@@ -168,9 +217,8 @@ impl SqliteDb {
     /// blocking thread and waking the caller again would cost.
     async fn with<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        T: Send + 'static,
-        E: From<BoxError> + Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        E: From<BoxError>,
+        F: FnOnce(&mut Connection) -> Result<T, E>,
     {
         let mut guard = self
             .conn
@@ -343,7 +391,7 @@ impl JobStore for SqliteJobStore {
             .collect::<Result<_, StoreError>>()?;
         self.db
             .with(move |c| {
-                let tx = c.transaction().map_err(backend)?;
+                let tx = Tx::begin(c, false).map_err(backend)?;
                 {
                     let mut stmt = tx
                         .prepare_cached(
@@ -399,82 +447,24 @@ impl JobStore for SqliteJobStore {
         result: &ChunkResult,
         now: DateTime<Utc>,
     ) -> Result<ChunkCompletion, StoreError> {
-        let id = id.clone();
         let result = serde_json::to_string(result).map_err(backend)?;
         self.db
-            .with(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(backend)?;
-                let exists = tx
-                    .row(
-                        "SELECT 1 FROM chunks WHERE job_id = ?1 AND idx = ?2",
-                        params![id.as_str(), index],
-                        |_| Ok(()),
-                    )
-                    .optional()
-                    .map_err(backend)?
-                    .is_some();
-                if !exists {
-                    return Err(StoreError::NotFound);
-                }
-                let first = tx
-                    .run(
-                        "UPDATE chunks SET result = ?3 WHERE job_id = ?1 AND idx = ?2 AND result IS NULL",
-                        params![id.as_str(), index, result],
-                    )
-                    .map_err(backend)?
-                    == 1;
-                if first {
-                    tx.run(
-                        "UPDATE jobs SET chunks_done = chunks_done + 1, updated_at = ?2 WHERE id = ?1",
-                        params![id.as_str(), ms(now)],
-                    )
-                    .map_err(backend)?;
-                }
-                let (doc, done): (String, i64) = tx
-                    .row(
-                        "SELECT doc, chunks_done FROM jobs WHERE id = ?1",
-                        [id.as_str()],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
-                    .map_err(backend)?
-                    .ok_or(StoreError::NotFound)?;
-                let job = read_job(doc, done)?;
+            .with(|c| {
+                let tx = Tx::begin(c, true).map_err(backend)?;
+                let done = complete_in(&tx, id, index, &result, now)?;
                 tx.commit().map_err(backend)?;
-                Ok(ChunkCompletion {
-                    first,
-                    done: job.chunks_done,
-                    total: job.chunks_total,
-                    state: job.state,
-                })
+                Ok(done)
             })
             .await
     }
 
     async fn reserve(&self, id: &JobId, counter: &str, n: u32) -> Result<u64, StoreError> {
-        let id = id.clone();
-        let counter = counter.to_owned();
         self.db
-            .with(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(backend)?;
-                tx.run(
-                    "INSERT OR IGNORE INTO counters (job_id, name, next) VALUES (?1, ?2, 1)",
-                    params![id.as_str(), counter],
-                )
-                .map_err(backend)?;
-                let first: i64 = tx
-                    .row(
-                        "UPDATE counters SET next = next + ?3 WHERE job_id = ?1 AND name = ?2 RETURNING next - ?3",
-                        params![id.as_str(), counter, i64::from(n)],
-                        |r| r.get(0),
-                    )
-                    .map_err(backend)?;
+            .with(|c| {
+                let tx = Tx::begin(c, true).map_err(backend)?;
+                let first = reserve_in(&tx, id, counter, n)?;
                 tx.commit().map_err(backend)?;
-                u64::try_from(first).map_err(backend)
+                Ok(first)
             })
             .await
     }
@@ -485,29 +475,46 @@ impl JobStore for SqliteJobStore {
         index: u32,
         files: &[OutputFile],
     ) -> Result<Vec<OutputFile>, StoreError> {
-        let id = id.clone();
         let body = serde_json::to_string(files).map_err(backend)?;
         self.db
-            .with(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(backend)?;
-                tx.run(
-                    "UPDATE chunks SET published = ?3 WHERE job_id = ?1 AND idx = ?2 AND published IS NULL",
-                    params![id.as_str(), index, body],
-                )
-                .map_err(backend)?;
-                let standing: Option<Option<String>> = tx
-                    .row(
-                        "SELECT published FROM chunks WHERE job_id = ?1 AND idx = ?2",
-                        params![id.as_str(), index],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(backend)?;
+            .with(|c| {
+                let tx = Tx::begin(c, true).map_err(backend)?;
+                let standing = set_published_in(&tx, id, index, &body)?;
                 tx.commit().map_err(backend)?;
-                let standing = standing.flatten().ok_or(StoreError::NotFound)?;
-                serde_json::from_str(&standing).map_err(backend)
+                Ok(standing)
+            })
+            .await
+    }
+
+    /// One transaction: the completion, and the names when it is the first.
+    async fn complete_and_name(
+        &self,
+        id: &JobId,
+        index: u32,
+        result: &ChunkResult,
+        now: DateTime<Utc>,
+        naming: Option<Naming<'_>>,
+    ) -> Result<(ChunkCompletion, Option<Vec<OutputFile>>), StoreError> {
+        let result = serde_json::to_string(result).map_err(backend)?;
+        self.db
+            .with(|c| {
+                let tx = Tx::begin(c, true).map_err(backend)?;
+                let done = complete_in(&tx, id, index, &result, now)?;
+                let named = match naming {
+                    Some(naming) if done.first && done.state != JobState::Cancelled => {
+                        let firsts = naming
+                            .counters
+                            .iter()
+                            .map(|(counter, n)| reserve_in(&tx, id, counter, *n))
+                            .collect::<Result<Vec<u64>, StoreError>>()?;
+                        let body =
+                            serde_json::to_string(&(naming.name)(&firsts)).map_err(backend)?;
+                        Some(set_published_in(&tx, id, index, &body)?)
+                    }
+                    _ => None,
+                };
+                tx.commit().map_err(backend)?;
+                Ok((done, named))
             })
             .await
     }
@@ -553,7 +560,7 @@ impl JobStore for SqliteJobStore {
             .collect::<Result<_, _>>()?;
         self.db
             .with(move |c| {
-                let tx = c.transaction().map_err(backend)?;
+                let tx = Tx::begin(c, false).map_err(backend)?;
                 tx.run("DELETE FROM outputs WHERE job_id = ?1", [id.as_str()])
                     .map_err(backend)?;
                 {
@@ -626,7 +633,7 @@ impl JobStore for SqliteJobStore {
         let id = id.clone();
         self.db
             .with(move |c| {
-                let tx = c.transaction().map_err(backend)?;
+                let tx = Tx::begin(c, false).map_err(backend)?;
                 for table in ["outputs", "chunks", "counters"] {
                     tx.run(
                         &format!("DELETE FROM {table} WHERE job_id = ?1"),
@@ -640,6 +647,97 @@ impl JobStore for SqliteJobStore {
             })
             .await
     }
+}
+
+/// Records chunk `index` done with `result` (JSON) unless it is done already.
+fn complete_in(
+    tx: &Connection,
+    id: &JobId,
+    index: u32,
+    result: &str,
+    now: DateTime<Utc>,
+) -> Result<ChunkCompletion, StoreError> {
+    let first = tx
+        .run(
+            "UPDATE chunks SET result = ?3 WHERE job_id = ?1 AND idx = ?2 AND result IS NULL",
+            params![id.as_str(), index, result],
+        )
+        .map_err(backend)?
+        == 1;
+    if first {
+        tx.run(
+            "UPDATE jobs SET chunks_done = chunks_done + 1, updated_at = ?2 WHERE id = ?1",
+            params![id.as_str(), ms(now)],
+        )
+        .map_err(backend)?;
+    } else {
+        // Done already, or no such chunk.
+        tx.row(
+            "SELECT 1 FROM chunks WHERE job_id = ?1 AND idx = ?2",
+            params![id.as_str(), index],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?;
+    }
+    let (doc, done): (String, i64) = tx
+        .row(
+            "SELECT doc, chunks_done FROM jobs WHERE id = ?1",
+            [id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound)?;
+    let job = read_job(doc, done)?;
+    Ok(ChunkCompletion {
+        first,
+        done: job.chunks_done,
+        total: job.chunks_total,
+        state: job.state,
+    })
+}
+
+/// Takes `n` numbers of a job's counter; the first of them.
+fn reserve_in(tx: &Connection, id: &JobId, counter: &str, n: u32) -> Result<u64, StoreError> {
+    tx.run(
+        "INSERT OR IGNORE INTO counters (job_id, name, next) VALUES (?1, ?2, 1)",
+        params![id.as_str(), counter],
+    )
+    .map_err(backend)?;
+    let first: i64 = tx
+        .row(
+            "UPDATE counters SET next = next + ?3 WHERE job_id = ?1 AND name = ?2 RETURNING next - ?3",
+            params![id.as_str(), counter, i64::from(n)],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    u64::try_from(first).map_err(backend)
+}
+
+/// Records a chunk's published names (JSON) unless some are recorded; the names that stand.
+fn set_published_in(
+    tx: &Connection,
+    id: &JobId,
+    index: u32,
+    body: &str,
+) -> Result<Vec<OutputFile>, StoreError> {
+    tx.run(
+        "UPDATE chunks SET published = ?3 WHERE job_id = ?1 AND idx = ?2 AND published IS NULL",
+        params![id.as_str(), index, body],
+    )
+    .map_err(backend)?;
+    let standing: Option<Option<String>> = tx
+        .row(
+            "SELECT published FROM chunks WHERE job_id = ?1 AND idx = ?2",
+            params![id.as_str(), index],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    let standing = standing.flatten().ok_or(StoreError::NotFound)?;
+    serde_json::from_str(&standing).map_err(backend)
 }
 
 type ChunkRow = (String, Option<String>, Option<String>, i64);
@@ -723,7 +821,7 @@ impl WorkQueue for SqliteQueue {
         let name = self.name.clone();
         self.db
             .with(move |c| {
-                let tx = c.transaction().map_err(qerr)?;
+                let tx = Tx::begin(c, false).map_err(qerr)?;
                 {
                     let mut stmt = tx
                         .prepare_cached(
@@ -752,8 +850,7 @@ impl WorkQueue for SqliteQueue {
             let got = self
                 .db
                 .with(move |c| {
-                    let tx = c
-                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                    let tx = Tx::begin(c, true)
                         .map_err(qerr)?;
                     let now = now_ms();
                     if let Some((dead, max_receives)) = &redrive {

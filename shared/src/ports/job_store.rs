@@ -35,6 +35,19 @@ pub struct ChunkCompletion {
     pub state: JobState,
 }
 
+/// Turns the first number reserved from each counter into the published files.
+pub type NameFiles<'a> = Box<dyn Fn(&[u64]) -> Vec<OutputFile> + Send + Sync + 'a>;
+
+/// How a chunk's published files are named: numbers reserved from per-job counters, turned
+/// into names by `name`.
+pub struct Naming<'a> {
+    /// Each counter and how many numbers it gives.
+    pub counters: Vec<(String, u32)>,
+    /// The published files, given the first number reserved from each counter (in the order
+    /// of `counters`).
+    pub name: NameFiles<'a>,
+}
+
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Stores a new job. `AlreadyExists` if the id is taken.
@@ -80,6 +93,44 @@ pub trait JobStore: Send + Sync {
         index: u32,
         files: &[OutputFile],
     ) -> Result<Vec<OutputFile>, StoreError>;
+
+    /// Names a chunk's files: reserves the numbers, then records the names unless names are
+    /// recorded already (`set_published`); returns the names that stand.
+    async fn name_files(
+        &self,
+        id: &JobId,
+        index: u32,
+        naming: Naming<'_>,
+    ) -> Result<Vec<OutputFile>, StoreError> {
+        let mut firsts = Vec::with_capacity(naming.counters.len());
+        for (counter, n) in &naming.counters {
+            firsts.push(self.reserve(id, counter, *n).await?);
+        }
+        let names = (naming.name)(&firsts);
+        self.set_published(id, index, &names).await
+    }
+
+    /// `complete_chunk`, then, when that was the chunk's first completion and the job is not
+    /// cancelled, `name_files`; the names that stand come back with the completion. A store
+    /// that can does both in one transaction (the default makes the calls one by one; a
+    /// crash between them leaves a done chunk without names, which publishing makes good).
+    async fn complete_and_name(
+        &self,
+        id: &JobId,
+        index: u32,
+        result: &ChunkResult,
+        now: DateTime<Utc>,
+        naming: Option<Naming<'_>>,
+    ) -> Result<(ChunkCompletion, Option<Vec<OutputFile>>), StoreError> {
+        let completion = self.complete_chunk(id, index, result, now).await?;
+        let named = match naming {
+            Some(naming) if completion.first && completion.state != JobState::Cancelled => {
+                Some(self.name_files(id, index, naming).await?)
+            }
+            _ => None,
+        };
+        Ok((completion, named))
+    }
 
     /// Records that a chunk's files are under their published names.
     async fn mark_renamed(&self, id: &JobId, index: u32) -> Result<(), StoreError>;

@@ -10,7 +10,7 @@ mod object_store;
 mod queue;
 mod source;
 
-pub use job_store::{ChunkCompletion, JobStore, StoreError};
+pub use job_store::{ChunkCompletion, JobStore, Naming, StoreError};
 pub use object_store::{
     ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls, validate_key,
 };

@@ -7,7 +7,7 @@ use chrono::{Duration, Utc};
 use super::{sample_chunk, sample_job};
 use crate::job::{ChunkResult, FileKind, JobState, OutputFile, StagedFile};
 use crate::model::{JobId, ResourceType};
-use crate::ports::{JobStore, StoreError};
+use crate::ports::{JobStore, Naming, StoreError};
 
 fn result(n: u64) -> ChunkResult {
     ChunkResult {
@@ -246,6 +246,71 @@ pub async fn run(store: Arc<dyn JobStore>) {
         s.mark_renamed(&job.id, 77).await,
         Err(StoreError::NotFound)
     ));
+
+    // completion with naming: the first completion names the files from fresh numbers,
+    // a duplicate names nothing and takes no numbers, a cancelled job's chunk is not named
+    let job4 = sample_job(JobState::Running, now);
+    s.create(&job4).await.expect("create");
+    let chunks: Vec<_> = (0..3).map(sample_chunk).collect();
+    s.put_chunks(&job4.id, &chunks).await.expect("put_chunks");
+    s.reserve(&job4.id, "Patient", 2)
+        .await
+        .expect("an earlier chunk's names");
+    let naming = || Naming {
+        counters: vec![("Patient".to_owned(), 2), ("error".to_owned(), 1)],
+        name: Box::new(|firsts: &[u64]| {
+            vec![
+                output(&format!("Patient-{}.ndjson", firsts[0]), 1),
+                output(&format!("Patient-{}.ndjson", firsts[0] + 1), 1),
+                output(&format!("error-{}.ndjson", firsts[1]), 1),
+            ]
+        }),
+    };
+    let names = |ns: &[&str]| ns.iter().map(|n| output(n, 1)).collect::<Vec<_>>();
+    let (c, named) = s
+        .complete_and_name(&job4.id, 1, &result(2), now, Some(naming()))
+        .await
+        .expect("complete and name");
+    assert!(c.first);
+    let expected = names(&["Patient-3.ndjson", "Patient-4.ndjson", "error-1.ndjson"]);
+    assert_eq!(named.as_ref(), Some(&expected));
+    let rec = s.chunk(&job4.id, 1).await.expect("chunk").expect("exists");
+    assert_eq!(rec.published, Some(expected.clone()));
+    assert_eq!(rec.result, Some(result(2)));
+    let (c, named) = s
+        .complete_and_name(&job4.id, 1, &result(2), now, Some(naming()))
+        .await
+        .expect("duplicate");
+    assert!(!c.first);
+    assert_eq!(named, None);
+    assert_eq!(
+        s.reserve(&job4.id, "Patient", 1).await.expect("reserve"),
+        5,
+        "a duplicate completion takes no numbers"
+    );
+    assert!(matches!(
+        s.complete_and_name(&job4.id, 9, &result(1), now, Some(naming()))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let current = s.get(&job4.id).await.expect("get").expect("exists");
+    let cancelled = current
+        .transitioned(JobState::Cancelled, now)
+        .expect("transition");
+    s.update(&cancelled, current.version).await.expect("cancel");
+    let (c, named) = s
+        .complete_and_name(&job4.id, 2, &result(1), now, Some(naming()))
+        .await
+        .expect("complete after cancel");
+    assert_eq!((c.first, c.state, named), (true, JobState::Cancelled, None));
+    assert_eq!(
+        s.chunk(&job4.id, 2)
+            .await
+            .expect("chunk")
+            .expect("exists")
+            .published,
+        None
+    );
 
     // outputs replace
     let files: Vec<OutputFile> = (1..=3)

@@ -8,11 +8,11 @@ use std::time::Instant;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 
-use super::publish::{publish, publishes};
+use super::publish::{naming, publish, publishes};
 use super::select::{Kept, Scope, Selection, Verdict};
 use super::sinks::{MapBuffer, Sink, write_sorted};
 use super::watch::Watch;
-use super::{Lease, WorkError, WorkMessage, WorkerDeps, now, provenance, reduce};
+use super::{Lease, WorkError, WorkMessage, WorkerDeps, finalize, now, provenance, reduce};
 use crate::elements::ElementsFilter;
 use crate::job::{ChunkRecord, ChunkResult, ChunkRole, FileKind, Job, JobState, StagedFile};
 use crate::layout;
@@ -91,7 +91,17 @@ pub(super) async fn chunk(
             return Err(e);
         }
     };
-    let completion = deps.jobs.complete_chunk(id, index, &result, now()).await?;
+    let publishing = publishes(&job, record.spec.role);
+    let (completion, published) = deps
+        .jobs
+        .complete_and_name(
+            id,
+            index,
+            &result,
+            now(),
+            publishing.then(|| naming(&job, index, &result)),
+        )
+        .await?;
     tracing::info!(
         job_id = %id,
         chunk = index,
@@ -117,9 +127,10 @@ pub(super) async fn chunk(
         deps.output.delete_prefix(&dir).await?;
         return Ok(());
     }
-    if publishes(&job, record.spec.role) {
+    if publishing {
         let done = ChunkRecord {
             result: Some(result),
+            published,
             ..record
         };
         publish(deps, &job, &done).await?;
@@ -147,14 +158,27 @@ async fn previous_phases_done(deps: &WorkerDeps, job: &Job, phase: u32) -> Resul
 
 /// After the chunk that completes a phase, send the next phase; after the last, finalize.
 async fn advance(deps: &WorkerDeps, job: &Job, done: u32, total: u32) -> Result<(), WorkError> {
-    let messages: Vec<String> = if done >= total {
-        vec![
-            WorkMessage::Finalize {
-                job: job.id.clone(),
+    if done >= total {
+        // Finalized right here: a trip through the queue would add a delivery (on Lambda, an
+        // invocation) to the end of every export. If this attempt fails, the finalize
+        // message takes over, with the queue's retries.
+        return match finalize::finalize(deps, &job.id).await {
+            Err(WorkError::Retryable(e)) => {
+                tracing::warn!(job_id = %job.id, error = %crate::error_chain(e.as_ref()), "finalize failed; handing it to the queue");
+                deps.queue
+                    .send(vec![
+                        WorkMessage::Finalize {
+                            job: job.id.clone(),
+                        }
+                        .encode(),
+                    ])
+                    .await?;
+                Ok(())
             }
-            .encode(),
-        ]
-    } else if let Some(next) = job.plan.phase_completed_by(done) {
+            other => other,
+        };
+    }
+    let messages: Vec<String> = if let Some(next) = job.plan.phase_completed_by(done) {
         tracing::info!(job_id = %job.id, phase = next, "next phase");
         job.plan
             .phase_range(next)

@@ -13,9 +13,9 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
     let Some(job) = deps.jobs.get(id).await? else {
         return Ok(());
     };
+    let mut chunks = deps.jobs.chunks(id).await?;
     let job = match job.state {
         JobState::Running => {
-            let chunks = deps.jobs.chunks(id).await?;
             let done = chunks.iter().filter(|c| c.is_done()).count();
             if done < job.chunks_total as usize {
                 tracing::debug!(job_id = %id, done, total = job.chunks_total, "finalize: not all chunks done yet");
@@ -39,12 +39,18 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
         JobState::Finalizing => job,
         _ => return Ok(()),
     };
-    for chunk in deps.jobs.chunks(id).await? {
+    // Every chunk is done, so the list read above changes only where a chunk's publishing is
+    // finished (here, or by a duplicate delivery racing us).
+    let mut published_here = false;
+    for chunk in &chunks {
         if publishes(&job, chunk.spec.role) && !chunk.renamed {
-            publish(deps, &job, &chunk).await?;
+            publish(deps, &job, chunk).await?;
+            published_here = true;
         }
     }
-    let chunks = deps.jobs.chunks(id).await?;
+    if published_here {
+        chunks = deps.jobs.chunks(id).await?;
+    }
     let mut outputs: Vec<OutputFile> = job.plan.notes.clone();
     for index in &job.plan.publishing {
         let Some(files) = chunks

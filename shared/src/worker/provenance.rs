@@ -106,7 +106,7 @@ impl Consumer for SelectConsumer {
             self.candidates.push(Candidate {
                 targets: targets(v),
                 recorded: recorded(v),
-                id: kept.id.clone(),
+                id: kept.id.clone().into_owned(),
                 bytes: kept.bytes.into_owned(),
             });
         }

@@ -4,8 +4,8 @@
 //! repeated by whoever finds it unfinished (a duplicate delivery, finalize).
 
 use super::{WorkError, WorkerDeps};
-use crate::job::{ChunkRecord, ChunkRole, FileKind, Job, OutputFile, StagedFile};
-use crate::ports::ObjectError;
+use crate::job::{ChunkRecord, ChunkResult, ChunkRole, FileKind, Job, OutputFile, StagedFile};
+use crate::ports::{Naming, ObjectError};
 
 /// Name of the `k`-th published file of a counter.
 fn published_name(f: &StagedFile, k: u64) -> String {
@@ -45,7 +45,64 @@ pub(crate) fn page_of(job: &Job, index: u32) -> u32 {
     u32::try_from(rank / per_page + 1).unwrap_or(u32::MAX)
 }
 
-/// Gives the chunk's output and error files their published names and moves them there.
+/// How the published files of chunk `index`, which produced `result`, are named: one counter
+/// per resource type (and one for error files), numbers taken in the order of the staged
+/// files.
+pub(crate) fn naming<'a>(job: &'a Job, index: u32, result: &'a ChunkResult) -> Naming<'a> {
+    let staged: Vec<&StagedFile> = result
+        .files
+        .iter()
+        .filter(|f| f.kind.is_published())
+        .collect();
+    let mut counters: Vec<(String, u32)> = Vec::new();
+    for f in &staged {
+        let c = counter(f);
+        match counters.iter_mut().find(|(name, _)| *name == c) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => counters.push((c, 1)),
+        }
+    }
+    let order: Vec<String> = counters.iter().map(|(c, _)| c.clone()).collect();
+    let page = page_of(job, index);
+    Naming {
+        counters,
+        name: Box::new(move |firsts: &[u64]| {
+            let mut next: Vec<u64> = firsts.to_vec();
+            let mut names: Vec<OutputFile> = Vec::with_capacity(staged.len());
+            for f in &staged {
+                let c = counter(f);
+                let slot = order.iter().position(|o| *o == c).unwrap_or(0);
+                let k = next.get(slot).copied().unwrap_or(1);
+                if let Some(n) = next.get_mut(slot) {
+                    *n += 1;
+                }
+                names.push(OutputFile {
+                    kind: f.kind,
+                    resource_type: f.resource_type,
+                    name: published_name(f, k),
+                    count: f.count,
+                    bytes: f.bytes,
+                    continues_in: None,
+                    staged: f.path.clone(),
+                    page,
+                });
+            }
+            // A block that continues points at the chunk's next output file.
+            for i in 0..staged.len() {
+                if staged[i].continues
+                    && let Some(j) =
+                        (i + 1..staged.len()).find(|j| staged[*j].kind == FileKind::Output)
+                {
+                    names[i].continues_in = Some(names[j].name.clone());
+                }
+            }
+            names
+        }),
+    }
+}
+
+/// Gives the chunk's output and error files their published names (unless the record has
+/// them already) and moves them there.
 pub(crate) async fn publish(
     deps: &WorkerDeps,
     job: &Job,
@@ -63,59 +120,12 @@ pub(crate) async fn publish(
     let files = match &record.published {
         Some(files) => files.clone(),
         None => {
-            let staged: Vec<&StagedFile> = result
-                .files
-                .iter()
-                .filter(|f| f.kind.is_published())
-                .collect();
-            let mut next: Vec<(String, u64)> = Vec::new();
-            for f in &staged {
-                let c = counter(f);
-                match next.iter_mut().find(|(name, _)| *name == c) {
-                    Some(_) => {}
-                    None => {
-                        let n = staged.iter().filter(|g| counter(g) == c).count();
-                        let first = deps
-                            .jobs
-                            .reserve(&job.id, &c, u32::try_from(n).unwrap_or(u32::MAX))
-                            .await?;
-                        next.push((c, first));
-                    }
-                }
-            }
-            let page = page_of(job, record.spec.index);
-            let mut names: Vec<OutputFile> = Vec::with_capacity(staged.len());
-            for f in &staged {
-                let c = counter(f);
-                let slot = next
-                    .iter_mut()
-                    .find(|(name, _)| *name == c)
-                    .map(|(_, k)| k)
-                    .ok_or_else(|| WorkError::Permanent("counter vanished".into()))?;
-                let name = published_name(f, *slot);
-                *slot += 1;
-                names.push(OutputFile {
-                    kind: f.kind,
-                    resource_type: f.resource_type,
-                    name,
-                    count: f.count,
-                    bytes: f.bytes,
-                    continues_in: None,
-                    staged: f.path.clone(),
-                    page,
-                });
-            }
-            // A block that continues points at the chunk's next output file.
-            for i in 0..staged.len() {
-                if staged[i].continues
-                    && let Some(j) =
-                        (i + 1..staged.len()).find(|j| staged[*j].kind == FileKind::Output)
-                {
-                    names[i].continues_in = Some(names[j].name.clone());
-                }
-            }
             deps.jobs
-                .set_published(&job.id, record.spec.index, &names)
+                .name_files(
+                    &job.id,
+                    record.spec.index,
+                    naming(job, record.spec.index, result),
+                )
                 .await?
         }
     };

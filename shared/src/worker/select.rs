@@ -32,7 +32,7 @@ pub(crate) enum Scope {
 pub(crate) struct Kept<'a> {
     /// What to write: the source line, or its `_elements` subset.
     pub bytes: Cow<'a, [u8]>,
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// The patient the resource is filed under: the smallest in-scope patient id of its
     /// compartments (so a resource shared by several exported patients has one owner).
     pub owner: Option<String>,
@@ -137,7 +137,7 @@ impl Selection {
         {
             return Verdict::Skip;
         }
-        let id = head.id.into_owned();
+        let id = head.id;
         let needs_tree = !matches!(self.scope, Scope::Everything)
             || self.filters.is_some()
             || self.wants_owner
