@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::io::{Read, Seek};
 
+use crate::buffers::Buffer;
 use crate::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, validate_key};
 
 const TMP_DIR: &str = ".tmp";
@@ -135,12 +136,13 @@ impl ObjectStore for LocalFsStore {
         // Opened and read from in one trip to the blocking pool (a missing object is still
         // reported here, not by the stream).
         let want = state.want();
+        let buf = crate::buffers::pool().take();
         let first = tokio::task::spawn_blocking(move || -> std::io::Result<ReadDone> {
             let mut f = std::fs::File::open(&path)?;
             if start > 0 {
                 f.seek(std::io::SeekFrom::Start(start))?;
             }
-            Ok(read_into(f, want))
+            Ok(read_into(f, buf, want))
         })
         .await
         .map_err(|e| ObjectError::backend(key, e))?
@@ -158,14 +160,17 @@ impl ObjectStore for LocalFsStore {
                     Some(done) => done,
                     None => match st.next.take()?.await {
                         Ok(done) => done,
-                        Err(e) => return Some((Err(ObjectError::backend(&st.key, e)), st)),
+                        Err(_) => {
+                            let e = ObjectError::backend(
+                                &st.key,
+                                "a read on the blocking pool was lost",
+                            );
+                            return Some((Err(e), st));
+                        }
                     },
                 };
                 match read {
-                    Ok(0) => {
-                        crate::buffers::pool().recycle(buf);
-                        None
-                    }
+                    Ok(0) => None,
                     Ok(n) => {
                         if let Some(l) = st.left.as_mut() {
                             *l -= n as u64;
@@ -174,7 +179,7 @@ impl ObjectStore for LocalFsStore {
                         if n == want {
                             st.read_ahead(file);
                         }
-                        Some((Ok(crate::buffers::pool().freeze(buf)), st))
+                        Some((Ok(buf.freeze()), st))
                     }
                     Err(e) => Some((Err(map_io(&st.key, e)), st)),
                 }
@@ -305,13 +310,13 @@ fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
 }
 
 /// What a read on the blocking pool gives back: the file, the buffer, how much was asked.
-type ReadDone = (std::fs::File, Vec<u8>, usize, std::io::Result<usize>);
+type ReadDone = (std::fs::File, Buffer, usize, std::io::Result<usize>);
 
 struct ReadState {
     /// A read already done (the first, made with the open).
     ready: Option<ReadDone>,
     /// The read in flight; `None` (with nothing ready) once the stream ended or failed.
-    next: Option<tokio::task::JoinHandle<ReadDone>>,
+    next: Option<tokio::sync::oneshot::Receiver<ReadDone>>,
     /// Bytes left to read when a range was asked for.
     left: Option<u64>,
     key: String,
@@ -328,15 +333,23 @@ impl ReadState {
     fn read_ahead(&mut self, file: std::fs::File) {
         let want = self.want();
         if want > 0 {
-            self.next = Some(tokio::task::spawn_blocking(move || read_into(file, want)));
+            let buf = crate::buffers::pool().take();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // Whatever becomes of the reader meanwhile (a range read to its end, a stopped
+            // chunk), the buffer goes back to the pool when dropped.
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(read_into(file, buf, want));
+            });
+            self.next = Some(rx);
         }
     }
 }
 
-/// Reads up to `want` bytes of `file` into a pooled buffer. `read_to_end` within the
-/// capacity fills the buffer without zeroing it first and never reallocates.
-fn read_into(mut file: std::fs::File, want: usize) -> ReadDone {
-    let mut buf = crate::buffers::pool().take();
+/// Reads up to `want` bytes of `file` into `buf` (a pooled buffer, taken on the async side:
+/// one allocated on a blocking thread would start a malloc arena of its own there, which
+/// keeps its memory). `read_to_end` within the capacity fills the buffer without zeroing it
+/// first and never reallocates.
+fn read_into(mut file: std::fs::File, mut buf: Buffer, want: usize) -> ReadDone {
     let r = if want == 0 {
         Ok(0)
     } else {
@@ -360,21 +373,27 @@ struct LocalWriter {
     abandoned: Arc<AtomicBool>,
     /// Bytes taken, including `pending`.
     size: u64,
-    /// The last buffer handed over, written with the next one or by `finish`.
+    /// The first buffer handed over, written with the second or by `finish`.
     pending: Option<Bytes>,
     /// The write in flight, if any (see [`LocalWriter::write`]).
     writing: Option<tokio::task::JoinHandle<std::io::Result<Arc<std::fs::File>>>>,
     /// Bytes written when the last early flush started.
     flushed_to: u64,
-    /// An early flush in flight (see [`EARLY_FLUSH_BYTES`]).
+    /// An early flush in flight (see [`EARLY_FLUSH_MIN`]).
     flushing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// A big file starts going to disk while it is still being written, one flush in flight at
-/// a time, so that the `fdatasync` that makes it durable at the end waits only for the
-/// last MiB or so instead of the whole file (at the end of a chunk, on an export's critical
-/// path).
-const EARLY_FLUSH_BYTES: u64 = 1024 * 1024;
+/// A file starts going to disk while it is still being written, one flush in flight at a
+/// time, so that the `fdatasync` that makes it durable at the end (at the end of a chunk, on
+/// an export's critical path) waits only for the last part. The step between flushes
+/// doubles from 1 MiB up to 8 MiB: a mid-size file leaves little for the end, and a big
+/// one is not flushed so often that the disk spends its time on cache flushes.
+const EARLY_FLUSH_MIN: u64 = 1024 * 1024;
+const EARLY_FLUSH_MAX: u64 = 8 * 1024 * 1024;
+
+fn early_flush_step(flushed: u64) -> u64 {
+    flushed.clamp(EARLY_FLUSH_MIN, EARLY_FLUSH_MAX)
+}
 
 /// Waits for a background flush and reports its error.
 async fn settle(
@@ -436,7 +455,7 @@ impl LocalWriter {
     /// flight. A finished flush's error fails the file: Linux reports a write-back error to
     /// only one `fsync` of the open file, so the final sync would not see it.
     async fn flush_early(&mut self, written: u64) -> Result<(), ObjectError> {
-        if written - self.flushed_to < EARLY_FLUSH_BYTES
+        if written - self.flushed_to < early_flush_step(self.flushed_to)
             || self.flushing.as_ref().is_some_and(|h| !h.is_finished())
         {
             return Ok(());
@@ -460,25 +479,33 @@ impl LocalWriter {
 
 #[async_trait]
 impl ObjectWriter for LocalWriter {
-    /// Keeps `data` and starts writing the buffer handed over before it, once the write
-    /// before that is done: the caller fills its next buffer while the kernel copies (one
-    /// write in flight; its error is reported by the next call, or by `finish`).
+    /// Starts writing `data` once the write before it is done, and returns: the caller fills
+    /// its next buffer while the kernel copies this one (one write in flight; its error is
+    /// reported by the next call, or by `finish`). The first buffer waits for the second
+    /// instead: if it is the only one, `finish` creates, writes, syncs and renames the file
+    /// in one trip to the blocking pool.
     async fn write(&mut self, data: Bytes) -> Result<(), ObjectError> {
         self.check_open()?;
         let len = data.len() as u64;
-        let Some(previous) = self.pending.replace(data) else {
+        if self.file.is_none() && self.writing.is_none() && self.pending.is_none() {
+            self.pending = Some(data);
             self.size += len;
             return Ok(());
-        };
+        }
         self.settle_write().await?;
-        // What the file holds now: everything taken but the buffer about to be written.
-        let on_file = self.size - previous.len() as u64;
+        let first = self.pending.take();
+        // What the file holds now: everything taken but what is about to be written.
+        let on_file = self.size - first.as_ref().map_or(0, |b| b.len() as u64);
         self.size += len;
         let file = self.file.clone();
         let tmp = self.tmp.clone();
         let abandoned = self.abandoned.clone();
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            append(file, &tmp, &previous, &abandoned)
+            let file = match first {
+                Some(first) => Some(append(file, &tmp, &first, &abandoned)?),
+                None => file,
+            };
+            append(file, &tmp, &data, &abandoned)
         }));
         self.flush_early(on_file).await
     }
@@ -558,7 +585,7 @@ mod tests {
         // Three times the early-flush step, in pieces that do not divide it.
         let piece = 700 * 1024 + 13;
         let mut k = 0u8;
-        while (expected.len() as u64) < 3 * EARLY_FLUSH_BYTES {
+        while (expected.len() as u64) < 3 * EARLY_FLUSH_MAX {
             let data: Vec<u8> = (0..piece).map(|i| k.wrapping_add(i as u8)).collect();
             k = k.wrapping_add(1);
             expected.extend_from_slice(&data);

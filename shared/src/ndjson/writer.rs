@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::buffers::Buffer;
 use crate::job::{FileKind, StagedFile};
 use crate::model::ResourceType;
 use crate::ports::{ObjectError, ObjectStore, ObjectWriter};
@@ -20,8 +21,8 @@ pub struct PartWriter {
     max_bytes: u64,
     part: u32,
     current: Option<Box<dyn ObjectWriter>>,
-    /// From the buffer pool; empty (no capacity) until the first line.
-    buf: Vec<u8>,
+    /// From the buffer pool, taken at the first line.
+    buf: Option<Buffer>,
     part_bytes: u64,
     part_count: u64,
     done: Vec<StagedFile>,
@@ -50,7 +51,7 @@ impl PartWriter {
             max_bytes: max_bytes.max(1),
             part: 0,
             current: None,
-            buf: Vec::new(),
+            buf: None,
             part_bytes: 0,
             part_count: 0,
             done: Vec::new(),
@@ -72,26 +73,24 @@ impl PartWriter {
         // The buffer is handed over whenever it is full and never grows (every growth
         // copies it, and a buffer grown for one long line would keep its size): a line is
         // copied in as many pieces as it takes.
-        if self.buf.capacity() == 0 {
-            self.buf = crate::buffers::pool().take();
-        }
         let mut rest = line;
         loop {
-            if self.buf.len() >= BUFFER {
-                self.flush().await?;
-            }
-            let room = BUFFER - self.buf.len();
+            let buf = self
+                .buf
+                .get_or_insert_with(|| crate::buffers::pool().take());
+            let room = BUFFER - buf.len();
             let (piece, after) = rest.split_at(room.min(rest.len()));
-            self.buf.extend_from_slice(piece);
+            buf.extend_from_slice(piece);
             rest = after;
-            if rest.is_empty() && self.buf.len() < BUFFER {
+            if rest.is_empty() && buf.len() < BUFFER {
+                buf.push(b'\n');
                 break;
             }
+            self.flush().await?;
         }
-        self.buf.push(b'\n');
         self.part_bytes += len;
         self.part_count += 1;
-        if self.buf.len() >= BUFFER {
+        if self.buf.as_ref().is_some_and(|b| b.len() >= BUFFER) {
             self.flush().await?;
         }
         Ok(())
@@ -121,11 +120,9 @@ impl PartWriter {
 
     async fn flush(&mut self) -> Result<(), ObjectError> {
         if let Some(w) = self.current.as_mut()
-            && !self.buf.is_empty()
+            && let Some(full) = self.buf.take_if(|b| !b.is_empty())
         {
-            let pool = crate::buffers::pool();
-            let full = std::mem::replace(&mut self.buf, pool.take());
-            w.write(pool.freeze(full)).await?;
+            w.write(full.freeze()).await?;
         }
         Ok(())
     }
@@ -166,12 +163,6 @@ impl PartWriter {
         if let Some(w) = self.current.take() {
             let _ = w.abort().await;
         }
-    }
-}
-
-impl Drop for PartWriter {
-    fn drop(&mut self) {
-        crate::buffers::pool().recycle(std::mem::take(&mut self.buf));
     }
 }
 
