@@ -501,7 +501,7 @@ impl JobStore for SqliteJobStore {
                 let tx = Tx::begin(c, true).map_err(backend)?;
                 let done = complete_in(&tx, id, index, &result, now)?;
                 let named = match naming {
-                    Some(naming) if done.first && done.state != JobState::Cancelled => {
+                    Some(naming) if done.names_files() => {
                         let firsts = naming
                             .counters
                             .iter()

@@ -35,6 +35,14 @@ pub struct ChunkCompletion {
     pub state: JobState,
 }
 
+impl ChunkCompletion {
+    /// Whether this completion names the chunk's files: the first one, of a job that was
+    /// not cancelled.
+    pub fn names_files(&self) -> bool {
+        self.first && self.state != JobState::Cancelled
+    }
+}
+
 /// Turns the first number reserved from each counter into the published files.
 pub type NameFiles<'a> = Box<dyn Fn(&[u64]) -> Vec<OutputFile> + Send + Sync + 'a>;
 
@@ -124,7 +132,7 @@ pub trait JobStore: Send + Sync {
     ) -> Result<(ChunkCompletion, Option<Vec<OutputFile>>), StoreError> {
         let completion = self.complete_chunk(id, index, result, now).await?;
         let named = match naming {
-            Some(naming) if completion.first && completion.state != JobState::Cancelled => {
+            Some(naming) if completion.names_files() => {
                 Some(self.name_files(id, index, naming).await?)
             }
             _ => None,
