@@ -134,6 +134,10 @@ pub(super) async fn chunk(
             ..record
         };
         publish(deps, &job, &done).await?;
+        let current = deps.jobs.get(id).await?;
+        if cleaned_after_cancel(deps, &job, current.as_ref()).await? {
+            return Ok(());
+        }
     }
     advance(deps, &job, completion.done, completion.total).await
 }
@@ -204,6 +208,9 @@ async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(),
         publish(deps, job, record).await?;
     }
     let current = deps.jobs.get(&job.id).await?;
+    if cleaned_after_cancel(deps, job, current.as_ref()).await? {
+        return Ok(());
+    }
     if let Some(j) = current
         && j.state == JobState::Running
     {
@@ -213,6 +220,23 @@ async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// After files moved into the export's folder: if the export was cancelled (or is gone) by
+/// now, the cancel's clean-up may have run before they arrived, so they are removed here.
+/// The cancel records its state before it cleans, so one of the two always sees the other.
+async fn cleaned_after_cancel(
+    deps: &WorkerDeps,
+    job: &Job,
+    current: Option<&Job>,
+) -> Result<bool, WorkError> {
+    if current.is_some_and(|j| j.state != JobState::Cancelled) {
+        return Ok(false);
+    }
+    deps.output
+        .delete_prefix(&format!("{}/", job.output_prefix))
+        .await?;
+    Ok(true)
 }
 
 /// What every role needs while it runs.
