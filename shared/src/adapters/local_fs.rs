@@ -203,15 +203,9 @@ impl ObjectStore for LocalFsStore {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
         validate_key(prefix)?;
         let root = self.root.clone();
-        let dir = match prefix.rfind('/') {
-            Some(i) => root.join(&prefix[..i]),
-            None => root.clone(),
-        };
         let prefix_owned = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            walk(&root, &dir, &mut out).map_err(|e| ObjectError::backend(&prefix_owned, e))?;
-            out.retain(|m| m.key.starts_with(&prefix_owned));
+            let mut out = objects_under(&root, &prefix_owned)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -278,16 +272,23 @@ fn rename_into(src: &Path, dst: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Deletes every object under `prefix`; a folder prefix (ending in `/`) that is left empty
-/// goes too, since folders are an artefact of this adapter.
-fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
+/// Every object whose key starts with `prefix` (unsorted), walking only the folder the
+/// prefix's last `/` names.
+fn objects_under(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
     let dir = match prefix.rfind('/') {
         Some(i) => root.join(&prefix[..i]),
         None => root.to_path_buf(),
     };
-    let mut objects = Vec::new();
-    walk(root, &dir, &mut objects).map_err(|e| ObjectError::backend(prefix, e))?;
-    objects.retain(|m| m.key.starts_with(prefix));
+    let mut out = Vec::new();
+    walk(root, &dir, &mut out).map_err(|e| ObjectError::backend(prefix, e))?;
+    out.retain(|m| m.key.starts_with(prefix));
+    Ok(out)
+}
+
+/// Deletes every object under `prefix`; a folder prefix (ending in `/`) that is left empty
+/// goes too, since folders are an artefact of this adapter.
+fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
+    let objects = objects_under(root, prefix)?;
     for o in &objects {
         match std::fs::remove_file(root.join(&o.key)) {
             Ok(()) => {}
@@ -296,9 +297,7 @@ fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
         }
     }
     if let Some(folder) = prefix.strip_suffix('/').filter(|d| !d.is_empty()) {
-        let mut left = Vec::new();
-        walk(root, &dir, &mut left).map_err(|e| ObjectError::backend(prefix, e))?;
-        if left.is_empty() {
+        if objects_under(root, prefix)?.is_empty() {
             match std::fs::remove_dir_all(root.join(folder)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
