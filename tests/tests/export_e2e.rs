@@ -360,6 +360,92 @@ async fn malformed_source_lines_become_error_entries() {
     t.server.stop().await;
 }
 
+/// A source file whose lines end in `\n` and `\r\n`, with blank and whitespace-only lines, a
+/// malformed line, lines across the reader's 512 KiB buffers and a last line without its
+/// `\n`: with no per-resource filter, kept lines are written from the read buffers in runs,
+/// and the export must still be exactly the valid lines, in order, each ended by `\n`.
+async fn pass_through_export_of_ragged_lines(max_file_bytes: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let mut want = String::new();
+    let n = 20_000;
+    for i in 0..n {
+        let line = format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"p{i}\",\"name\":[{{\"family\":\"{}\"}}],\"pad\":\"{}\"}}",
+            "F".repeat(i % 13),
+            "x".repeat(150 + i % 211)
+        );
+        want.push_str(&line);
+        want.push('\n');
+        text.push_str(&line);
+        text.push_str(match i {
+            _ if i == n - 1 => "",
+            _ if i % 97 == 0 => "\r\n",
+            _ => "\n",
+        });
+        if i % 1000 == 500 {
+            text.push_str("\n   \t \n");
+        }
+        if i == 7_000 {
+            text.push_str("{\"resourceType\":\"Patient\",\"id\":\"broken\",\n");
+        }
+    }
+    std::fs::write(dir.path().join("Patient.ndjson"), &text).unwrap();
+    let mut opts = Options {
+        source: Some(dir.path().to_path_buf()),
+        ..Options::default()
+    };
+    if let Some(max) = max_file_bytes {
+        opts = opts.env("FHIR_EXPORT_MAX_FILE_BYTES", max);
+    }
+    let t = TestServer::start(opts).await;
+    let status = t.start_export("/$export", "_type=Patient").await;
+    let manifest = t.manifest(&status).await;
+    assert_eq!(counts(&manifest)["Patient"], n as u64);
+    let errors = t.download(&manifest, "error").await;
+    assert_eq!(errors["OperationOutcome"].len(), 1, "the broken line");
+    let folder = t.output_dir().join(status.rsplit('/').next().unwrap());
+    let mut got = String::new();
+    let mut parts = 0;
+    for item in manifest["output"].as_array().unwrap() {
+        let name = item["url"].as_str().unwrap().rsplit('/').next().unwrap();
+        let part = std::fs::read_to_string(folder.join(name)).unwrap();
+        if let Some(max) = max_file_bytes {
+            assert!(
+                part.len() <= max.parse::<usize>().unwrap(),
+                "{name}: {}",
+                part.len()
+            );
+        }
+        assert_eq!(
+            item["count"].as_u64(),
+            Some(part.lines().count() as u64),
+            "{name}"
+        );
+        got.push_str(&part);
+        parts += 1;
+    }
+    assert!(
+        got == want,
+        "the export differs from the valid source lines"
+    );
+    if max_file_bytes.is_some() {
+        assert!(parts > 3, "{parts} parts");
+    }
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn pass_through_writes_the_valid_source_lines_byte_for_byte() {
+    pass_through_export_of_ragged_lines(None).await;
+}
+
+#[tokio::test]
+async fn pass_through_rolls_over_within_runs_of_lines() {
+    // Parts of ~1.5 MiB: they fill up in the middle of a run of lines from one buffer.
+    pass_through_export_of_ragged_lines(Some("1500000")).await;
+}
+
 #[tokio::test]
 async fn metadata_declares_export_at_three_levels() {
     let t = TestServer::start(Options {

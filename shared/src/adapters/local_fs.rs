@@ -113,7 +113,7 @@ impl ObjectStore for LocalFsStore {
             closed: false,
             abandoned: Arc::new(AtomicBool::new(false)),
             size: 0,
-            pending: None,
+            pending: Vec::new(),
             writing: None,
             flushed_to: 0,
             flushing: None,
@@ -372,8 +372,10 @@ struct LocalWriter {
     abandoned: Arc<AtomicBool>,
     /// Bytes taken, including `pending`.
     size: u64,
-    /// The first buffer handed over, written with the second or by `finish`.
-    pending: Option<Bytes>,
+    /// Data handed over but not yet written: the first buffer (written with the second, or
+    /// by `finish`) and small pieces, gathered until they are worth a trip to the blocking
+    /// pool.
+    pending: Vec<Bytes>,
     /// The write in flight, if any (see [`LocalWriter::write`]).
     writing: Option<tokio::task::JoinHandle<std::io::Result<Arc<std::fs::File>>>>,
     /// Bytes written when the last early flush started.
@@ -387,6 +389,9 @@ struct LocalWriter {
 /// an export's critical path) waits only for the last part. The step between flushes
 /// doubles from 1 MiB up to 8 MiB: a mid-size file leaves little for the end, and a big
 /// one is not flushed so often that the disk spends its time on cache flushes.
+/// Pieces smaller than this together wait for more before they are written.
+const SMALL_WRITE: usize = 64 * 1024;
+
 const EARLY_FLUSH_MIN: u64 = 1024 * 1024;
 const EARLY_FLUSH_MAX: u64 = 8 * 1024 * 1024;
 
@@ -428,6 +433,22 @@ fn append(
     };
     std::io::Write::write_all(&mut &*file, data)?;
     Ok(file)
+}
+
+/// [`append`] for each of `parts` in order (the file is created even when there are none).
+fn append_all(
+    mut file: Option<Arc<std::fs::File>>,
+    tmp: &Path,
+    parts: &[Bytes],
+    abandoned: &AtomicBool,
+) -> std::io::Result<Arc<std::fs::File>> {
+    let Some((last, before)) = parts.split_last() else {
+        return append(file, tmp, &[], abandoned);
+    };
+    for part in before {
+        file = Some(append(file, tmp, part, abandoned)?);
+    }
+    append(file, tmp, last, abandoned)
 }
 
 impl LocalWriter {
@@ -482,29 +503,26 @@ impl ObjectWriter for LocalWriter {
     /// its next buffer while the kernel copies this one (one write in flight; its error is
     /// reported by the next call, or by `finish`). The first buffer waits for the second
     /// instead: if it is the only one, `finish` creates, writes, syncs and renames the file
-    /// in one trip to the blocking pool.
+    /// in one trip to the blocking pool. Small pieces wait too, until together they are worth
+    /// a trip.
     async fn write(&mut self, data: Bytes) -> Result<(), ObjectError> {
         self.check_open()?;
-        let len = data.len() as u64;
-        if self.file.is_none() && self.writing.is_none() && self.pending.is_none() {
-            self.pending = Some(data);
-            self.size += len;
+        let first = self.file.is_none() && self.writing.is_none() && self.pending.is_empty();
+        self.size += data.len() as u64;
+        self.pending.push(data);
+        let held: usize = self.pending.iter().map(Bytes::len).sum();
+        if first || held < SMALL_WRITE {
             return Ok(());
         }
         self.settle_write().await?;
-        let first = self.pending.take();
+        let parts = std::mem::take(&mut self.pending);
         // What the file holds now: everything taken but what is about to be written.
-        let on_file = self.size - first.as_ref().map_or(0, |b| b.len() as u64);
-        self.size += len;
+        let on_file = self.size - held as u64;
         let file = self.file.clone();
         let tmp = self.tmp.clone();
         let abandoned = self.abandoned.clone();
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            let file = match first {
-                Some(first) => Some(append(file, &tmp, &first, &abandoned)?),
-                None => file,
-            };
-            append(file, &tmp, &data, &abandoned)
+            append_all(file, &tmp, &parts, &abandoned)
         }));
         self.flush_early(on_file).await
     }
@@ -518,13 +536,13 @@ impl ObjectWriter for LocalWriter {
             return Err(e);
         }
         let file = self.file.take();
-        let last = self.pending.take();
+        let last = std::mem::take(&mut self.pending);
         let target = self.target.clone();
         let abandoned = self.abandoned.clone();
-        // The last buffer written, made durable and moved into place in one trip to the
+        // What is left written, made durable and moved into place in one trip to the
         // blocking pool.
         tokio::task::spawn_blocking(move || {
-            let done = append(file, &tmp, last.as_deref().unwrap_or_default(), &abandoned)
+            let done = append_all(file, &tmp, &last, &abandoned)
                 .and_then(|f| f.sync_data())
                 .and_then(|()| rename_into(&tmp, &target));
             if done.is_err() {
@@ -543,7 +561,7 @@ impl ObjectWriter for LocalWriter {
         let _ = self.settle_all().await;
         self.closed = true;
         self.file = None;
-        self.pending = None;
+        self.pending.clear();
         match tokio::fs::remove_file(&self.tmp).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -655,6 +673,40 @@ mod tests {
                 .len(),
             0
         );
+        assert!(temp_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn small_pieces_gathered_between_big_ones_keep_their_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = LocalFsStore::new(dir.path()).expect("store");
+        let mut w = store.writer("mixed/file.ndjson").await.expect("writer");
+        let mut expected = Vec::new();
+        let mut k = 0u8;
+        // Small pieces (gathered), big ones (each starts a write with what was gathered),
+        // and small ones left over for `finish`.
+        for size in [
+            10,
+            3,
+            70_000,
+            5,
+            1,
+            200_000,
+            64 * 1024 - 1,
+            1,
+            7,
+            100_000,
+            9,
+            2,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| k.wrapping_add(i as u8)).collect();
+            k = k.wrapping_add(1);
+            expected.extend_from_slice(&data);
+            w.write(Bytes::from(data)).await.expect("write");
+        }
+        assert_eq!(w.finish().await.expect("finish"), expected.len() as u64);
+        let written = std::fs::read(dir.path().join("mixed/file.ndjson")).expect("read");
+        assert!(written == expected, "content differs");
         assert!(temp_files(dir.path()).is_empty());
     }
 }

@@ -11,6 +11,7 @@
 //! chunk, so byte ranges are the split that reads each byte once.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_compression::tokio::bufread::GzipDecoder;
@@ -119,10 +120,12 @@ impl NdjsonSource {
         {
             let mut lines = Lines::open(&self.store, &file.key, 0, file.gzip).await?;
             while let Some(line) = lines.next().await? {
-                let Line::Text(line, _) = line else { continue };
-                if let Ok(head) = read_head(&line)
+                let Some(line) = lines.text(&line) else {
+                    continue;
+                };
+                if let Ok(head) = read_head(line)
                     && head.resource_type == t.as_str()
-                    && !f(&line, &head.id)
+                    && !f(line, &head.id)
                 {
                     return Ok(());
                 }
@@ -300,18 +303,46 @@ const GZIP_CHUNK: usize = 256 * 1024;
 
 /// One line read by [`Lines`].
 enum Line {
-    /// The line without its terminator, and the bytes it took (terminator included).
-    Text(Bytes, usize),
+    /// The line is `Lines::buffer(held)[range]` (terminator excluded); `consumed` is the bytes
+    /// it took, terminator included.
+    Text {
+        held: Held,
+        range: Range<usize>,
+        consumed: usize,
+    },
     /// A line longer than `MAX_LINE_BYTES`, skipped; the bytes it took.
     TooLong(usize),
 }
 
-/// Splits a stream of chunks into lines. A line inside one chunk is a slice of it (no copy);
-/// only lines that straddle chunks are copied, into `carry`.
+impl Line {
+    fn consumed(&self) -> usize {
+        match self {
+            Line::Text { consumed, .. } | Line::TooLong(consumed) => *consumed,
+        }
+    }
+}
+
+/// Which of [`Lines`]' buffers holds a line.
+#[derive(Clone, Copy)]
+enum Held {
+    /// The chunk being split.
+    Current,
+    /// A copy of a line that straddled two chunks.
+    Carried,
+}
+
+/// Splits a stream of chunks into lines. A line inside one chunk is a range of it (no copy,
+/// and no reference count touched per line); only lines that straddle chunks are copied,
+/// into `carry`.
 struct Lines {
     chunks: Chunks,
     cur: Bytes,
+    /// Where the next line starts in `cur`.
+    pos: usize,
     carry: BytesMut,
+    carried: Bytes,
+    /// The chunks are exhausted (a stream must not be polled again after its end).
+    ended: bool,
 }
 
 impl Lines {
@@ -333,54 +364,95 @@ impl Lines {
         Ok(Lines {
             chunks,
             cur: Bytes::new(),
+            pos: 0,
             carry: BytesMut::new(),
+            carried: Bytes::new(),
+            ended: false,
         })
+    }
+
+    fn buffer(&self, held: Held) -> &Bytes {
+        match held {
+            Held::Current => &self.cur,
+            Held::Carried => &self.carried,
+        }
+    }
+
+    fn text(&self, line: &Line) -> Option<&[u8]> {
+        match line {
+            Line::Text { held, range, .. } => Some(&self.buffer(*held)[range.clone()]),
+            Line::TooLong(_) => None,
+        }
     }
 
     async fn next(&mut self) -> Result<Option<Line>, SourceError> {
         let mut too_long = false;
         let mut consumed = 0usize;
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.cur) {
-                let part = self.cur.split_to(i + 1);
-                consumed += part.len();
+            let rest = &self.cur[self.pos..];
+            if let Some(i) = memchr::memchr(b'\n', rest) {
+                let start = self.pos;
+                self.pos += i + 1;
+                consumed += i + 1;
                 if too_long {
                     return Ok(Some(Line::TooLong(consumed)));
                 }
-                let whole = if self.carry.is_empty() {
-                    part
-                } else if self.carry.len() + part.len() > MAX_LINE_BYTES + 2 {
+                if self.carry.is_empty() {
+                    return Ok(Some(Line::Text {
+                        held: Held::Current,
+                        range: start..trimmed_end(&self.cur, start, self.pos),
+                        consumed,
+                    }));
+                }
+                if self.carry.len() + i + 1 > MAX_LINE_BYTES + 2 {
                     self.carry.clear();
                     return Ok(Some(Line::TooLong(consumed)));
-                } else {
-                    self.carry.extend_from_slice(&part);
-                    self.carry.split().freeze()
-                };
-                return Ok(Some(Line::Text(trim_bytes(whole), consumed)));
+                }
+                self.carry.extend_from_slice(&self.cur[start..self.pos]);
+                return Ok(Some(self.carried_line(consumed)));
             }
-            let rest = std::mem::take(&mut self.cur);
             consumed += rest.len();
             if !too_long {
                 if self.carry.len() + rest.len() > MAX_LINE_BYTES {
                     too_long = true;
                     self.carry.clear();
                 } else {
-                    self.carry.extend_from_slice(&rest);
+                    self.carry.extend_from_slice(rest);
                 }
             }
-            match self.chunks.next().await? {
-                Some(c) => self.cur = c,
+            let next = if self.ended {
+                None
+            } else {
+                self.chunks.next().await?
+            };
+            match next {
+                Some(c) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
                 None => {
+                    self.ended = true;
+                    self.cur = Bytes::new();
+                    self.pos = 0;
                     if too_long {
                         return Ok(Some(Line::TooLong(consumed)));
                     }
                     if self.carry.is_empty() {
                         return Ok(None);
                     }
-                    let last = self.carry.split().freeze();
-                    return Ok(Some(Line::Text(trim_bytes(last), consumed)));
+                    return Ok(Some(self.carried_line(consumed)));
                 }
             }
+        }
+    }
+
+    /// The line gathered in `carry`, moved to `carried`.
+    fn carried_line(&mut self, consumed: usize) -> Line {
+        self.carried = self.carry.split().freeze();
+        Line::Text {
+            held: Held::Carried,
+            range: 0..trimmed_end(&self.carried, 0, self.carried.len()),
+            consumed,
         }
     }
 }
@@ -389,14 +461,12 @@ fn io_err(e: std::io::Error) -> SourceError {
     SourceError::Backend(Box::new(e))
 }
 
-/// The line without its `\n` or `\r\n`.
-fn trim_bytes(mut line: Bytes) -> Bytes {
-    let mut end = line.len();
-    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+/// Where `buf[start..end]` ends without its `\n` or `\r\n`.
+fn trimmed_end(buf: &[u8], start: usize, mut end: usize) -> usize {
+    while end > start && matches!(buf[end - 1], b'\n' | b'\r') {
         end -= 1;
     }
-    line.truncate(end);
-    line
+    end
 }
 
 struct OpenRange {
@@ -432,9 +502,8 @@ impl NdjsonReader {
             // otherwise the partial line belongs to the previous range.
             pos = range.start - 1;
             let mut lines = Lines::open(&self.store, &key, pos, false).await?;
-            match lines.next().await? {
-                Some(Line::Text(_, n) | Line::TooLong(n)) => pos += n as u64,
-                None => {}
+            if let Some(line) = lines.next().await? {
+                pos += line.consumed() as u64;
             }
             lines
         } else {
@@ -442,8 +511,8 @@ impl NdjsonReader {
         };
         if range.gzip && range.start > 0 {
             // Planning never splits gzip files; a spec saying otherwise is skipped whole.
-            while let Some(Line::Text(_, n) | Line::TooLong(n)) = lines.next().await? {
-                pos += n as u64;
+            while let Some(line) = lines.next().await? {
+                pos += line.consumed() as u64;
             }
         }
         self.open = Some(OpenRange {
@@ -486,7 +555,7 @@ impl NdjsonReader {
 impl RecordReader for NdjsonReader {
     async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError> {
         batch.clear();
-        while batch.bytes < BATCH_BYTES && batch.records.len() < BATCH_RECORDS {
+        while batch.bytes < BATCH_BYTES && batch.len() < BATCH_RECORDS {
             if self.open.is_none() && !self.open_next().await? {
                 break;
             }
@@ -513,15 +582,20 @@ impl RecordReader for NdjsonReader {
                     // An empty record stands for the cut line; the worker reports it.
                     batch.push(Bytes::new(), origin);
                 }
-                Line::Text(text, n) => {
-                    open.pos += n as u64;
-                    if !text.iter().all(u8::is_ascii_whitespace) {
-                        batch.push(text, origin);
+                Line::Text {
+                    held,
+                    range,
+                    consumed,
+                } => {
+                    open.pos += consumed as u64;
+                    let buffer = open.lines.buffer(held);
+                    if !buffer[range.clone()].iter().all(u8::is_ascii_whitespace) {
+                        batch.push_slice(buffer, range, origin);
                     }
                 }
             }
         }
-        Ok(!batch.records.is_empty())
+        Ok(!batch.is_empty())
     }
 
     async fn describe(&mut self, origin: Origin) -> String {
@@ -595,6 +669,23 @@ mod tests {
                 assert!(l.contains(&format!("\"p{i}\"")), "{chunk_bytes}: {l}");
                 assert!(!l.ends_with('\r'));
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_last_line_without_its_newline_is_read_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}";
+        std::fs::write(dir.path().join("Patient.ndjson"), text).expect("write");
+        let source = NdjsonSource::new(store(dir.path()), "");
+        for chunk_bytes in [1u64, 20, 1000] {
+            let chunks = source
+                .plan(&[ResourceType::PATIENT], chunk_bytes)
+                .await
+                .expect("plan");
+            let lines = read_all(&source, &chunks).await;
+            assert_eq!(lines.len(), 2, "chunk_bytes {chunk_bytes}: {lines:?}");
+            assert!(lines[1].ends_with("\"b\"}"));
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
@@ -200,6 +201,10 @@ impl SqliteDb {
     fn init(conn: Connection) -> Result<Self, rusqlite::Error> {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Plans that never depend on the values bound: without this, SQLite (built with
+        // STAT4) recompiles a cached statement whose parameters might sway its plan each
+        // time they are bound, which made the queue's receive parse its SELECT on every call.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         // Small pages for a new database (an existing one keeps its own): a transaction here
         // changes a few short rows, and the write-ahead log takes whole pages.
         conn.pragma_update(None, "page_size", 1024)?;
@@ -227,6 +232,11 @@ impl SqliteDb {
         f(&mut guard)
     }
 }
+
+/// The messages a receive takes: the first visible ones, oldest first.
+const RECEIVE: &str = "SELECT id, body, receive_count FROM messages
+     WHERE queue = ?1 AND visible_at <= ?2
+     ORDER BY visible_at, id LIMIT ?3";
 
 /// How often the write-ahead log is folded back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -706,13 +716,22 @@ fn reserve_in(tx: &Connection, id: &JobId, counter: &str, n: u32) -> Result<u64,
         params![id.as_str(), counter],
     )
     .map_err(backend)?;
-    let first: i64 = tx
+    // An UPDATE and a SELECT rather than `UPDATE ... RETURNING`: SQLite gives a RETURNING
+    // statement a statement journal, whose memory, freed at once, made glibc hand pages back
+    // to the kernel (and shoot down TLBs) on every call.
+    tx.run(
+        "UPDATE counters SET next = next + ?3 WHERE job_id = ?1 AND name = ?2",
+        params![id.as_str(), counter, i64::from(n)],
+    )
+    .map_err(backend)?;
+    let next: i64 = tx
         .row(
-            "UPDATE counters SET next = next + ?3 WHERE job_id = ?1 AND name = ?2 RETURNING next - ?3",
-            params![id.as_str(), counter, i64::from(n)],
+            "SELECT next FROM counters WHERE job_id = ?1 AND name = ?2",
+            params![id.as_str(), counter],
             |r| r.get(0),
         )
         .map_err(backend)?;
+    let first = next - i64::from(n);
     u64::try_from(first).map_err(backend)
 }
 
@@ -863,11 +882,7 @@ impl WorkQueue for SqliteQueue {
                     }
                     let rows: Vec<(i64, String, i64)> = {
                         let mut stmt = tx
-                            .prepare_cached(
-                                "SELECT id, body, receive_count FROM messages
-                                 WHERE queue = ?1 AND visible_at <= ?2
-                                 ORDER BY visible_at, id LIMIT ?3",
-                            )
+                            .prepare_cached(RECEIVE)
                             .map_err(qerr)?;
                         stmt.query_map(params![name.as_str(), now, max as i64], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -1000,5 +1015,24 @@ mod tests {
             .await
             .expect("receive");
         assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn cached_statements_are_not_recompiled_when_rebound() {
+        let db = SqliteDb::in_memory().expect("db");
+        let queue = SqliteQueue::new(db.clone(), "work", Duration::from_secs(5));
+        for _ in 0..3 {
+            queue.send(vec!["m".into()]).await.expect("send");
+            let got = queue
+                .receive(1, Duration::from_millis(10))
+                .await
+                .expect("receive");
+            assert_eq!(got.len(), 1);
+        }
+        let conn = db.conn.lock().expect("lock");
+        let stmt = conn.prepare_cached(RECEIVE).expect("cached");
+        // The receive's SELECT binds a new time on every call; with plans that depend on
+        // bound values, each call would have parsed it again.
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::buffers::Buffer;
 use crate::job::{FileKind, StagedFile};
 use crate::model::ResourceType;
@@ -10,6 +12,10 @@ use crate::ports::{ObjectError, ObjectStore, ObjectWriter};
 
 /// Bytes gathered before they are handed to the object writer.
 const BUFFER: usize = crate::buffers::BUFFER_BYTES;
+
+/// A run of lines at least this long is handed over as it is rather than copied: below it,
+/// the copy costs less than the extra write.
+const DIRECT_RUN: usize = 64 * 1024;
 
 pub struct PartWriter {
     store: Arc<dyn ObjectStore>,
@@ -65,33 +71,66 @@ impl PartWriter {
         if self.current.is_some() && self.part_bytes + len > self.max_bytes {
             self.close_part().await?;
         }
+        self.open_part().await?;
+        self.copy_in(line).await?;
+        self.copy_in(b"\n").await?;
+        self.part_bytes += len;
+        self.part_count += 1;
+        Ok(())
+    }
+
+    /// Appends `lines` whole lines, each already ended by `\n` (a run of source lines kept
+    /// as they are). A long run is handed to the object writer as it is: its bytes are never
+    /// copied in the process.
+    pub async fn write_run(&mut self, run: Bytes, lines: u64) -> Result<(), ObjectError> {
+        let len = run.len() as u64;
+        if self.part_bytes + len > self.max_bytes {
+            // The part fills up within the run: line by line, so that it closes where
+            // `write_line` closes it.
+            let body = run.strip_suffix(b"\n").unwrap_or(&run);
+            for line in body.split(|b| *b == b'\n') {
+                self.write_line(line).await?;
+            }
+            return Ok(());
+        }
+        self.open_part().await?;
+        if run.len() >= DIRECT_RUN {
+            // What is buffered goes first.
+            self.flush().await?;
+            if let Some(w) = self.current.as_mut() {
+                w.write(run).await?;
+            }
+        } else {
+            self.copy_in(&run).await?;
+        }
+        self.part_bytes += len;
+        self.part_count += lines;
+        Ok(())
+    }
+
+    async fn open_part(&mut self) -> Result<(), ObjectError> {
         if self.current.is_none() {
             self.part += 1;
             let key = self.key();
             self.current = Some(self.store.writer(&key).await?);
         }
-        // The buffer is handed over whenever it is full and never grows (every growth
-        // copies it, and a buffer grown for one long line would keep its size): a line is
-        // copied in as many pieces as it takes.
-        let mut rest = line;
-        loop {
+        Ok(())
+    }
+
+    /// Copies `bytes` into the buffer, handing it over whenever it is full. It never grows
+    /// (every growth copies it, and a buffer grown for one long line would keep its size):
+    /// a long line goes in as many pieces as it takes.
+    async fn copy_in(&mut self, mut bytes: &[u8]) -> Result<(), ObjectError> {
+        while !bytes.is_empty() {
             let buf = self
                 .buf
                 .get_or_insert_with(|| crate::buffers::pool().take());
-            let room = BUFFER - buf.len();
-            let (piece, after) = rest.split_at(room.min(rest.len()));
+            let (piece, rest) = bytes.split_at((BUFFER - buf.len()).min(bytes.len()));
             buf.extend_from_slice(piece);
-            rest = after;
-            if rest.is_empty() && buf.len() < BUFFER {
-                buf.push(b'\n');
-                break;
+            bytes = rest;
+            if buf.len() >= BUFFER {
+                self.flush().await?;
             }
-            self.flush().await?;
-        }
-        self.part_bytes += len;
-        self.part_count += 1;
-        if self.buf.as_ref().is_some_and(|b| b.len() >= BUFFER) {
-            self.flush().await?;
         }
         Ok(())
     }
@@ -268,5 +307,80 @@ mod tests {
         w.write_line(b"{}").await.expect("write");
         w.abort().await;
         assert!(store.list("").await.expect("list").is_empty());
+    }
+
+    async fn parts(dir: &std::path::Path, files: &[StagedFile]) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.join("job").join(&f.path)).expect("read"))
+            .collect()
+    }
+
+    fn writer(store: Arc<dyn ObjectStore>, max: u64) -> PartWriter {
+        PartWriter::new(
+            store,
+            "job/.staging/000001/".into(),
+            "job/".into(),
+            "Patient",
+            FileKind::Output,
+            ResourceType::PATIENT,
+            max,
+        )
+    }
+
+    #[tokio::test]
+    async fn runs_write_what_their_lines_write() {
+        let lines: Vec<String> = (0..3000)
+            .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 300)))
+            .collect();
+        // Runs of 1, 7 and 400 lines: copied in, and (past 64 KiB) handed over whole.
+        let mut runs: Vec<(Bytes, u64)> = Vec::new();
+        let mut rest = &lines[..];
+        for size in [1usize, 7, 400].into_iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (run, after) = rest.split_at(size.min(rest.len()));
+            let text: String = run.iter().map(|l| format!("{l}\n")).collect();
+            runs.push((Bytes::from(text), run.len() as u64));
+            rest = after;
+        }
+        assert!(runs.iter().any(|(r, _)| r.len() >= DIRECT_RUN));
+        for max in [u64::MAX, 100_000, 40_000] {
+            let dir = tempfile::tempdir().expect("tmp");
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(LocalFsStore::new(dir.path()).expect("store"));
+            let mut by_line = writer(store.clone(), max);
+            for l in &lines {
+                by_line.write_line(l.as_bytes()).await.expect("line");
+            }
+            let want = by_line.finish().await.expect("finish");
+
+            let dir2 = tempfile::tempdir().expect("tmp");
+            let store2: Arc<dyn ObjectStore> =
+                Arc::new(LocalFsStore::new(dir2.path()).expect("store"));
+            let mut by_run = writer(store2, max);
+            // A line written alone between runs keeps its place.
+            by_run.write_line(lines[0].as_bytes()).await.expect("line");
+            let (first, n) = &runs[0];
+            assert_eq!(*n, 1);
+            assert_eq!(&first[..], format!("{}\n", lines[0]).as_bytes());
+            for (run, n) in &runs[1..] {
+                by_run.write_run(run.clone(), *n).await.expect("run");
+            }
+            let got = by_run.finish().await.expect("finish");
+
+            let counts =
+                |f: &[StagedFile]| f.iter().map(|f| (f.count, f.bytes)).collect::<Vec<_>>();
+            assert_eq!(counts(&got), counts(&want), "max {max}");
+            assert_eq!(
+                parts(dir2.path(), &got).await,
+                parts(dir.path(), &want).await,
+                "max {max}"
+            );
+            if max < u64::MAX {
+                assert!(got.len() > 3, "max {max}: {} parts", got.len());
+            }
+        }
     }
 }

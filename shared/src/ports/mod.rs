@@ -15,7 +15,7 @@ pub use object_store::{
     ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls, validate_key,
 };
 pub use queue::{Delivery, QueueError, WorkQueue};
-pub use source::{Origin, RecordBatch, RecordReader, ResourceSource, SourceError};
+pub use source::{Origin, RecordBatch, RecordReader, ResourceSource, Run, SourceError};
 
 /// Boxed error source of a `Backend` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

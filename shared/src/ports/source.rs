@@ -4,7 +4,10 @@
 //! streams the records of one chunk in batches. Filtering that the source cannot push down
 //! (`_since` on an NDJSON file, compartments, `_typeFilter`) is the worker's job.
 
+use std::ops::Range;
+
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::BoxError;
@@ -35,24 +38,120 @@ pub struct Origin {
 /// Lines exclude their terminator.
 #[derive(Debug, Default)]
 pub struct RecordBatch {
-    pub records: Vec<(bytes::Bytes, Origin)>,
-    /// Bytes held by `records`.
+    /// The buffers the records are slices of, each held once.
+    buffers: Vec<Bytes>,
+    records: Vec<Record>,
+    /// Bytes held by the records.
     pub bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    buffer: usize,
+    start: usize,
+    end: usize,
+    origin: Origin,
+}
+
+/// Consecutive records that are, with the `\n` ending each, one contiguous slice of one
+/// buffer: kept whole, they can be written out without being copied line by line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    buffer: usize,
+    start: usize,
+    /// Past the last record's `\n`.
+    end: usize,
+    last: usize,
+    pub lines: u64,
 }
 
 impl RecordBatch {
     pub fn clear(&mut self) {
+        self.buffers.clear();
         self.records.clear();
         self.bytes = 0;
     }
 
-    pub fn push(&mut self, line: bytes::Bytes, origin: Origin) {
-        self.bytes += line.len();
-        self.records.push((line, origin));
+    /// A record that is a buffer of its own.
+    pub fn push(&mut self, line: Bytes, origin: Origin) {
+        let end = line.len();
+        self.buffers.push(line);
+        self.push_record(self.buffers.len() - 1, 0..end, origin);
+    }
+
+    /// A record that is `buffer[range]`; the buffer is held once however many records it
+    /// gives (no reference count touched per record).
+    pub fn push_slice(&mut self, buffer: &Bytes, range: Range<usize>, origin: Origin) {
+        let same = self
+            .buffers
+            .last()
+            .is_some_and(|b| b.as_ptr() == buffer.as_ptr() && b.len() == buffer.len());
+        if !same {
+            self.buffers.push(buffer.clone());
+        }
+        self.push_record(self.buffers.len() - 1, range, origin);
+    }
+
+    fn push_record(&mut self, buffer: usize, range: Range<usize>, origin: Origin) {
+        self.bytes += range.len();
+        self.records.push(Record {
+            buffer,
+            start: range.start,
+            end: range.end,
+            origin,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Record `i` (which must exist) and where it came from.
+    pub fn get(&self, i: usize) -> (&[u8], Origin) {
+        let r = &self.records[i];
+        (&self.buffers[r.buffer][r.start..r.end], r.origin)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], Origin)> {
-        self.records.iter().map(|(r, o)| (r.as_ref(), *o))
+        (0..self.records.len()).map(|i| self.get(i))
+    }
+
+    /// Record `i` as a run of one, when its buffer ends it with exactly `\n`.
+    pub fn run_of(&self, i: usize) -> Option<Run> {
+        let r = self.records.get(i)?;
+        let ends_line = self.buffers[r.buffer].get(r.end) == Some(&b'\n');
+        (ends_line && r.end > r.start).then_some(Run {
+            buffer: r.buffer,
+            start: r.start,
+            end: r.end + 1,
+            last: i,
+            lines: 1,
+        })
+    }
+
+    /// Adds record `i` to `run` when it is the next record and directly follows the run in
+    /// its buffer (the two are then one slice).
+    pub fn extend_run(&self, run: &mut Run, i: usize) -> bool {
+        match self.run_of(i) {
+            Some(next)
+                if i == run.last + 1 && next.buffer == run.buffer && next.start == run.end =>
+            {
+                run.end = next.end;
+                run.last = i;
+                run.lines += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The run's bytes, `\n`s included: a slice of the buffer, not a copy.
+    pub fn run_bytes(&self, run: &Run) -> Bytes {
+        self.buffers[run.buffer].slice(run.start..run.end)
     }
 }
 
@@ -92,4 +191,90 @@ pub trait ResourceSource: Send + Sync {
 
     /// Where this source points, for logs.
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(line: u64) -> Origin {
+        Origin {
+            range: 0,
+            offset: 0,
+            line_in_range: line,
+        }
+    }
+
+    /// Pushes every line of `buf` (terminators excluded, as a source does).
+    fn batch_of(buf: &Bytes) -> RecordBatch {
+        let mut batch = RecordBatch::default();
+        let mut start = 0;
+        for (n, piece) in buf.split_inclusive(|b| *b == b'\n').enumerate() {
+            let end = start + piece.len();
+            let mut text_end = end;
+            while text_end > start && matches!(buf[text_end - 1], b'\n' | b'\r') {
+                text_end -= 1;
+            }
+            batch.push_slice(buf, start..text_end, origin(n as u64 + 1));
+            start = end;
+        }
+        batch
+    }
+
+    #[test]
+    fn records_of_one_buffer_share_it() {
+        let buf = Bytes::from_static(b"a\nbb\nccc\n");
+        let batch = batch_of(&buf);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.buffers.len(), 1);
+        assert_eq!(batch.bytes, 6);
+        let lines: Vec<&[u8]> = batch.iter().map(|(l, _)| l).collect();
+        assert_eq!(lines, [&b"a"[..], b"bb", b"ccc"]);
+        assert_eq!(batch.get(2).1.line_in_range, 3);
+    }
+
+    #[test]
+    fn consecutive_newline_ended_lines_form_one_run() {
+        let buf = Bytes::from_static(b"a\nbb\nccc\n");
+        let batch = batch_of(&buf);
+        let mut run = batch.run_of(0).expect("run");
+        assert!(batch.extend_run(&mut run, 1));
+        assert!(batch.extend_run(&mut run, 2));
+        assert_eq!(run.lines, 3);
+        let bytes = batch.run_bytes(&run);
+        assert_eq!(&bytes[..], b"a\nbb\nccc\n");
+        // A slice of the buffer, not a copy.
+        assert_eq!(bytes.as_ptr(), buf.as_ptr());
+    }
+
+    #[test]
+    fn runs_stop_at_gaps_crlf_other_buffers_and_unterminated_lines() {
+        let buf = Bytes::from_static(b"a\r\nb\nc\n\nd\ne");
+        let batch = batch_of(&buf);
+        let lines: Vec<&[u8]> = batch.iter().map(|(l, _)| l).collect();
+        assert_eq!(lines, [&b"a"[..], b"b", b"c", b"", b"d", b"e"]);
+        // `a` ends in `\r\n`: written as it is, it would keep its `\r`.
+        assert_eq!(batch.run_of(0), None);
+        let mut run = batch.run_of(1).expect("b");
+        assert!(batch.extend_run(&mut run, 2));
+        // Record 3 is the empty line: no run of its own...
+        assert_eq!(batch.run_of(3), None);
+        // ...and `d` does not follow `c` directly.
+        assert!(!batch.extend_run(&mut run, 4));
+        // Only the next record can extend a run.
+        let mut d = batch.run_of(4).expect("d");
+        assert!(!batch.extend_run(&mut run, 4));
+        // `e` has no `\n` after it.
+        assert!(!batch.extend_run(&mut d, 5));
+        assert_eq!(&batch.run_bytes(&run)[..], b"b\nc\n");
+
+        let mut two = RecordBatch::default();
+        let first = Bytes::from_static(b"x\n");
+        let second = Bytes::from_static(b"y\n");
+        two.push_slice(&first, 0..1, origin(1));
+        two.push_slice(&second, 0..1, origin(2));
+        assert_eq!(two.buffers.len(), 2);
+        let mut run = two.run_of(0).expect("x");
+        assert!(!two.extend_run(&mut run, 1), "another buffer");
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::TryStreamExt;
 
 use super::publish::{naming, publish, publishes};
@@ -19,7 +20,7 @@ use crate::layout;
 use crate::model::{JobId, ResourceType};
 use crate::ndjson::PartWriter;
 use crate::outcome::{Issue, IssueCode, single};
-use crate::ports::{ObjectStore, RecordBatch};
+use crate::ports::{ObjectStore, RecordBatch, Run};
 use crate::request::ExportLevel;
 use crate::search::TypeFilterSet;
 
@@ -356,11 +357,16 @@ impl<'a> ChunkCtx<'a> {
         };
         let mut reader = self.deps.source.open(read).await?;
         let mut batch = RecordBatch::default();
+        let runs = consumer.takes_runs();
         while reader.next_batch(&mut batch).await? {
             if !self.watch.tick().await? {
                 return Ok(false);
             }
-            for (line, origin) in batch.iter() {
+            // Lines kept whole that lie one after the other in a read buffer go to the
+            // consumer together, as one slice of it.
+            let mut run: Option<Run> = None;
+            for i in 0..batch.len() {
+                let (line, origin) = batch.get(i);
                 let verdict = if line.is_empty() {
                     Verdict::Error(Issue::error(
                         IssueCode::TooCostly,
@@ -372,6 +378,23 @@ impl<'a> ChunkCtx<'a> {
                 } else {
                     select.judge(line)
                 };
+                if runs
+                    && let Verdict::Keep(kept) = &verdict
+                    && kept.is_whole(line)
+                {
+                    if run.as_mut().is_some_and(|r| batch.extend_run(r, i)) {
+                        continue;
+                    }
+                    if let Some(r) = run.take() {
+                        consumer.keep_run(batch.run_bytes(&r), r.lines).await?;
+                    }
+                    run = batch.run_of(i);
+                    if run.is_some() {
+                        continue;
+                    }
+                } else if let Some(r) = run.take() {
+                    consumer.keep_run(batch.run_bytes(&r), r.lines).await?;
+                }
                 match verdict {
                     Verdict::Keep(kept) => consumer.keep(select.resource_type, kept).await?,
                     Verdict::Skip => {}
@@ -385,6 +408,9 @@ impl<'a> ChunkCtx<'a> {
                         .await?;
                     }
                 }
+            }
+            if let Some(r) = run.take() {
+                consumer.keep_run(batch.run_bytes(&r), r.lines).await?;
             }
         }
         Ok(true)
@@ -427,6 +453,19 @@ pub(crate) type Produced = Result<Option<(Vec<StagedFile>, u64)>, WorkError>;
 #[async_trait]
 pub(crate) trait Consumer {
     async fn keep(&mut self, t: ResourceType, kept: Kept<'_>) -> Result<(), WorkError>;
+
+    /// Whether kept lines that are written as they are, with nothing else recorded of them,
+    /// may come through [`Consumer::keep_run`] instead of one by one.
+    fn takes_runs(&self) -> bool {
+        false
+    }
+
+    /// `lines` kept lines, whole and each ended by `\n`; only when `takes_runs`.
+    async fn keep_run(&mut self, _run: Bytes, _lines: u64) -> Result<(), WorkError> {
+        Err(WorkError::Permanent(
+            "kept lines sent in runs to a consumer that takes them one by one".into(),
+        ))
+    }
 }
 
 /// The scope of a job: everything, any patient, or the member list the plan step wrote.
@@ -470,6 +509,19 @@ impl Consumer for ExportConsumer {
             ));
         }
         self.sink.keep(t, kept.owner.as_deref(), &kept.bytes).await
+    }
+
+    fn takes_runs(&self) -> bool {
+        self.refs.is_none() && matches!(self.sink, Sink::Files(_))
+    }
+
+    async fn keep_run(&mut self, run: Bytes, lines: u64) -> Result<(), WorkError> {
+        match &mut self.sink {
+            Sink::Files(w) => Ok(w.write_run(run, lines).await?),
+            _ => Err(WorkError::Permanent(
+                "kept lines sent in runs to a sink that is not files".into(),
+            )),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -100,9 +101,21 @@ async fn work_loop(n: usize, deps: WorkerDeps, wait: Duration, shutdown: Cancell
                 receipt: d.receipt.clone(),
                 visibility: deps.settings.visibility_timeout,
             };
+            // A panic is a bug, but it must cost one message (retried, then dead-lettered and
+            // the job failed), not this worker: the pool would shrink with every one.
+            let handled = std::panic::AssertUnwindSafe(handle_message(&deps, &d.body, &lease))
+                .catch_unwind()
+                .map(|r| {
+                    r.unwrap_or_else(|panic| {
+                        Err(WorkError::Retryable(
+                            format!("the worker panicked: {}", panic_message(panic.as_ref()))
+                                .into(),
+                        ))
+                    })
+                });
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = handle_message(&deps, &d.body, &lease) => r,
+                r = handled => r,
             };
             match outcome {
                 Ok(()) | Err(WorkError::Permanent(_)) => {
@@ -122,6 +135,15 @@ async fn work_loop(n: usize, deps: WorkerDeps, wait: Duration, shutdown: Cancell
         }
     }
     tracing::debug!(worker = n, "worker stopped");
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 async fn dead_letter_loop(
@@ -171,5 +193,114 @@ mod tests {
         assert_eq!(retry_delay(1, vt), Duration::from_secs(1));
         assert_eq!(retry_delay(3, vt), Duration::from_secs(4));
         assert_eq!(retry_delay(10, vt), vt);
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod pool_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::adapters::local_fs::LocalFsStore;
+    use crate::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
+    use crate::job::{JobState, ReadSpec, SourcePiece};
+    use crate::model::{LogicalId, ResourceType};
+    use crate::ports::{JobStore, RecordReader, ResourceSource, SourceError};
+    use crate::settings::Settings;
+    use crate::worker::WorkMessage;
+
+    /// A source with a bug: it panics whenever it is asked anything.
+    struct PanickingSource(Arc<AtomicUsize>);
+
+    impl PanickingSource {
+        fn boom(&self) -> ! {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            panic!("source bug");
+        }
+    }
+
+    #[async_trait]
+    impl ResourceSource for PanickingSource {
+        async fn plan(&self, _: &[ResourceType], _: u64) -> Result<Vec<SourcePiece>, SourceError> {
+            self.boom()
+        }
+        async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
+            self.boom()
+        }
+        async fn open(&self, _: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
+            self.boom()
+        }
+        async fn read(&self, _: ResourceType, _: &LogicalId) -> Result<Option<Value>, SourceError> {
+            self.boom()
+        }
+        async fn existing(
+            &self,
+            _: ResourceType,
+            _: &[LogicalId],
+        ) -> Result<std::collections::HashSet<LogicalId>, SourceError> {
+            self.boom()
+        }
+        fn describe(&self) -> String {
+            "panicking".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_message_is_retried_by_a_worker_that_survives_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = SqliteDb::in_memory().expect("db");
+        let jobs = Arc::new(SqliteJobStore::new(db.clone()));
+        let queue: Arc<dyn WorkQueue> = Arc::new(SqliteQueue::new(
+            db.clone(),
+            "work",
+            Duration::from_secs(30),
+        ));
+        let dead: Arc<dyn WorkQueue> =
+            Arc::new(SqliteQueue::new(db, "dead", Duration::from_secs(30)));
+        let panics = Arc::new(AtomicUsize::new(0));
+        let deps = WorkerDeps {
+            jobs: jobs.clone(),
+            queue: queue.clone(),
+            output: Arc::new(LocalFsStore::new(dir.path()).expect("store")),
+            source: Arc::new(PanickingSource(panics.clone())),
+            settings: Arc::new(Settings::new("http://localhost/fhir")),
+        };
+        let job = crate::testkit::sample_job(JobState::Accepted, chrono::Utc::now());
+        jobs.create(&job).await.expect("create");
+        queue
+            .send(vec![
+                WorkMessage::Plan {
+                    job: job.id.clone(),
+                }
+                .encode(),
+            ])
+            .await
+            .expect("send");
+        let shutdown = CancellationToken::new();
+        let config = PoolConfig {
+            workers: 1,
+            receive_wait: Duration::from_millis(100),
+            ..PoolConfig::default()
+        };
+        let handles = spawn_pool(deps, dead, config, shutdown.clone());
+        // The first attempt panics; the one worker receives the message again after the
+        // retry delay (1 s) and panics again: it outlived the first panic.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while panics.load(Ordering::SeqCst) < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the message was not retried; panics: {}",
+                panics.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!handles[0].is_finished(), "the worker task ended");
+        shutdown.cancel();
+        for h in handles {
+            h.await.expect("task ended cleanly");
+        }
     }
 }

@@ -40,6 +40,16 @@ pub(crate) struct Kept<'a> {
     pub value: Option<Value>,
 }
 
+impl Kept<'_> {
+    /// Whether what is written is `line` itself, with nothing else to record: the line can
+    /// be written straight from the buffer it was read into.
+    pub(crate) fn is_whole(&self, line: &[u8]) -> bool {
+        matches!(&self.bytes, Cow::Borrowed(b) if b.as_ptr() == line.as_ptr() && b.len() == line.len())
+            && self.owner.is_none()
+            && self.value.is_none()
+    }
+}
+
 pub(crate) enum Verdict<'a> {
     Keep(Kept<'a>),
     Skip,
