@@ -99,6 +99,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         if let Some(v) = self.parse::<u64>("FHIR_EXPORT_CHUNK_BYTES")? {
             s.chunk_bytes = positive("FHIR_EXPORT_CHUNK_BYTES", v)?;
         }
+        if let Some(v) = self.parse::<u64>("FHIR_EXPORT_PACK_BYTES")? {
+            s.pack_bytes = Some(v);
+        }
         if let Some(v) = self.secs("FHIR_EXPORT_STALL_TIMEOUT_SECS")? {
             s.stall_timeout = v;
         }
@@ -172,6 +175,22 @@ mod tests {
         .expect("overrides");
         assert_eq!(s.max_file_bytes, 1000);
         assert_eq!(s.file_access, FileAccess::SignedUrls);
+    }
+
+    #[test]
+    fn packing_follows_the_chunk_size_unless_set() {
+        let s = env(&[("FHIR_EXPORT_CHUNK_BYTES", "1600")])
+            .settings("http://x")
+            .expect("settings");
+        assert_eq!(s.pack_limit(), 100);
+        let s = env(&[("FHIR_EXPORT_PACK_BYTES", "0")])
+            .settings("http://x")
+            .expect("settings");
+        assert_eq!(s.pack_limit(), 0);
+        let e = env(&[("FHIR_EXPORT_PACK_BYTES", "-1")])
+            .settings("http://x")
+            .expect_err("negative");
+        assert!(e.to_string().contains("FHIR_EXPORT_PACK_BYTES"), "{e}");
     }
 
     #[test]

@@ -211,6 +211,28 @@ pub struct ChunkSpec {
     /// chunks are sent first and the export does not end waiting on one that started last.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes: u64,
+    /// Further small types this chunk exports, each after the one before: a chunk costs a
+    /// message, an invocation and a few store writes whatever it reads, so small types share
+    /// one (see `plan`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packed: Vec<PackedRead>,
+}
+
+/// A type a chunk reads after its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedRead {
+    pub resource_type: ResourceType,
+    pub read: ReadSpec,
+}
+
+impl ChunkSpec {
+    /// What the chunk reads, type by type: its own type, then the packed ones.
+    pub fn reads(&self) -> impl Iterator<Item = (ResourceType, &ReadSpec)> {
+        self.read
+            .iter()
+            .map(|r| (self.resource_type, r))
+            .chain(self.packed.iter().map(|p| (p.resource_type, &p.read)))
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -30,6 +30,9 @@ pub struct Settings {
     pub max_file_bytes: u64,
     /// Source bytes per chunk.
     pub chunk_bytes: u64,
+    /// Consecutive export pieces smaller than this are packed into one chunk of up to this
+    /// size; `None`: 1/16 of `chunk_bytes`; 0 packs nothing.
+    pub pack_bytes: Option<u64>,
     /// A job with no progress for this long is restarted, then failed.
     pub stall_timeout: Duration,
     /// Restarts of a stalled job before it is failed.
@@ -41,12 +44,22 @@ pub struct Settings {
     pub signed_url_ttl: Duration,
     /// Whether callers authenticate with bearer tokens (drives `requiresAccessToken`).
     pub authenticated: bool,
-    /// Publishing chunks per manifest page (a chunk publishes about one file): a manifest
+    /// Publishing chunks per manifest page (a chunk publishes one file or a few): a manifest
     /// larger than this is paged with `link` `next`.
     pub manifest_page_chunks: u32,
 }
 
+/// The default packing limit as a fraction of the chunk size: below it, what a chunk costs
+/// whatever it reads (a queue message, on Lambda an invocation, store writes, a trip through
+/// the worker) outweighs the reading.
+const PACK_FRACTION: u64 = 16;
+
 impl Settings {
+    /// Size under which export pieces are packed together (see `pack_bytes`).
+    pub fn pack_limit(&self) -> u64 {
+        self.pack_bytes.unwrap_or(self.chunk_bytes / PACK_FRACTION)
+    }
+
     pub fn new(public_base_url: &str) -> Self {
         Settings {
             public_base_url: public_base_url.trim_end_matches('/').to_owned(),
@@ -54,6 +67,7 @@ impl Settings {
             retention: Duration::from_secs(24 * 3600),
             max_file_bytes: 64 * 1024 * 1024,
             chunk_bytes: 32 * 1024 * 1024,
+            pack_bytes: None,
             stall_timeout: Duration::from_secs(600),
             max_recoveries: 3,
             visibility_timeout: Duration::from_secs(300),

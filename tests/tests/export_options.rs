@@ -669,12 +669,50 @@ fn new_files(dir: &std::path::Path, before: &BTreeSet<(String, String)>) -> BTre
 }
 
 #[tokio::test]
-async fn the_biggest_chunk_runs_first_unless_pages_are_wanted_in_order() {
+async fn small_types_are_packed_into_one_chunk() {
     let t = TestServer::start(Options {
         workers: 0,
         patients: 20,
         ..Options::default()
     })
+    .await;
+    let source = read_source(t.source_dir());
+    let before = published(t.output_dir());
+    let status = t.start_export("/$export", "").await;
+    // The plan, then one chunk: every type of this small dataset is in it.
+    t.handle_next(2).await;
+    let want: BTreeSet<String> = source.keys().map(|k| format!("{k}-1.ndjson")).collect();
+    assert!(want.len() > 5, "{want:?}");
+    assert_eq!(new_files(t.output_dir(), &before), want);
+    t.drain().await;
+    let m = t.manifest(&status).await;
+    for (t, resources) in &source {
+        assert_eq!(counts(&m)[t], resources.len() as u64, "{t}");
+    }
+    // Files are listed in plan (type) order.
+    let listed: Vec<&str> = m["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["type"].as_str().unwrap())
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted);
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn the_biggest_chunk_runs_first_unless_pages_are_wanted_in_order() {
+    // One chunk per type (no packing), so that the order of the chunks shows.
+    let t = TestServer::start(
+        Options {
+            workers: 0,
+            patients: 20,
+            ..Options::default()
+        }
+        .env("FHIR_EXPORT_PACK_BYTES", "0"),
+    )
     .await;
     let source = read_source(t.source_dir());
     let biggest = source

@@ -67,6 +67,7 @@ pub fn sample_chunk(index: u32) -> ChunkSpec {
             }],
         }),
         bytes: 100,
+        packed: Vec::new(),
     }
 }
 

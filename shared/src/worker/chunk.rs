@@ -15,7 +15,9 @@ use super::sinks::{MapBuffer, Sink, write_sorted};
 use super::watch::Watch;
 use super::{Lease, WorkError, WorkMessage, WorkerDeps, finalize, now, provenance, reduce};
 use crate::elements::ElementsFilter;
-use crate::job::{ChunkRecord, ChunkResult, ChunkRole, FileKind, Job, JobState, StagedFile};
+use crate::job::{
+    ChunkRecord, ChunkResult, ChunkRole, FileKind, Job, JobState, ReadSpec, StagedFile,
+};
 use crate::layout;
 use crate::model::{JobId, ResourceType};
 use crate::ndjson::PartWriter;
@@ -108,6 +110,7 @@ pub(super) async fn chunk(
         chunk = index,
         role = ?record.spec.role,
         r#type = %record.spec.resource_type,
+        packed = record.spec.packed.len(),
         resources = result.resources,
         errors = result.errors,
         files = result.files.len(),
@@ -134,11 +137,14 @@ pub(super) async fn chunk(
             published,
             ..record
         };
-        publish(deps, &job, &done).await?;
+        // Looked at whether publishing worked or not: a cancel that deleted the staged files
+        // while they were being moved makes the move fail after some had arrived.
+        let published = publish(deps, &job, &done).await;
         let current = deps.jobs.get(id).await?;
         if cleaned_after_cancel(deps, &job, current.as_ref()).await? {
             return Ok(());
         }
+        published?;
     }
     advance(deps, &job, completion.done, completion.total).await
 }
@@ -205,13 +211,16 @@ async fn advance(deps: &WorkerDeps, job: &Job, done: u32, total: u32) -> Result<
 /// A finished chunk delivered again finishes what its first attempt may have left undone:
 /// publishing its files, and moving the job on.
 async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(), WorkError> {
-    if publishes(job, record.spec.role) && !record.renamed {
-        publish(deps, job, record).await?;
-    }
+    let published = if publishes(job, record.spec.role) && !record.renamed {
+        publish(deps, job, record).await
+    } else {
+        Ok(())
+    };
     let current = deps.jobs.get(&job.id).await?;
     if cleaned_after_cancel(deps, job, current.as_ref()).await? {
         return Ok(());
     }
+    published?;
     if let Some(j) = current
         && j.state == JobState::Running
     {
@@ -345,16 +354,22 @@ impl<'a> ChunkCtx<'a> {
 
     /// Streams the chunk's records through `select`, handing kept ones to `consumer` and
     /// reporting bad lines. `false` when the work stopped early.
+    /// What the chunk reads of its own type.
+    pub(crate) fn own_read(&self) -> Result<&'a ReadSpec, WorkError> {
+        let record: &'a ChunkRecord = self.record;
+        record
+            .spec
+            .read
+            .as_ref()
+            .ok_or_else(|| WorkError::Permanent("this chunk has nothing to read".into()))
+    }
+
     pub(crate) async fn scan(
         &mut self,
+        read: &ReadSpec,
         select: &Selection,
         consumer: &mut (dyn Consumer + Send),
     ) -> Result<bool, WorkError> {
-        let Some(read) = &self.record.spec.read else {
-            return Err(WorkError::Permanent(
-                "this chunk has nothing to read".into(),
-            ));
-        };
         let mut reader = self.deps.source.open(read).await?;
         let mut batch = RecordBatch::default();
         let runs = consumer.takes_runs();
@@ -526,7 +541,74 @@ impl Consumer for ExportConsumer {
 }
 
 async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
-    let t = ctx.record.spec.resource_type;
+    let record: &ChunkRecord = ctx.record;
+    if record.spec.read.is_none() {
+        return Err(WorkError::Permanent(
+            "this chunk has nothing to read".into(),
+        ));
+    }
+    // A chunk with several (small) types reads them one after the other, then finishes all
+    // their files at once, so that their syncs overlap instead of adding up.
+    let mut scanned: Vec<(ResourceType, ExportConsumer)> = Vec::new();
+    for (t, read) in record.spec.reads() {
+        let outcome = scan_type(ctx, t, read).await;
+        let stopped = match outcome {
+            Ok(Some(consumer)) => {
+                scanned.push((t, consumer));
+                continue;
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        for (_, c) in scanned {
+            c.sink.abort().await;
+        }
+        return stopped;
+    }
+    let finishing = scanned.into_iter().map(|(t, c)| {
+        let store = ctx.store().clone();
+        let (dir, relative_to) = (ctx.dir, ctx.relative_to.as_str());
+        let omitted = match &c.sink {
+            Sink::Map(m) => m.omitted,
+            _ => 0,
+        };
+        async move {
+            let done = c.sink.finish(&store, dir, relative_to).await;
+            done.map(|(files, n)| (t, files, n, c.refs, omitted))
+        }
+    });
+    let finished = futures::future::join_all(finishing).await;
+    let mut files = Vec::new();
+    let mut resources = 0;
+    for done in finished {
+        let (t, staged, n, refs, omitted) = done?;
+        files.extend(staged);
+        resources += n;
+        if let Some(refs) = refs {
+            let (key, path) = ctx.staged("refs.tsv");
+            files.extend(write_sorted(ctx.store(), refs, FileKind::Refs, &key, &path).await?);
+        }
+        if omitted > 0 {
+            ctx.report(Issue {
+                severity: crate::outcome::Severity::Information,
+                code: IssueCode::Informational,
+                diagnostics: format!(
+                    "{omitted} {t} resources are in no patient's compartment and have no place in output organized by Patient"
+                ),
+                expression: None,
+            })
+            .await?;
+        }
+    }
+    Ok(Some((files, resources)))
+}
+
+/// Streams what `read` holds of type `t` into a new sink; `None` when the work stopped.
+async fn scan_type(
+    ctx: &mut ChunkCtx<'_>,
+    t: ResourceType,
+    read: &ReadSpec,
+) -> Result<Option<ExportConsumer>, WorkError> {
     let records_refs = ctx.job.plan.records_refs;
     let organized = ctx.job.plan.partitions > 0;
     let mut select = ctx.selection(t);
@@ -542,39 +624,15 @@ async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
         sink,
         refs: records_refs.then(Vec::new),
     };
-    match ctx.scan(&select, &mut consumer).await {
-        Ok(true) => {}
+    match ctx.scan(read, &select, &mut consumer).await {
+        Ok(true) => Ok(Some(consumer)),
         Ok(false) => {
             consumer.sink.abort().await;
-            return Ok(None);
+            Ok(None)
         }
         Err(e) => {
             consumer.sink.abort().await;
-            return Err(e);
+            Err(e)
         }
     }
-    let omitted = match &consumer.sink {
-        Sink::Map(m) => m.omitted,
-        _ => 0,
-    };
-    let (mut files, resources) = consumer
-        .sink
-        .finish(ctx.store(), ctx.dir, &ctx.relative_to)
-        .await?;
-    if let Some(refs) = consumer.refs {
-        let (key, path) = ctx.staged("refs.tsv");
-        files.extend(write_sorted(ctx.store(), refs, FileKind::Refs, &key, &path).await?);
-    }
-    if omitted > 0 {
-        ctx.report(Issue {
-            severity: crate::outcome::Severity::Information,
-            code: IssueCode::Informational,
-            diagnostics: format!(
-                "{omitted} {t} resources are in no patient's compartment and have no place in output organized by Patient"
-            ),
-            expression: None,
-        })
-        .await?;
-    }
-    Ok(Some((files, resources)))
 }

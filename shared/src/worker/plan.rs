@@ -12,7 +12,8 @@ use super::{WorkError, WorkMessage, WorkerDeps, now, update_job};
 use crate::compartment::in_patient_compartment;
 use crate::group::current_members;
 use crate::job::{
-    ChunkRole, ChunkSpec, FileKind, Job, JobPlan, JobState, OutputFile, ProvenanceMode, SourcePiece,
+    ChunkRole, ChunkSpec, FileKind, Job, JobPlan, JobState, OutputFile, PackedRead, ProvenanceMode,
+    ReadSpec, SourcePiece,
 };
 use crate::layout;
 use crate::model::{JobId, LogicalId, ResourceType};
@@ -209,18 +210,21 @@ async fn cut(
         Vec::new()
     };
     let chunk_bytes = deps.settings.chunk_bytes;
-    let mut phases: Vec<Vec<(ChunkRole, SourcePiece)>> = Vec::new();
-    let mut first: Vec<(ChunkRole, SourcePiece)> = Vec::new();
+    let mut phases: Vec<Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)>> = Vec::new();
+    let mut first: Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)> = Vec::new();
     for p in deps.source.plan(&main, chunk_bytes).await? {
-        first.push((ChunkRole::Export, p));
+        first.push((ChunkRole::Export, p, Vec::new()));
     }
     for p in deps.source.plan(&index, chunk_bytes).await? {
-        first.push((ChunkRole::Index, p));
+        first.push((ChunkRole::Index, p, Vec::new()));
+    }
+    if !organized && !associated {
+        first = pack(first, deps.settings.pack_limit());
     }
     let mut mapped_bytes: u64 = first
         .iter()
-        .filter(|(r, _)| *r == ChunkRole::Export)
-        .map(|(_, p)| p.bytes)
+        .filter(|(r, _, _)| *r == ChunkRole::Export)
+        .map(|(_, p, _)| p.bytes)
         .sum();
     phases.push(first);
     if associated && available.contains(&ResourceType::PROVENANCE) {
@@ -234,14 +238,14 @@ async fn cut(
                 pieces
                     .iter()
                     .cloned()
-                    .map(|p| (ChunkRole::ProvenanceIndex, p))
+                    .map(|p| (ChunkRole::ProvenanceIndex, p, Vec::new()))
                     .collect(),
             );
         }
         phases.push(
             pieces
                 .into_iter()
-                .map(|p| (ChunkRole::ProvenanceSelect, p))
+                .map(|p| (ChunkRole::ProvenanceSelect, p, Vec::new()))
                 .collect(),
         );
     }
@@ -252,13 +256,19 @@ async fn cut(
     };
     let mut chunks = Vec::new();
     let mut sizes = Vec::new();
-    let mut push = |phase_chunks: Vec<(ChunkRole, Option<SourcePiece>, ResourceType)>| {
+    type Planned = (
+        ChunkRole,
+        Option<SourcePiece>,
+        ResourceType,
+        Vec<PackedRead>,
+    );
+    let mut push = |phase_chunks: Vec<Planned>| {
         if phase_chunks.is_empty() {
             return;
         }
         let phase = u32::try_from(sizes.len()).unwrap_or(u32::MAX);
         sizes.push(u32::try_from(phase_chunks.len()).unwrap_or(u32::MAX));
-        for (role, piece, resource_type) in phase_chunks {
+        for (role, piece, resource_type, packed) in phase_chunks {
             chunks.push(ChunkSpec {
                 index: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
                 phase,
@@ -266,6 +276,7 @@ async fn cut(
                 role,
                 bytes: piece.as_ref().map_or(0, |p| p.bytes),
                 read: piece.map(|p| p.read),
+                packed,
             });
         }
     };
@@ -273,9 +284,9 @@ async fn cut(
         push(
             phase
                 .into_iter()
-                .map(|(role, p)| {
+                .map(|(role, p, packed)| {
                     let t = p.resource_type;
-                    (role, Some(p), t)
+                    (role, Some(p), t, packed)
                 })
                 .collect(),
         );
@@ -283,7 +294,14 @@ async fn cut(
     if organized {
         push(
             (0..partitions)
-                .map(|partition| (ChunkRole::Reduce { partition }, None, ResourceType::PATIENT))
+                .map(|partition| {
+                    (
+                        ChunkRole::Reduce { partition },
+                        None,
+                        ResourceType::PATIENT,
+                        Vec::new(),
+                    )
+                })
                 .collect(),
         );
     }
@@ -308,6 +326,50 @@ async fn cut(
             notes: Vec::new(),
         },
     ))
+}
+
+/// Packs runs of consecutive small export pieces into one chunk of at most `limit` bytes;
+/// pieces of a type already in the pack join its read. Plan order (and so manifest order)
+/// is kept.
+fn pack(
+    pieces: Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)>,
+    limit: u64,
+) -> Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)> {
+    let mut out: Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)> = Vec::new();
+    // Whether the last chunk in `out` is a pack that may take more.
+    let mut open = false;
+    for (role, piece, packed) in pieces {
+        let small = role == ChunkRole::Export && packed.is_empty() && piece.bytes < limit;
+        if small
+            && open
+            && let Some((_, head, reads)) = out.last_mut()
+            && head.bytes + piece.bytes <= limit
+        {
+            head.bytes += piece.bytes;
+            let same = if head.resource_type == piece.resource_type {
+                Some(&mut head.read)
+            } else {
+                reads
+                    .iter_mut()
+                    .find(|r| r.resource_type == piece.resource_type)
+                    .map(|r| &mut r.read)
+            };
+            match same {
+                Some(ReadSpec::Files { ranges }) => {
+                    let ReadSpec::Files { ranges: more } = piece.read;
+                    ranges.extend(more);
+                }
+                None => reads.push(PackedRead {
+                    resource_type: piece.resource_type,
+                    read: piece.read,
+                }),
+            }
+            continue;
+        }
+        open = small;
+        out.push((role, piece, packed));
+    }
+    out
 }
 
 /// The types to export: `_type` (or everything the source has), narrowed to the Patient
@@ -392,5 +454,103 @@ mod tests {
         let order: Vec<u32> = largest_first(&chunks, 0..4).collect();
         // Chunk 4 is outside the range; equal sizes keep their plan order.
         assert_eq!(order, vec![1, 3, 0, 2]);
+    }
+
+    fn piece(
+        t: ResourceType,
+        object: &str,
+        bytes: u64,
+    ) -> (ChunkRole, SourcePiece, Vec<PackedRead>) {
+        (
+            ChunkRole::Export,
+            SourcePiece {
+                resource_type: t,
+                read: ReadSpec::Files {
+                    ranges: vec![crate::job::FileRange {
+                        object: object.into(),
+                        start: 0,
+                        end: None,
+                        gzip: false,
+                    }],
+                },
+                bytes,
+            },
+            Vec::new(),
+        )
+    }
+
+    fn shape(
+        packed: &[(ChunkRole, SourcePiece, Vec<PackedRead>)],
+    ) -> Vec<(String, u64, Vec<String>)> {
+        packed
+            .iter()
+            .map(|(_, p, more)| {
+                let objects = |r: &ReadSpec| {
+                    let ReadSpec::Files { ranges } = r;
+                    ranges.iter().map(|f| f.object.clone()).collect::<Vec<_>>()
+                };
+                let mut all = objects(&p.read);
+                for m in more {
+                    all.extend(objects(&m.read));
+                }
+                (p.resource_type.to_string(), p.bytes, all)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_export_pieces_are_packed_in_plan_order() {
+        let t = |s: &str| ResourceType::parse(s).expect("type");
+        let mut pieces = vec![
+            piece(t("AllergyIntolerance"), "a", 10),
+            piece(t("Condition"), "c", 30),
+            piece(t("Encounter"), "e", 70),
+            piece(t("Observation"), "o1", 100),
+            piece(t("Observation"), "o2", 100),
+            piece(t("Patient"), "p1", 20),
+            piece(t("Patient"), "p2", 20),
+            piece(t("Procedure"), "r", 50),
+        ];
+        // An index piece is never packed, and ends the pack before it.
+        pieces.push((
+            ChunkRole::Index,
+            piece(t("Immunization"), "i", 1).1,
+            Vec::new(),
+        ));
+        pieces.push(piece(t("Provenance"), "v", 1));
+        let packed = pack(pieces, 100);
+        assert_eq!(
+            shape(&packed),
+            vec![
+                (
+                    "AllergyIntolerance".into(),
+                    40,
+                    vec!["a".into(), "c".into()]
+                ),
+                // Past the limit with the pack before it: a pack of its own.
+                ("Encounter".into(), 70, vec!["e".into()]),
+                // Not small: alone.
+                ("Observation".into(), 100, vec!["o1".into()]),
+                ("Observation".into(), 100, vec!["o2".into()]),
+                // Two pieces of one type read as one, then the next type.
+                (
+                    "Patient".into(),
+                    90,
+                    vec!["p1".into(), "p2".into(), "r".into()]
+                ),
+                ("Immunization".into(), 1, vec!["i".into()]),
+                ("Provenance".into(), 1, vec!["v".into()]),
+            ]
+        );
+        let types: Vec<Vec<ResourceType>> = packed
+            .iter()
+            .map(|(_, p, more)| {
+                std::iter::once(p.resource_type)
+                    .chain(more.iter().map(|m| m.resource_type))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(types[4], vec![t("Patient"), t("Procedure")]);
+        assert_eq!(packed[5].0, ChunkRole::Index);
     }
 }

@@ -71,7 +71,7 @@ pub(super) async fn index(ctx: &mut ChunkCtx<'_>) -> Produced {
         .with_value()
         .without_scope();
     let mut consumer = IndexConsumer { lines: Vec::new() };
-    if !ctx.scan(&select, &mut consumer).await? {
+    if !ctx.scan(ctx.own_read()?, &select, &mut consumer).await? {
         return Ok(None);
     }
     let (key, path) = ctx.staged("provenance-index.tsv");
@@ -155,7 +155,7 @@ pub(super) async fn select(ctx: &mut ChunkCtx<'_>) -> Produced {
     let mut consumer = SelectConsumer {
         candidates: Vec::new(),
     };
-    if !ctx.scan(&select, &mut consumer).await? {
+    if !ctx.scan(ctx.own_read()?, &select, &mut consumer).await? {
         return Ok(None);
     }
     let wanted: HashSet<&str> = consumer
