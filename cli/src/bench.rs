@@ -377,7 +377,7 @@ async fn run_once(
         let resp = http.get(&status).send().await?;
         match resp.status().as_u16() {
             // Polled often so that the time measured is the export's, not the poll interval's.
-            202 => tokio::time::sleep(Duration::from_millis(2)).await,
+            202 => tokio::time::sleep(Duration::from_millis(1)).await,
             200 => break resp.json().await?,
             s => return Err(BenchError::Protocol(format!("status answered {s}"))),
         }
