@@ -540,6 +540,10 @@ impl Consumer for ExportConsumer {
     }
 }
 
+/// Types of a packed chunk whose files are held open, waiting to be finished together: each
+/// holds a write buffer, so memory stays bounded however many small types a source has.
+const OPEN_TYPES: usize = 8;
+
 async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
     let record: &ChunkRecord = ctx.record;
     if record.spec.read.is_none() {
@@ -547,14 +551,21 @@ async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
             "this chunk has nothing to read".into(),
         ));
     }
-    // A chunk with several (small) types reads them one after the other, then finishes all
-    // their files at once, so that their syncs overlap instead of adding up.
+    // A chunk with several (small) types reads them one after the other, then finishes their
+    // files together, so that their syncs overlap instead of adding up.
+    let mut files = Vec::new();
+    let mut resources = 0;
     let mut scanned: Vec<(ResourceType, ExportConsumer)> = Vec::new();
     for (t, read) in record.spec.reads() {
         let outcome = scan_type(ctx, t, read).await;
         let stopped = match outcome {
             Ok(Some(consumer)) => {
                 scanned.push((t, consumer));
+                if scanned.len() >= OPEN_TYPES {
+                    let (f, n) = finish_types(ctx, std::mem::take(&mut scanned)).await?;
+                    files.extend(f);
+                    resources += n;
+                }
                 continue;
             }
             Ok(None) => Ok(None),
@@ -565,6 +576,17 @@ async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
         }
         return stopped;
     }
+    let (f, n) = finish_types(ctx, scanned).await?;
+    files.extend(f);
+    resources += n;
+    Ok(Some((files, resources)))
+}
+
+/// Finishes the files of scanned types, all at once; their staged files in type order.
+async fn finish_types(
+    ctx: &mut ChunkCtx<'_>,
+    scanned: Vec<(ResourceType, ExportConsumer)>,
+) -> Result<(Vec<StagedFile>, u64), WorkError> {
     let finishing = scanned.into_iter().map(|(t, c)| {
         let store = ctx.store().clone();
         let (dir, relative_to) = (ctx.dir, ctx.relative_to.as_str());
@@ -600,7 +622,7 @@ async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
             .await?;
         }
     }
-    Ok(Some((files, resources)))
+    Ok((files, resources))
 }
 
 /// Streams what `read` holds of type `t` into a new sink; `None` when the work stopped.
