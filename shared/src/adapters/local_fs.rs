@@ -349,11 +349,7 @@ impl ReadState {
 /// keeps its memory). `read_to_end` within the capacity fills the buffer without zeroing it
 /// first and never reallocates.
 fn read_into(mut file: std::fs::File, mut buf: Buffer, want: usize) -> ReadDone {
-    let r = if want == 0 {
-        Ok(0)
-    } else {
-        (&mut file).take(want as u64).read_to_end(&mut buf)
-    };
+    let r = (&mut file).take(want as u64).read_to_end(&mut buf);
     (file, buf, want, r)
 }
 
@@ -384,14 +380,14 @@ struct LocalWriter {
     flushing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// Pieces smaller than this together wait for more before they are written.
+const SMALL_WRITE: usize = 64 * 1024;
+
 /// A file starts going to disk while it is still being written, one flush in flight at a
 /// time, so that the `fdatasync` that makes it durable at the end (at the end of a chunk, on
 /// an export's critical path) waits only for the last part. The step between flushes
 /// doubles from 1 MiB up to 8 MiB: a mid-size file leaves little for the end, and a big
 /// one is not flushed so often that the disk spends its time on cache flushes.
-/// Pieces smaller than this together wait for more before they are written.
-const SMALL_WRITE: usize = 64 * 1024;
-
 const EARLY_FLUSH_MIN: u64 = 1024 * 1024;
 const EARLY_FLUSH_MAX: u64 = 8 * 1024 * 1024;
 

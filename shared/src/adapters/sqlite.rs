@@ -233,6 +233,23 @@ impl SqliteDb {
     }
 }
 
+impl SqliteDb {
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`: it reads, then writes what it
+    /// read), committed when `f` succeeds and rolled back otherwise.
+    async fn write_tx<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with(|c| {
+            let tx = Tx::begin(c, true).map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
 /// The messages a receive takes: the first visible ones, oldest first.
 const RECEIVE: &str = "SELECT id, body, receive_count FROM messages
      WHERE queue = ?1 AND visible_at <= ?2
@@ -459,24 +476,12 @@ impl JobStore for SqliteJobStore {
     ) -> Result<ChunkCompletion, StoreError> {
         let result = serde_json::to_string(result).map_err(backend)?;
         self.db
-            .with(|c| {
-                let tx = Tx::begin(c, true).map_err(backend)?;
-                let done = complete_in(&tx, id, index, &result, now)?;
-                tx.commit().map_err(backend)?;
-                Ok(done)
-            })
+            .write_tx(|tx| complete_in(tx, id, index, &result, now))
             .await
     }
 
     async fn reserve(&self, id: &JobId, counter: &str, n: u32) -> Result<u64, StoreError> {
-        self.db
-            .with(|c| {
-                let tx = Tx::begin(c, true).map_err(backend)?;
-                let first = reserve_in(&tx, id, counter, n)?;
-                tx.commit().map_err(backend)?;
-                Ok(first)
-            })
-            .await
+        self.db.write_tx(|tx| reserve_in(tx, id, counter, n)).await
     }
 
     async fn set_published(
@@ -487,12 +492,7 @@ impl JobStore for SqliteJobStore {
     ) -> Result<Vec<OutputFile>, StoreError> {
         let body = serde_json::to_string(files).map_err(backend)?;
         self.db
-            .with(|c| {
-                let tx = Tx::begin(c, true).map_err(backend)?;
-                let standing = set_published_in(&tx, id, index, &body)?;
-                tx.commit().map_err(backend)?;
-                Ok(standing)
-            })
+            .write_tx(|tx| set_published_in(tx, id, index, &body))
             .await
     }
 
@@ -507,23 +507,21 @@ impl JobStore for SqliteJobStore {
     ) -> Result<(ChunkCompletion, Option<Vec<OutputFile>>), StoreError> {
         let result = serde_json::to_string(result).map_err(backend)?;
         self.db
-            .with(|c| {
-                let tx = Tx::begin(c, true).map_err(backend)?;
-                let done = complete_in(&tx, id, index, &result, now)?;
+            .write_tx(|tx| {
+                let done = complete_in(tx, id, index, &result, now)?;
                 let named = match naming {
                     Some(naming) if done.names_files() => {
                         let firsts = naming
                             .counters
                             .iter()
-                            .map(|(counter, n)| reserve_in(&tx, id, counter, *n))
+                            .map(|(counter, n)| reserve_in(tx, id, counter, *n))
                             .collect::<Result<Vec<u64>, StoreError>>()?;
                         let body =
                             serde_json::to_string(&(naming.name)(&firsts)).map_err(backend)?;
-                        Some(set_published_in(&tx, id, index, &body)?)
+                        Some(set_published_in(tx, id, index, &body)?)
                     }
                     _ => None,
                 };
-                tx.commit().map_err(backend)?;
                 Ok((done, named))
             })
             .await

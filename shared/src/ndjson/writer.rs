@@ -309,7 +309,7 @@ mod tests {
         assert!(store.list("").await.expect("list").is_empty());
     }
 
-    async fn parts(dir: &std::path::Path, files: &[StagedFile]) -> Vec<String> {
+    fn parts(dir: &std::path::Path, files: &[StagedFile]) -> Vec<String> {
         files
             .iter()
             .map(|f| std::fs::read_to_string(dir.join("job").join(&f.path)).expect("read"))
@@ -374,8 +374,8 @@ mod tests {
                 |f: &[StagedFile]| f.iter().map(|f| (f.count, f.bytes)).collect::<Vec<_>>();
             assert_eq!(counts(&got), counts(&want), "max {max}");
             assert_eq!(
-                parts(dir2.path(), &got).await,
-                parts(dir.path(), &want).await,
+                parts(dir2.path(), &got),
+                parts(dir.path(), &want),
                 "max {max}"
             );
             if max < u64::MAX {

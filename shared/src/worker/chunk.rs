@@ -352,8 +352,6 @@ impl<'a> ChunkCtx<'a> {
         }
     }
 
-    /// Streams the chunk's records through `select`, handing kept ones to `consumer` and
-    /// reporting bad lines. `false` when the work stopped early.
     /// What the chunk reads of its own type.
     pub(crate) fn own_read(&self) -> Result<&'a ReadSpec, WorkError> {
         let record: &'a ChunkRecord = self.record;
@@ -364,6 +362,8 @@ impl<'a> ChunkCtx<'a> {
             .ok_or_else(|| WorkError::Permanent("this chunk has nothing to read".into()))
     }
 
+    /// Streams `read`'s records through `select`, handing kept ones to `consumer` and
+    /// reporting bad lines. `false` when the work stopped early.
     pub(crate) async fn scan(
         &mut self,
         read: &ReadSpec,
@@ -393,22 +393,18 @@ impl<'a> ChunkCtx<'a> {
                 } else {
                     select.judge(line)
                 };
-                if runs
-                    && let Verdict::Keep(kept) = &verdict
-                    && kept.is_whole(line)
-                {
-                    if run.as_mut().is_some_and(|r| batch.extend_run(r, i)) {
-                        continue;
-                    }
-                    if let Some(r) = run.take() {
-                        consumer.keep_run(batch.run_bytes(&r), r.lines).await?;
-                    }
+                let whole = runs && matches!(&verdict, Verdict::Keep(kept) if kept.is_whole(line));
+                if whole && run.as_mut().is_some_and(|r| batch.extend_run(r, i)) {
+                    continue;
+                }
+                if let Some(r) = run.take() {
+                    consumer.keep_run(batch.run_bytes(&r), r.lines).await?;
+                }
+                if whole {
                     run = batch.run_of(i);
                     if run.is_some() {
                         continue;
                     }
-                } else if let Some(r) = run.take() {
-                    consumer.keep_run(batch.run_bytes(&r), r.lines).await?;
                 }
                 match verdict {
                     Verdict::Keep(kept) => consumer.keep(select.resource_type, kept).await?,
@@ -546,11 +542,7 @@ const OPEN_TYPES: usize = 8;
 
 async fn export(ctx: &mut ChunkCtx<'_>) -> Produced {
     let record: &ChunkRecord = ctx.record;
-    if record.spec.read.is_none() {
-        return Err(WorkError::Permanent(
-            "this chunk has nothing to read".into(),
-        ));
-    }
+    ctx.own_read()?;
     // A chunk with several (small) types reads them one after the other, then finishes their
     // files together, so that their syncs overlap instead of adding up.
     let mut files = Vec::new();

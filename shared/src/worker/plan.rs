@@ -20,6 +20,9 @@ use crate::model::{JobId, LogicalId, ResourceType};
 use crate::outcome::{Issue, IssueCode, single};
 use crate::request::{AssociatedData, ExportLevel};
 
+/// A source piece as planned: the role of its chunk, and the small pieces packed after it.
+type Piece = (ChunkRole, SourcePiece, Vec<PackedRead>);
+
 /// Name of the file holding the warnings about the request (lenient handling), fixed so that
 /// a repeated plan rewrites it rather than adding another.
 pub(crate) const NOTES_NAME: &str = "error/OperationOutcome-request.ndjson";
@@ -210,8 +213,8 @@ async fn cut(
         Vec::new()
     };
     let chunk_bytes = deps.settings.chunk_bytes;
-    let mut phases: Vec<Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)>> = Vec::new();
-    let mut first: Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)> = Vec::new();
+    let mut phases: Vec<Vec<Piece>> = Vec::new();
+    let mut first: Vec<Piece> = Vec::new();
     for p in deps.source.plan(&main, chunk_bytes).await? {
         first.push((ChunkRole::Export, p, Vec::new()));
     }
@@ -331,11 +334,8 @@ async fn cut(
 /// Packs runs of consecutive small export pieces into one chunk of at most `limit` bytes;
 /// pieces of a type already in the pack join its read. Plan order (and so manifest order)
 /// is kept.
-fn pack(
-    pieces: Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)>,
-    limit: u64,
-) -> Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)> {
-    let mut out: Vec<(ChunkRole, SourcePiece, Vec<PackedRead>)> = Vec::new();
+fn pack(pieces: Vec<Piece>, limit: u64) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::new();
     // Whether the last chunk in `out` is a pack that may take more.
     let mut open = false;
     for (role, piece, packed) in pieces {
@@ -456,11 +456,7 @@ mod tests {
         assert_eq!(order, vec![1, 3, 0, 2]);
     }
 
-    fn piece(
-        t: ResourceType,
-        object: &str,
-        bytes: u64,
-    ) -> (ChunkRole, SourcePiece, Vec<PackedRead>) {
+    fn piece(t: ResourceType, object: &str, bytes: u64) -> Piece {
         (
             ChunkRole::Export,
             SourcePiece {
@@ -479,9 +475,7 @@ mod tests {
         )
     }
 
-    fn shape(
-        packed: &[(ChunkRole, SourcePiece, Vec<PackedRead>)],
-    ) -> Vec<(String, u64, Vec<String>)> {
+    fn shape(packed: &[Piece]) -> Vec<(String, u64, Vec<String>)> {
         packed
             .iter()
             .map(|(_, p, more)| {
