@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs (once, cached under ~/.cache/fhir-export) and starts the local stand-ins the tests
-# need: moto server for S3, DynamoDB and SQS. Source it: it exports the variables the tests
-# read and installs a trap that stops what it started.
+# need: moto server for S3, DynamoDB and SQS (with DynamoDB's item operations made atomic,
+# see scripts/moto-server.py), and the smart-fetch Bulk Data client. Source it: it exports
+# the variables the tests read and installs a trap that stops what it started.
 #
 #   FHIR_EXPORT_MOTO_URL   http://127.0.0.1:PORT of the running moto server
 #   AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   pointed at it
+#   FHIR_EXPORT_SMART_FETCH   the smart-fetch command
 set -euo pipefail
 
 CACHE="${FHIR_EXPORT_CACHE:-$HOME/.cache/fhir-export}"
@@ -22,9 +24,18 @@ if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/cfn-lint" ]; then
     "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" "cfn-lint==1.58.*" >&2
 fi
 
+SMART_FETCH_VERSION=1.0.3
+SMART_FETCH_VENV="$CACHE/venv-smart-fetch-$SMART_FETCH_VERSION"
+if [ ! -x "$SMART_FETCH_VENV/bin/smart-fetch" ]; then
+    echo "stand-ins: installing smart-fetch $SMART_FETCH_VERSION into $SMART_FETCH_VENV" >&2
+    rm -rf "$SMART_FETCH_VENV"
+    python3 -m venv "$SMART_FETCH_VENV"
+    "$SMART_FETCH_VENV/bin/pip" install --quiet "smart-fetch==$SMART_FETCH_VERSION" >&2
+fi
+
 MOTO_PORT=$(free_port)
 MOTO_LOG="${TMPDIR:-/tmp}/fhir-export-moto-$MOTO_PORT.log"
-"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
+"$VENV/bin/python" scripts/moto-server.py -H 127.0.0.1 -p "$MOTO_PORT" >"$MOTO_LOG" 2>&1 &
 MOTO_PID=$!
 stop_stand_ins() { kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true; }
 trap stop_stand_ins EXIT
@@ -52,4 +63,5 @@ export AWS_DEFAULT_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=testing
 export AWS_SECRET_ACCESS_KEY=testing
 export FHIR_EXPORT_CFN_LINT="$VENV/bin/cfn-lint"
+export FHIR_EXPORT_SMART_FETCH="$SMART_FETCH_VENV/bin/smart-fetch"
 echo "stand-ins: moto on $FHIR_EXPORT_MOTO_URL" >&2

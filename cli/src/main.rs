@@ -141,6 +141,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
                 workers: usize::from(workers),
                 sweep_every: Duration::from_secs(sweep_secs.max(1)),
                 env: Vec::new(),
+                wrap: Default::default(),
             })
             .await?;
             eprintln!(

@@ -57,6 +57,45 @@ pub struct ServeConfig {
     /// Variables read before the process environment (tests run servers with different
     /// settings side by side in one process).
     pub env: Vec<(String, String)>,
+    /// Wrappers around the ports, applied before anything uses them: for embedding the
+    /// server and for tests that inject faults or watch what the workers do.
+    pub wrap: Wrappers,
+}
+
+/// A function that wraps a port in another implementation of it.
+pub struct Wrap<T: ?Sized>(pub Arc<dyn Fn(Arc<T>) -> Arc<T> + Send + Sync>);
+
+impl<T: ?Sized> Clone for Wrap<T> {
+    fn clone(&self) -> Self {
+        Wrap(self.0.clone())
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Wrap<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wrap(..)")
+    }
+}
+
+impl<T: ?Sized> Wrap<T> {
+    pub fn new(f: impl Fn(Arc<T>) -> Arc<T> + Send + Sync + 'static) -> Self {
+        Wrap(Arc::new(f))
+    }
+}
+
+fn wrapped<T: ?Sized>(port: Arc<T>, wrap: &Option<Wrap<T>>) -> Arc<T> {
+    match wrap {
+        Some(w) => (w.0)(port),
+        None => port,
+    }
+}
+
+/// Optional wrappers of the server's ports (see [`ServeConfig::wrap`]).
+#[derive(Debug, Clone, Default)]
+pub struct Wrappers {
+    pub source: Option<Wrap<dyn ResourceSource>>,
+    pub output: Option<Wrap<dyn ObjectStore>>,
+    pub queue: Option<Wrap<dyn WorkQueue>>,
 }
 
 impl ServeConfig {
@@ -72,6 +111,7 @@ impl ServeConfig {
             workers: 4,
             sweep_every: Duration::from_secs(30),
             env: Vec::new(),
+            wrap: Wrappers::default(),
         }
     }
 }
@@ -148,12 +188,12 @@ async fn open_queue(
     db: &SqliteDb,
     settings: &shared::settings::Settings,
     max_receives: u32,
-) -> Result<(Arc<dyn WorkQueue>, Arc<dyn WorkQueue>), ServeError> {
+) -> Result<(Arc<dyn WorkQueue>, Arc<dyn WorkQueue>, Option<SqliteQueue>), ServeError> {
     let Some(url) = url else {
         let dead = SqliteQueue::new(db.clone(), "dead-letter", settings.visibility_timeout);
         let work = SqliteQueue::new(db.clone(), "work", settings.visibility_timeout)
             .with_dead_letter(&dead, max_receives);
-        return Ok((Arc::new(work), Arc::new(dead)));
+        return Ok((Arc::new(work.clone()), Arc::new(dead), Some(work)));
     };
     if let Some(name) = url.strip_prefix("sqs://") {
         #[cfg(feature = "aws")]
@@ -170,7 +210,7 @@ async fn open_queue(
                 what: "the SQS queues",
                 source: Box::new(e),
             })?;
-            return Ok((Arc::new(work), Arc::new(dead)));
+            return Ok((Arc::new(work), Arc::new(dead), None));
         }
         #[cfg(not(feature = "aws"))]
         {
@@ -199,6 +239,8 @@ pub struct RunningServer {
     pub source_dir: Option<PathBuf>,
     pub deps: WorkerDeps,
     pub dead_letters: Arc<dyn WorkQueue>,
+    /// The work queue, when it is the local SQLite one (tests wait for it to drain).
+    pub local_queue: Option<SqliteQueue>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -284,7 +326,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         #[allow(unreachable_patterns)]
         _ => None,
     };
-    let output = output_url.open().await?;
+    let output = wrapped(output_url.open().await?, &config.wrap.output);
     let source_url = match &config.source {
         Some(url) => StoreUrl::parse(url)?,
         None => {
@@ -301,7 +343,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         #[allow(unreachable_patterns)]
         _ => None,
     };
-    let source: Arc<dyn ResourceSource> = Arc::new(NdjsonSource::new(source_url.open().await?, ""));
+    let source: Arc<dyn ResourceSource> = wrapped(
+        Arc::new(NdjsonSource::new(source_url.open().await?, "")),
+        &config.wrap.source,
+    );
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -321,7 +366,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         Arc::new(env.settings(&format!("{}{}", public.trim_end_matches('/'), FHIR_PATH))?);
 
     let max_receives = env.parse::<u32>("FHIR_EXPORT_MAX_RECEIVES")?.unwrap_or(5);
-    let (queue, dead) = open_queue(config.queue.as_deref(), &db, &settings, max_receives).await?;
+    let (queue, dead, local_queue) =
+        open_queue(config.queue.as_deref(), &db, &settings, max_receives).await?;
+    let queue = wrapped(queue, &config.wrap.queue);
     let jobs = open_job_store(config.job_store.as_deref(), &db).await?;
 
     let fhir = Router::new()
@@ -347,10 +394,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             output: output.clone(),
             settings: settings.clone(),
         }))
-        .merge(metadata_router(MetadataState {
-            settings: settings.clone(),
-            started: chrono::Utc::now(),
-        }));
+        .merge(metadata_router(MetadataState::new(
+            settings.clone(),
+            source.clone(),
+        )));
     let app = with_fallbacks(Router::new().nest(FHIR_PATH, fhir))
         .layer(axum::middleware::from_fn(log_requests));
 
@@ -402,6 +449,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         source_dir,
         deps,
         dead_letters: dead,
+        local_queue,
         shutdown,
         tasks,
     })

@@ -111,6 +111,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         if let Some(v) = self.secs("FHIR_EXPORT_VISIBILITY_TIMEOUT_SECS")? {
             s.visibility_timeout = v.max(Duration::from_secs(1));
         }
+        if let Some(v) = self.secs("FHIR_EXPORT_METADATA_TTL_SECS")? {
+            s.metadata_ttl = v;
+        }
         if let Some(v) = self.secs("FHIR_EXPORT_SIGNED_URL_TTL_SECS")? {
             s.signed_url_ttl = v;
         }
@@ -118,6 +121,19 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             s.manifest_page_chunks =
                 u32::try_from(positive("FHIR_EXPORT_MANIFEST_PAGE_CHUNKS", u64::from(v))?)
                     .unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.get("FHIR_EXPORT_OUTPUT_ENCODING") {
+            s.output_encoding = match v.as_str() {
+                "identity" => crate::ports::Encoding::Identity,
+                "gzip" => crate::ports::Encoding::Gzip,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "FHIR_EXPORT_OUTPUT_ENCODING",
+                        value: v,
+                        reason: "expected identity or gzip".into(),
+                    });
+                }
+            };
         }
         if let Some(v) = self.get("FHIR_EXPORT_FILE_ACCESS") {
             s.file_access = match v.as_str() {

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{JobId, ResourceType};
+use crate::ports::Encoding;
 use crate::request::ExportRequest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -325,6 +326,9 @@ pub struct StagedFile {
     /// `Map` files: byte offset where each partition starts, plus the file length.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_offsets: Vec<u64>,
+    /// How the stored bytes are encoded; `bytes` counts them as stored.
+    #[serde(default, skip_serializing_if = "Encoding::is_identity")]
+    pub encoding: Encoding,
 }
 
 /// What a chunk produced, recorded with its completion.
@@ -373,6 +377,10 @@ pub struct OutputFile {
     /// Manifest page the file is listed on (1-based).
     #[serde(default = "first_page")]
     pub page: u32,
+    /// How the stored bytes are encoded (`bytes` counts them as stored); the files route
+    /// decodes them for a client that does not accept the encoding.
+    #[serde(default, skip_serializing_if = "Encoding::is_identity")]
+    pub encoding: Encoding,
 }
 
 fn first_page() -> u32 {

@@ -47,6 +47,13 @@ pub struct Settings {
     /// Publishing chunks per manifest page (a chunk publishes one file or a few): a manifest
     /// larger than this is paged with `link` `next`.
     pub manifest_page_chunks: u32,
+    /// How long the CapabilityStatement is served before the source's types are listed
+    /// again.
+    pub metadata_ttl: Duration,
+    /// How export files are stored: as they are, or gzip-compressed (with
+    /// `Content-Encoding: gzip` where the store labels objects, so that signed-URL downloads
+    /// are compressed too).
+    pub output_encoding: crate::ports::Encoding,
 }
 
 /// The default packing limit as a fraction of the chunk size: below it, what a chunk costs
@@ -75,6 +82,8 @@ impl Settings {
             signed_url_ttl: Duration::from_secs(900),
             authenticated: false,
             manifest_page_chunks: 1000,
+            metadata_ttl: Duration::from_secs(60),
+            output_encoding: crate::ports::Encoding::Identity,
         }
     }
 

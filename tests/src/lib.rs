@@ -27,6 +27,10 @@ pub struct Options {
     pub patients: u64,
     pub workers: usize,
     pub env: Vec<(String, String)>,
+    /// Output target URL (`s3://...`); `None` is the local folder in the state folder.
+    pub output: Option<String>,
+    /// Wrappers around the server's ports.
+    pub wrap: fhir_export::serve::Wrappers,
 }
 
 impl Default for Options {
@@ -36,6 +40,8 @@ impl Default for Options {
             patients: 30,
             workers: 3,
             env: Vec::new(),
+            output: None,
+            wrap: Default::default(),
         }
     }
 }
@@ -83,6 +89,8 @@ impl TestServer {
         config.bind = "127.0.0.1:0".parse().expect("addr");
         config.source = Some(source.display().to_string());
         config.workers = opts.workers;
+        config.output = opts.output;
+        config.wrap = opts.wrap;
         config.sweep_every = Duration::from_secs(1);
         config.env = opts.env;
         let server = start(config).await.expect("server starts");
@@ -206,6 +214,20 @@ impl TestServer {
             }
         }
         out
+    }
+
+    /// Waits until the work queue holds no message, visible or in flight (the workers have
+    /// handled everything sent so far).
+    pub async fn settle(&self) {
+        let queue = self.server.local_queue.as_ref().expect("a local queue");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while queue.depth().await.expect("depth") > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the work queue did not drain"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Handles the next `n` queued messages by hand (for servers started without workers).

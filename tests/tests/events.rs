@@ -84,7 +84,7 @@ async fn api_gateway_events_drive_the_http_functions() {
     let (status, _, oo) = invoke(&s.apps.cancel, "cancel-delete.json").await;
     assert_eq!(status, 404);
     assert_eq!(oo["resourceType"], "OperationOutcome");
-    let (status, headers, cs) = invoke(&s.apps.status, "metadata-get.json").await;
+    let (status, headers, cs) = invoke(&s.apps.kickoff, "metadata-get.json").await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/fhir+json");
     assert_eq!(cs["resourceType"], "CapabilityStatement");

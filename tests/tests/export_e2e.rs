@@ -447,41 +447,88 @@ async fn pass_through_rolls_over_within_runs_of_lines() {
 }
 
 #[tokio::test]
-async fn metadata_declares_export_at_three_levels() {
-    let t = TestServer::start(Options {
-        patients: 2,
-        ..Options::default()
-    })
+async fn metadata_lists_every_source_type_with_its_filters_and_follows_the_source() {
+    let t = TestServer::start(
+        Options {
+            patients: 2,
+            ..Options::default()
+        }
+        // Look at the source on every request, so that a new type shows at once.
+        .env("FHIR_EXPORT_METADATA_TTL_SECS", "0"),
+    )
     .await;
-    let resp = t
-        .http
-        .get(format!("{}/metadata", t.base))
-        .send()
-        .await
-        .unwrap();
+    let get = |etag: Option<String>| {
+        let mut req = t.http.get(format!("{}/metadata", t.base));
+        if let Some(e) = etag {
+            req = req.header("If-None-Match", e);
+        }
+        req.send()
+    };
+    let resp = get(None).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     let cs: Value = resp.json().await.unwrap();
     assert_eq!(cs["resourceType"], "CapabilityStatement");
-    assert_eq!(cs["rest"][0]["operation"][0]["name"], "export");
-    let by_type: BTreeMap<&str, &str> = cs["rest"][0]["resource"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["type"].as_str().unwrap(),
-                r["operation"][0]["definition"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        by_type["Patient"],
+        cs["instantiates"][0],
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+    );
+    assert_eq!(cs["software"]["name"], "fhir-export");
+    assert_eq!(cs["implementation"]["url"], t.base.as_str());
+    assert_eq!(cs["rest"][0]["operation"][0]["name"], "export");
+    let listed = |cs: &Value| -> BTreeMap<String, Value> {
+        cs["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["type"].as_str().unwrap().to_owned(), r.clone()))
+            .collect()
+    };
+    let by_type = listed(&cs);
+    let mut want: BTreeSet<String> = read_source(t.source_dir()).into_keys().collect();
+    want.extend(["Patient".to_owned(), "Group".to_owned()]);
+    assert_eq!(by_type.keys().cloned().collect::<BTreeSet<_>>(), want);
+    for (ty, r) in &by_type {
+        let params: Vec<&str> = r["searchParam"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(params.contains(&"_lastUpdated"), "{ty}: {params:?}");
+    }
+    assert_eq!(
+        by_type["Patient"]["operation"][0]["definition"],
         "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
     );
     assert_eq!(
-        by_type["Group"],
+        by_type["Group"]["operation"][0]["definition"],
         "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+    );
+    // Unchanged: a conditional request is answered without the body.
+    let resp = get(Some(etag.clone())).await.unwrap();
+    assert_eq!(resp.status(), 304);
+
+    // A new type in the source is listed, and the statement's tag changes with it.
+    assert!(!by_type.contains_key("Device"));
+    std::fs::write(
+        t.source_dir().join("Device.extra.ndjson"),
+        "{\"resourceType\":\"Device\",\"id\":\"d1\"}\n",
+    )
+    .unwrap();
+    let resp = get(Some(etag.clone())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_ne!(resp.headers()["etag"].to_str().unwrap(), etag);
+    let cs: Value = resp.json().await.unwrap();
+    let device = &listed(&cs)["Device"];
+    assert!(
+        device["searchParam"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "type" && p["type"] == "token"),
+        "{device}"
     );
     t.server.stop().await;
 }

@@ -345,6 +345,43 @@ async fn lenient_handling_exports_and_reports_what_it_ignored() {
 }
 
 #[tokio::test]
+async fn mixed_type_lists_at_group_level_export_the_compartment_types_with_a_warning() {
+    let t = TestServer::start(Options {
+        patients: 6,
+        ..Options::default()
+    })
+    .await;
+    // What clients send at every level: their whole list, strict handling.
+    let status = t
+        .start_export(
+            "/Group/small-cohort/$export",
+            "_type=Patient,Device,Observation,Organization",
+        )
+        .await;
+    let manifest = t.manifest(&status).await;
+    let exported = counts(&manifest);
+    assert_eq!(
+        exported.keys().cloned().collect::<Vec<_>>(),
+        vec!["Observation", "Patient"]
+    );
+    assert!(exported["Patient"] > 0);
+    let errors = t.download(&manifest, "error").await;
+    let issues: Vec<&serde_json::Value> = errors["OperationOutcome"]
+        .iter()
+        .map(|o| &o["issue"][0])
+        .collect();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0]["severity"], "warning");
+    assert_eq!(issues[0]["expression"][0], "_type");
+    let text = issues[0]["diagnostics"].as_str().unwrap();
+    assert!(
+        text.contains("Device") && text.contains("Organization"),
+        "{text}"
+    );
+    t.server.stop().await;
+}
+
+#[tokio::test]
 async fn an_encoded_dollar_reaches_the_same_operation() {
     let t = TestServer::start(Options {
         patients: 2,

@@ -4,17 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-use async_trait::async_trait;
-use bytes::Bytes;
 
 use integration_tests::{Options, TestServer, counts, read_source};
 use serde_json::Value;
 use shared::model::JobId;
-use shared::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter};
 use shared::worker::runner::{PoolConfig, spawn_pool};
 use shared::worker::{NoLease, handle_message, sweep};
 use tokio_util::sync::CancellationToken;
@@ -292,164 +286,6 @@ fn walk_files(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
-}
-
-#[tokio::test]
-async fn cancel_during_a_running_export_stops_it_and_deletes_its_files() {
-    let t = TestServer::start(
-        Options {
-            workers: 1,
-            patients: 60,
-            ..Options::default()
-        }
-        .env("FHIR_EXPORT_CHUNK_BYTES", "3000")
-        .env("FHIR_EXPORT_MAX_FILE_BYTES", "2000"),
-    )
-    .await;
-    let url = t.start_export("/$export", "").await;
-    let id = job_id(&url);
-    // wait until it is really running: some chunks done, not all
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = status(&t, &url).await;
-        assert_eq!(
-            resp.status(),
-            202,
-            "the export finished before it could be cancelled"
-        );
-        let job = t.server.deps.jobs.get(&id).await.unwrap().unwrap();
-        if job.chunks_done >= 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let resp = t.http.delete(&url).send().await.unwrap();
-    assert_eq!(resp.status(), 202);
-    let done_at_cancel = t
-        .server
-        .deps
-        .jobs
-        .get(&id)
-        .await
-        .unwrap()
-        .unwrap()
-        .chunks_done;
-    let resp = status(&t, &url).await;
-    assert_eq!(resp.status(), 404);
-    let oo: Value = resp.json().await.unwrap();
-    assert_eq!(oo["resourceType"], "OperationOutcome");
-    assert_eq!(
-        t.http.delete(&url).send().await.unwrap().status(),
-        404,
-        "a second DELETE is 404"
-    );
-
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let job = t.server.deps.jobs.get(&id).await.unwrap().unwrap();
-    assert!(
-        job.chunks_done <= done_at_cancel + 1,
-        "workers stop at their next batch: {} chunks done at cancel, {} now",
-        done_at_cancel,
-        job.chunks_done
-    );
-    assert!(job.chunks_done < job.chunks_total);
-    let folder = t.output_dir().join(id.as_str());
-    let left = walk_files(&folder);
-    assert!(
-        left.is_empty(),
-        "files of a cancelled export are deleted: {left:?}"
-    );
-    assert_eq!(status(&t, &url).await.status(), 404);
-    t.server.stop().await;
-}
-
-/// The output store of the server, except that its second rename cancels the export (over
-/// HTTP, as a client would) before it moves anything: the cancel lands while a chunk moves
-/// its files into the export's folder, between two of them.
-struct CancelBetweenRenames {
-    inner: Arc<dyn ObjectStore>,
-    renames: AtomicUsize,
-    status_url: String,
-    http: reqwest::Client,
-}
-
-#[async_trait]
-impl ObjectStore for CancelBetweenRenames {
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
-        self.inner.put(key, data).await
-    }
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
-        self.inner.writer(key).await
-    }
-    async fn read(
-        &self,
-        key: &str,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<ByteStream, ObjectError> {
-        self.inner.read(key, start, end).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError> {
-        if self.renames.fetch_add(1, Ordering::SeqCst) == 1 {
-            let resp = self.http.delete(&self.status_url).send().await.unwrap();
-            assert_eq!(resp.status(), 202);
-        }
-        self.inner.rename(from, to).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-#[tokio::test]
-async fn a_cancel_between_two_moves_of_a_publishing_chunk_leaves_no_file() {
-    let t = TestServer::start(
-        Options {
-            workers: 0,
-            patients: 8,
-            ..Options::default()
-        }
-        .env("FHIR_EXPORT_MAX_FILE_BYTES", "3000"),
-    )
-    .await;
-    let url = t.start_export("/$export", "_type=Patient").await;
-    t.handle_next(1).await; // the plan
-    let mut deps = t.server.deps.clone();
-    let chunk = deps
-        .queue
-        .receive(1, Duration::from_secs(1))
-        .await
-        .unwrap()
-        .pop()
-        .expect("the chunk message");
-    deps.output = Arc::new(CancelBetweenRenames {
-        inner: deps.output.clone(),
-        renames: AtomicUsize::new(0),
-        status_url: url.clone(),
-        http: t.http.clone(),
-    });
-    handle_message(&deps, &chunk.body, &NoLease)
-        .await
-        .expect("a cancelled export is not the chunk's failure");
-    let left = walk_files(&t.output_dir().join(job_id(&url).as_str()));
-    assert!(
-        left.is_empty(),
-        "files of a cancelled export are deleted: {left:?}"
-    );
-    t.server.stop().await;
 }
 
 #[tokio::test]

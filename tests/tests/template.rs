@@ -569,7 +569,7 @@ fn http_api_routes_payload_2_and_optional_jwt() {
         ("POST /fhir/Group/{id}/$export", "KickoffIntegration"),
         ("GET /fhir/_export/{job}", "StatusIntegration"),
         ("GET /fhir/_export/{job}/files/{name+}", "StatusIntegration"),
-        ("GET /fhir/metadata", "StatusIntegration"),
+        ("GET /fhir/metadata", "KickoffIntegration"),
         ("$default", "StatusIntegration"),
         ("DELETE /fhir/_export/{job}", "CancelIntegration"),
     ]

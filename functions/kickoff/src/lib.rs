@@ -1,6 +1,7 @@
 //! The kick-off function: `GET|POST [base]/$export`, `[base]/Patient/$export`,
-//! `[base]/Group/[id]/$export`. It creates jobs in DynamoDB, queues their plan on SQS, and
-//! reads Group resources from the NDJSON source.
+//! `[base]/Group/[id]/$export`, and `GET [base]/metadata`. It creates jobs in DynamoDB,
+//! queues their plan on SQS, and reads Group resources (and, for the CapabilityStatement,
+//! the list of resource types) from the NDJSON source.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use fn_common::{FunctionConfig, host};
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::adapters::ndjson_source::NdjsonSource;
 use shared::config::Env;
-use shared::http::{KickoffState, kickoff_router};
+use shared::http::{KickoffState, MetadataState, kickoff_router, metadata_router};
 use shared::request::Capabilities;
 
 pub use fn_common::Error;
@@ -33,5 +34,9 @@ pub async fn app_from_env() -> Result<Router, Error> {
 }
 
 pub fn app(state: KickoffState, config: &FunctionConfig) -> Router {
-    host(kickoff_router(state), config)
+    let metadata = MetadataState::new(state.settings.clone(), state.source.clone());
+    host(
+        kickoff_router(state).merge(metadata_router(metadata)),
+        config,
+    )
 }

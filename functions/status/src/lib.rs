@@ -1,14 +1,12 @@
-//! The status function: `GET [status URL]` (status and manifest), `GET [file URL]` (307 to a
-//! presigned S3 URL) and `GET [base]/metadata`. It reads DynamoDB and signs S3 URLs; it never
-//! writes and links no queue.
+//! The status function: `GET [status URL]` (status and manifest) and `GET [file URL]` (307 to
+//! a presigned S3 URL). It reads DynamoDB and signs S3 URLs; it never writes and links no
+//! queue.
 
 use std::sync::Arc;
 
 use axum::Router;
 use fn_common::{FunctionConfig, host};
-use shared::http::{
-    FilesState, MetadataState, StatusState, files_router, metadata_router, status_router,
-};
+use shared::http::{FilesState, StatusState, files_router, status_router};
 use shared::ports::{JobStore, ObjectStore};
 
 pub use fn_common::Error;
@@ -33,11 +31,7 @@ pub fn app(
         .merge(files_router(FilesState {
             jobs,
             output,
-            settings: settings.clone(),
-        }))
-        .merge(metadata_router(MetadataState {
             settings,
-            started: chrono::Utc::now(),
         }));
     host(routes, config)
 }

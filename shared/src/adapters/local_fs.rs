@@ -259,16 +259,20 @@ fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Renames `src` to `dst`, creating `dst`'s folder when it is missing (and only then: most
-/// renames go into a folder that exists).
+/// renames go into a folder that exists). A `delete_prefix` may remove the folder again
+/// between its creation and the rename, when it found it empty: then it is made again.
 fn rename_into(src: &Path, dst: &Path) -> std::io::Result<()> {
-    match std::fs::rename(src, dst) {
-        Err(e) if e.kind() == ErrorKind::NotFound && src.exists() => {
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
+    let mut tries = 0;
+    loop {
+        match std::fs::rename(src, dst) {
+            Err(e) if e.kind() == ErrorKind::NotFound && src.exists() && tries < 8 => {
+                tries += 1;
+                if let Some(parent) = dst.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
             }
-            std::fs::rename(src, dst)
+            other => return other,
         }
-        other => other,
     }
 }
 
@@ -285,15 +289,23 @@ fn objects_under(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectErr
     Ok(out)
 }
 
-/// Deletes every object under `prefix`; a folder prefix (ending in `/`) that is left empty
-/// goes too, since folders are an artefact of this adapter.
+/// Deletes every object under `prefix`. Folders are an artefact of this adapter, not
+/// objects: a folder prefix (ending in `/`) that is left empty goes too, and so does every
+/// folder the deleted objects leave empty, up to the root.
 fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
     let objects = objects_under(root, prefix)?;
+    let mut folders: Vec<PathBuf> = Vec::new();
     for o in &objects {
-        match std::fs::remove_file(root.join(&o.key)) {
+        let path = root.join(&o.key);
+        match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(ObjectError::backend(&o.key, e)),
+            Err(e) => return Err(map_io(&o.key, e)),
+        }
+        if let Some(parent) = path.parent()
+            && folders.last().is_none_or(|f| f != parent)
+        {
+            folders.push(parent.to_path_buf());
         }
     }
     if let Some(folder) = prefix.strip_suffix('/').filter(|d| !d.is_empty()) {
@@ -301,11 +313,38 @@ fn delete_prefix(root: &Path, prefix: &str) -> Result<u64, ObjectError> {
             match std::fs::remove_dir_all(root.join(folder)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(ObjectError::backend(prefix, e)),
+                Err(e) => return Err(map_io(prefix, e)),
+            }
+        }
+        if let Some(parent) = root.join(folder).parent() {
+            folders.push(parent.to_path_buf());
+        }
+    } else if let Some(i) = prefix.rfind('/') {
+        folders.push(root.join(&prefix[..i]));
+    }
+    remove_empty_folders(root, folders);
+    Ok(objects.len() as u64)
+}
+
+/// Removes each of `folders` and then its parents, up to (not including) `root`, for as long
+/// as they are empty. A folder that is not empty, or that a writer has just made again, is
+/// left alone: this is tidying, never an error.
+fn remove_empty_folders(root: &Path, mut folders: Vec<PathBuf>) {
+    // Deepest first, so that a parent is tried after its children.
+    folders.sort_by_key(|f| std::cmp::Reverse(f.components().count()));
+    folders.dedup();
+    for folder in folders {
+        let mut cur = folder.as_path();
+        while cur != root && cur.starts_with(root) {
+            if std::fs::remove_dir(cur).is_err() {
+                break;
+            }
+            match cur.parent() {
+                Some(p) => cur = p,
+                None => break,
             }
         }
     }
-    Ok(objects.len() as u64)
 }
 
 /// What a read on the blocking pool gives back: the file, the buffer, how much was asked.
@@ -608,6 +647,59 @@ mod tests {
         assert_eq!(size, expected.len() as u64);
         let written = std::fs::read(dir.path().join("big/file.ndjson")).expect("read");
         assert!(written == expected, "content differs");
+    }
+
+    #[tokio::test]
+    async fn deleting_a_prefix_leaves_no_empty_folder_behind() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = LocalFsStore::new(dir.path()).expect("store");
+        store
+            .put(
+                "job/.staging/000001.a.Patient-1.ndjson",
+                Bytes::from_static(b"x\n"),
+            )
+            .await
+            .expect("put");
+        store
+            .put(
+                "job/.staging/000002.b.Patient-1.ndjson",
+                Bytes::from_static(b"y\n"),
+            )
+            .await
+            .expect("put");
+        // A name prefix: the folder still holds the other attempt's file, so it stays.
+        assert_eq!(
+            store
+                .delete_prefix("job/.staging/000001.a.")
+                .await
+                .expect("delete"),
+            1
+        );
+        assert!(dir.path().join("job/.staging").is_dir());
+        // The last file goes, and with it every folder up to the root.
+        assert_eq!(
+            store
+                .delete_prefix("job/.staging/000002.b.")
+                .await
+                .expect("delete"),
+            1
+        );
+        assert!(
+            !dir.path().join("job").exists(),
+            "empty folders left behind"
+        );
+        assert!(dir.path().exists(), "the root stays");
+        // A folder prefix goes as a whole, nested empty folders included.
+        store
+            .put(
+                "c/job/error/OperationOutcome-1.ndjson",
+                Bytes::from_static(b"{}\n"),
+            )
+            .await
+            .expect("put");
+        std::fs::create_dir_all(dir.path().join("c/job/.staging/empty")).expect("mkdir");
+        assert_eq!(store.delete_prefix("c/job/").await.expect("delete"), 1);
+        assert!(!dir.path().join("c").exists(), "empty folders left behind");
     }
 
     /// Files left in the temp folder (which may not exist).

@@ -21,6 +21,8 @@ pub enum ApiError {
     FileNotFound,
     #[error("no such manifest page (yet)")]
     PageNotFound,
+    #[error("the range asked for starts past the end of the file ({0} bytes)")]
+    RangeNotSatisfiable(u64),
     #[error("the export failed: {0}")]
     JobFailed(String),
     #[error("the request body is too large or unreadable")]
@@ -53,6 +55,7 @@ impl ApiError {
             | ApiError::PageNotFound
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::JobFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::BodyRejected(s) => *s,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) | ApiError::Queue(_) | ApiError::Object(_) | ApiError::Source(_) => {
@@ -86,6 +89,7 @@ impl ApiError {
             | ApiError::PageNotFound
             | ApiError::RouteNotFound => Issue::error(IssueCode::NotFound, text),
             ApiError::JobFailed(_) => Issue::error(IssueCode::Exception, text),
+            ApiError::RangeNotSatisfiable(_) => Issue::error(IssueCode::Value, text).at("Range"),
             ApiError::BodyRejected(_) => Issue::error(IssueCode::TooCostly, text),
             ApiError::MethodNotAllowed => Issue::error(IssueCode::NotSupported, text),
             // Backend failures say what was unavailable, never the cause (it may name internals);

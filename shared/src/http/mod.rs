@@ -27,6 +27,7 @@ use axum::routing::{delete, get};
 pub use caller::Caller;
 pub use error::ApiError;
 pub use files::NDJSON;
+pub use metadata::Capability;
 pub use status::{http_date, progress_text};
 
 use crate::job::Job;
@@ -73,10 +74,18 @@ pub struct FilesState {
     pub settings: Arc<Settings>,
 }
 
+/// What the metadata route needs: the CapabilityStatement, which lists the source's types.
 #[derive(Clone)]
 pub struct MetadataState {
-    pub settings: Arc<Settings>,
-    pub started: chrono::DateTime<chrono::Utc>,
+    pub capability: Arc<Capability>,
+}
+
+impl MetadataState {
+    pub fn new(settings: Arc<Settings>, source: Arc<dyn ResourceSource>) -> Self {
+        MetadataState {
+            capability: Arc::new(Capability::new(settings, source)),
+        }
+    }
 }
 
 pub fn kickoff_router(state: KickoffState) -> Router {

@@ -1,5 +1,6 @@
 //! NDJSON: reading the head of a resource line, and writing rolled-over part files.
 
+pub mod gzip;
 pub mod head;
 pub mod scan;
 pub mod writer;

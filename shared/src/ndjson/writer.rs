@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::buffers::Buffer;
 use crate::job::{FileKind, StagedFile};
 use crate::model::ResourceType;
-use crate::ports::{ObjectError, ObjectStore, ObjectWriter};
+use crate::ports::{Encoding, ObjectError, ObjectStore, ObjectWriter};
 
 /// Bytes gathered before they are handed to the object writer.
 const BUFFER: usize = crate::buffers::BUFFER_BYTES;
@@ -34,6 +34,8 @@ pub struct PartWriter {
     done: Vec<StagedFile>,
     /// Key prefix that `StagedFile::path` is relative to.
     relative_to: String,
+    /// How the parts are stored (sizes and roll-over count the lines, not the stored bytes).
+    encoding: Encoding,
 }
 
 impl PartWriter {
@@ -62,7 +64,14 @@ impl PartWriter {
             part_count: 0,
             done: Vec::new(),
             relative_to,
+            encoding: Encoding::Identity,
         }
+    }
+
+    /// Stores the parts gzip-compressed (or as they are).
+    pub fn with_encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
     }
 
     /// Appends one line (a `\n` is added).
@@ -112,7 +121,11 @@ impl PartWriter {
         if self.current.is_none() {
             self.part += 1;
             let key = self.key();
-            self.current = Some(self.store.writer(&key).await?);
+            let writer = self.store.encoded_writer(&key, self.encoding).await?;
+            self.current = Some(match self.encoding {
+                Encoding::Identity => writer,
+                Encoding::Gzip => Box::new(super::gzip::GzipWriter::new(writer, &key)),
+            });
         }
         Ok(())
     }
@@ -183,6 +196,7 @@ impl PartWriter {
                 bytes,
                 continues: false,
                 partition_offsets: Vec::new(),
+                encoding: self.encoding,
             });
         }
         self.part_bytes = 0;

@@ -63,6 +63,18 @@ pub trait JobStore: Send + Sync {
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
 
+    /// The state of a job, `None` if it does not exist: what a running chunk asks between
+    /// batches to learn of a cancel. Stores that can read it alone override this.
+    async fn state(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
+        Ok(self.get(id).await?.map(|j| j.state))
+    }
+
+    /// How often a running chunk may ask [`JobStore::state`]: after every batch where a read
+    /// is a local query, less often where each read is a billed network round trip.
+    fn state_check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
     /// Compare-and-set: writes `job` if the stored version is `expected_version`, else
     /// `Conflict`; `NotFound` if there is no such job. Writes every field except
     /// `chunks_done`, which only `complete_chunk` changes, so a state change never loses a

@@ -12,7 +12,8 @@ mod source;
 
 pub use job_store::{ChunkCompletion, JobStore, Naming, StoreError};
 pub use object_store::{
-    ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls, validate_key,
+    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls,
+    validate_key,
 };
 pub use queue::{Delivery, QueueError, WorkQueue};
 pub use source::{Origin, RecordBatch, RecordReader, ResourceSource, Run, SourceError};

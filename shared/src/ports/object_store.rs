@@ -46,6 +46,31 @@ impl ObjectError {
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ObjectError>> + Send>>;
 
+/// How an object's bytes are encoded (HTTP `Content-Encoding`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Identity,
+    Gzip,
+}
+
+impl Encoding {
+    pub fn is_identity(&self) -> bool {
+        *self == Encoding::Identity
+    }
+
+    /// The `Content-Encoding` value, `None` for identity.
+    pub fn content_encoding(&self) -> Option<&'static str> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some("gzip"),
+        }
+    }
+}
+
 /// A streaming write. Nothing is visible under the key until `finish` succeeds; `abort`
 /// (or dropping the writer) leaves nothing behind.
 #[async_trait]
@@ -65,6 +90,19 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError>;
 
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError>;
+
+    /// A writer of bytes already encoded with `encoding` (the caller encodes them), for a
+    /// store that labels objects so that a client fetching one directly (a signed URL) is
+    /// told how to decode it: S3 stores `Content-Encoding`. Stores without such labels keep
+    /// the bytes as they are (the job records the encoding of every file it publishes).
+    async fn encoded_writer(
+        &self,
+        key: &str,
+        encoding: Encoding,
+    ) -> Result<Box<dyn ObjectWriter>, ObjectError> {
+        let _ = encoding;
+        self.writer(key).await
+    }
 
     /// Streams `[start, end)` of an object (`end: None` = to its end). `NotFound` if missing.
     async fn read(

@@ -396,14 +396,33 @@ impl Builder {
         if self.req.is_patient_level()
             && let Some(types) = self.req.types.take()
         {
+            // Clients send their whole type list at every level: types outside the
+            // compartment are left out with a warning, and only a list with none inside it
+            // is an error (Bulk Data IG: "only non-compartment types at Patient/Group level").
             let (keep, drop): (Vec<_>, Vec<_>) =
                 types.into_iter().partition(|t| in_patient_compartment(*t));
+            let none_left = keep.is_empty() && !drop.is_empty();
             self.req.types = Some(keep);
-            for t in drop {
-                self.unsupported(
-                    "_type",
-                    format!("{t} is not in the Patient compartment, so a Patient or Group level export has none"),
-                )?;
+            if !drop.is_empty() {
+                let names = drop
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if none_left {
+                    self.unsupported(
+                        "_type",
+                        format!("none of {names} is in the Patient compartment, so a Patient or Group level export has nothing to export"),
+                    )?;
+                } else {
+                    self.req.ignored.push(
+                        Issue::warning(
+                            IssueCode::NotSupported,
+                            format!("`_type`: {names} left out: not in the Patient compartment, which is all a Patient or Group level export holds"),
+                        )
+                        .at("_type"),
+                    );
+                }
             }
         }
         if let Some(t) = self.req.organize_output_by
@@ -629,20 +648,66 @@ mod tests {
     }
 
     #[test]
-    fn patient_level_type_must_be_in_compartment() {
-        let i = get(ExportLevel::Patient, "_type=Organization", "respond-async");
+    fn patient_level_types_outside_the_compartment_are_left_out_with_a_warning() {
+        // Only non-compartment types: nothing to export, refused when strict.
+        let i = get(
+            ExportLevel::Patient,
+            "_type=Organization,Device",
+            "respond-async",
+        );
         assert!(matches!(
             parse_kickoff(&i, &ALL),
             Err(KickoffError::UnsupportedParameter { name, .. }) if name == "_type"
         ));
+        // A mixed list (what clients send at every level) is exported without the others,
+        // under either handling, with one warning naming them.
+        for prefer in ["respond-async", "respond-async,handling=lenient"] {
+            for level in [
+                ExportLevel::Patient,
+                ExportLevel::Group(LogicalId::parse("g1").expect("id")),
+            ] {
+                let i = get(
+                    level.clone(),
+                    "_type=Organization,Patient,Device,Observation",
+                    prefer,
+                );
+                let r = parse_kickoff(&i, &ALL).expect(prefer);
+                assert_eq!(
+                    r.types,
+                    Some(vec![
+                        ResourceType::PATIENT,
+                        ResourceType::parse("Observation").expect("type")
+                    ])
+                );
+                assert_eq!(r.ignored.len(), 1, "{:?}", r.ignored);
+                let issue = &r.ignored[0];
+                assert_eq!(issue.severity, crate::outcome::Severity::Warning);
+                assert_eq!(issue.expression.as_deref(), Some("_type"));
+                assert!(
+                    issue.diagnostics.contains("Organization, Device"),
+                    "{}",
+                    issue.diagnostics
+                );
+            }
+        }
+        // Lenient, and nothing in the compartment: nothing is exported, with the reason.
         let i = get(
             ExportLevel::Patient,
-            "_type=Organization,Patient",
+            "_type=Organization",
             "respond-async,handling=lenient",
         );
         let r = parse_kickoff(&i, &ALL).expect("lenient");
-        assert_eq!(r.types, Some(vec![ResourceType::PATIENT]));
+        assert_eq!(r.types, Some(vec![]));
         assert_eq!(r.ignored.len(), 1);
+        // At system level every type stands.
+        let i = get(
+            ExportLevel::System,
+            "_type=Organization,Patient",
+            "respond-async",
+        );
+        let r = parse_kickoff(&i, &ALL).expect("system");
+        assert_eq!(r.types.map(|t| t.len()), Some(2));
+        assert!(r.ignored.is_empty());
     }
 
     #[test]

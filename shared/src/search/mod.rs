@@ -219,6 +219,21 @@ fn compile_set(
     Ok((TypeFilterSet::from_compiled(compiled), skipped))
 }
 
+/// The search parameters of a type that `_typeFilter` can evaluate (what the
+/// CapabilityStatement lists): those whose expressions the tables translate, of a search type
+/// this module compares.
+pub fn filterable_params(
+    resource_type: ResourceType,
+) -> impl Iterator<Item = &'static fhir_defs::SearchParamDef> {
+    fhir_defs::search_params(resource_type.as_str()).filter(|p| {
+        p.unsupported.is_none()
+            && !matches!(
+                p.kind,
+                SearchParamType::Composite | SearchParamType::Special
+            )
+    })
+}
+
 /// A search prefix (R4 search §prefixes); `eq` when absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Prefix {

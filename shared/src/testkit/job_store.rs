@@ -19,6 +19,7 @@ fn result(n: u64) -> ChunkResult {
             bytes: n * 10,
             continues: false,
             partition_offsets: vec![],
+            encoding: Default::default(),
         }],
         resources: n,
         errors: 0,
@@ -35,6 +36,7 @@ fn output(name: &str, n: u64) -> OutputFile {
         continues_in: None,
         staged: format!(".staging/{name}"),
         page: 1,
+        encoding: Default::default(),
     }
 }
 
@@ -71,6 +73,12 @@ pub async fn run(store: Arc<dyn JobStore>) {
     let got = s.get(&job.id).await.expect("get").expect("exists");
     assert_eq!(got.state, JobState::Planning);
     assert_eq!(got.version, job.version + 1);
+    assert_eq!(
+        s.state(&job.id).await.expect("state"),
+        Some(JobState::Planning),
+        "state follows updates"
+    );
+    assert_eq!(s.state(&JobId::new()).await.expect("state"), None);
 
     // chunks: idempotent put, results recorded once
     let chunks: Vec<_> = (0..3).map(sample_chunk).collect();

@@ -13,7 +13,9 @@ use super::publish::{naming, publish, publishes};
 use super::select::{Kept, Scope, Selection, Verdict};
 use super::sinks::{MapBuffer, Sink, write_sorted};
 use super::watch::Watch;
-use super::{Lease, WorkError, WorkMessage, WorkerDeps, finalize, now, provenance, reduce};
+use super::{
+    Lease, WorkError, WorkMessage, WorkerDeps, clean_if_stopped, finalize, now, provenance, reduce,
+};
 use crate::elements::ElementsFilter;
 use crate::job::{
     ChunkRecord, ChunkResult, ChunkRole, FileKind, Job, JobState, ReadSpec, StagedFile,
@@ -86,7 +88,11 @@ pub(super) async fn chunk(
         Ok(Some(result)) => result,
         Ok(None) => {
             tracing::info!(job_id = %id, chunk = index, "chunk stopped: export cancelled or finished elsewhere");
-            deps.output.delete_prefix(&dir).await?;
+            // A stopped export loses everything (what this chunk wrote after the cancel's
+            // clean-up included); a chunk finished elsewhere loses only this attempt's files.
+            if !clean_if_stopped(deps, &job).await? {
+                deps.output.delete_prefix(&dir).await?;
+            }
             return Ok(());
         }
         Err(e) => {
@@ -127,8 +133,8 @@ pub(super) async fn chunk(
     }
     if completion.state == JobState::Cancelled {
         // Cancelled while we worked: the cancel's clean-up may have run before our files
-        // existed.
-        deps.output.delete_prefix(&dir).await?;
+        // existed (nor is the rest of the export's folder anybody's now).
+        clean_if_stopped(deps, &job).await?;
         return Ok(());
     }
     if publishing {
@@ -140,8 +146,7 @@ pub(super) async fn chunk(
         // Looked at whether publishing worked or not: a cancel that deleted the staged files
         // while they were being moved makes the move fail after some had arrived.
         let published = publish(deps, &job, &done).await;
-        let current = deps.jobs.get(id).await?;
-        if cleaned_after_cancel(deps, &job, current.as_ref()).await? {
+        if clean_if_stopped(deps, &job).await? {
             return Ok(());
         }
         published?;
@@ -216,12 +221,11 @@ async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(),
     } else {
         Ok(())
     };
-    let current = deps.jobs.get(&job.id).await?;
-    if cleaned_after_cancel(deps, job, current.as_ref()).await? {
+    if clean_if_stopped(deps, job).await? {
         return Ok(());
     }
     published?;
-    if let Some(j) = current
+    if let Some(j) = deps.jobs.get(&job.id).await?
         && j.state == JobState::Running
     {
         let done = j.chunks_done;
@@ -230,23 +234,6 @@ async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// After files moved into the export's folder: if the export was cancelled (or is gone) by
-/// now, the cancel's clean-up may have run before they arrived, so they are removed here.
-/// The cancel records its state before it cleans, so one of the two always sees the other.
-async fn cleaned_after_cancel(
-    deps: &WorkerDeps,
-    job: &Job,
-    current: Option<&Job>,
-) -> Result<bool, WorkError> {
-    if current.is_some_and(|j| j.state != JobState::Cancelled) {
-        return Ok(false);
-    }
-    deps.output
-        .delete_prefix(&format!("{}/", job.output_prefix))
-        .await?;
-    Ok(true)
 }
 
 /// What every role needs while it runs.
@@ -282,7 +269,8 @@ impl<'a> ChunkCtx<'a> {
             FileKind::Error,
             ResourceType::OPERATION_OUTCOME,
             deps.settings.max_file_bytes,
-        );
+        )
+        .with_encoding(deps.settings.output_encoding);
         let filters = if job.request.type_filters.is_empty() {
             None
         } else {
@@ -340,15 +328,18 @@ impl<'a> ChunkCtx<'a> {
         if self.job.plan.partitions > 0 {
             Sink::Map(MapBuffer::new(self.job.plan.partitions))
         } else {
-            Sink::Files(PartWriter::new(
-                self.deps.output.clone(),
-                self.dir.to_owned(),
-                self.relative_to.clone(),
-                t.as_str(),
-                FileKind::Output,
-                t,
-                self.deps.settings.max_file_bytes,
-            ))
+            Sink::Files(
+                PartWriter::new(
+                    self.deps.output.clone(),
+                    self.dir.to_owned(),
+                    self.relative_to.clone(),
+                    t.as_str(),
+                    FileKind::Output,
+                    t,
+                    self.deps.settings.max_file_bytes,
+                )
+                .with_encoding(self.deps.settings.output_encoding),
+            )
         }
     }
 
@@ -648,5 +639,165 @@ async fn scan_type(
             consumer.sink.abort().await;
             Err(e)
         }
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::adapters::local_fs::LocalFsStore;
+    use crate::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
+    use crate::job::SourcePiece;
+    use crate::model::LogicalId;
+    use crate::ports::{JobStore, Origin, RecordReader, ResourceSource, SourceError, WorkQueue};
+    use crate::settings::Settings;
+    use crate::worker::{NoLease, handle_message};
+
+    /// A source without end: every batch is one Patient. The batch numbered `cancel_at`
+    /// cancels the job on its way out, as a DELETE landing while that batch is read.
+    struct Endless {
+        jobs: Arc<dyn JobStore>,
+        job: JobId,
+        cancel_at: usize,
+        batches: Arc<AtomicUsize>,
+    }
+
+    struct EndlessReader {
+        jobs: Arc<dyn JobStore>,
+        job: JobId,
+        cancel_at: usize,
+        batches: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl RecordReader for EndlessReader {
+        async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError> {
+            let n = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
+            batch.clear();
+            batch.push(
+                Bytes::from(format!(r#"{{"resourceType":"Patient","id":"p{n}"}}"#)),
+                Origin {
+                    range: 0,
+                    offset: 0,
+                    line_in_range: n as u64,
+                },
+            );
+            if n == self.cancel_at {
+                let err = |e: String| SourceError::Backend(e.into());
+                let job = self
+                    .jobs
+                    .get(&self.job)
+                    .await
+                    .map_err(|e| err(e.to_string()))?
+                    .ok_or_else(|| err("no job".into()))?;
+                let cancelled = job
+                    .transitioned(JobState::Cancelled, chrono::Utc::now())
+                    .ok_or_else(|| err("not cancellable".into()))?;
+                self.jobs
+                    .update(&cancelled, job.version)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            Ok(true)
+        }
+        async fn describe(&mut self, _: Origin) -> String {
+            "endless".into()
+        }
+    }
+
+    #[async_trait]
+    impl ResourceSource for Endless {
+        async fn plan(&self, _: &[ResourceType], _: u64) -> Result<Vec<SourcePiece>, SourceError> {
+            Ok(Vec::new())
+        }
+        async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
+            Ok(vec![ResourceType::PATIENT])
+        }
+        async fn open(&self, _: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
+            Ok(Box::new(EndlessReader {
+                jobs: self.jobs.clone(),
+                job: self.job.clone(),
+                cancel_at: self.cancel_at,
+                batches: self.batches.clone(),
+            }))
+        }
+        async fn read(&self, _: ResourceType, _: &LogicalId) -> Result<Option<Value>, SourceError> {
+            Ok(None)
+        }
+        async fn existing(
+            &self,
+            _: ResourceType,
+            _: &[LogicalId],
+        ) -> Result<HashSet<LogicalId>, SourceError> {
+            Ok(HashSet::new())
+        }
+        fn describe(&self) -> String {
+            "endless".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_stops_at_the_batch_after_a_cancel_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = SqliteDb::in_memory().expect("db");
+        let jobs: Arc<dyn JobStore> = Arc::new(SqliteJobStore::new(db.clone()));
+        let queue: Arc<dyn WorkQueue> = Arc::new(SqliteQueue::new(
+            db,
+            "work",
+            std::time::Duration::from_secs(30),
+        ));
+        let mut job = crate::testkit::sample_job(JobState::Running, chrono::Utc::now());
+        job.chunks_total = 1;
+        jobs.create(&job).await.expect("create");
+        jobs.put_chunks(&job.id, &[crate::testkit::sample_chunk(0)])
+            .await
+            .expect("chunks");
+        let batches = Arc::new(AtomicUsize::new(0));
+        let output = Arc::new(LocalFsStore::new(dir.path()).expect("store"));
+        let deps = WorkerDeps {
+            jobs: jobs.clone(),
+            queue,
+            output,
+            source: Arc::new(Endless {
+                jobs: jobs.clone(),
+                job: job.id.clone(),
+                cancel_at: 40,
+                batches: batches.clone(),
+            }),
+            settings: Arc::new(Settings::new("http://localhost/fhir")),
+        };
+        let msg = WorkMessage::Chunk {
+            job: job.id.clone(),
+            chunk: 0,
+        }
+        .encode();
+        handle_message(&deps, &msg, &NoLease)
+            .await
+            .expect("a cancelled chunk is no failure");
+        assert_eq!(
+            batches.load(Ordering::SeqCst),
+            40,
+            "the chunk read on after the batch that saw the cancel"
+        );
+        assert!(
+            !jobs
+                .chunk(&job.id, 0)
+                .await
+                .expect("chunk")
+                .expect("exists")
+                .is_done(),
+            "a stopped chunk is not recorded done"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("root")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| n != ".tmp")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 }

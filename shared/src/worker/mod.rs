@@ -175,6 +175,22 @@ pub(crate) async fn update_job(
     ))
 }
 
+/// After a step wrote into an export's folder: if the export was cancelled, failed or
+/// removed by now, whoever stopped it may have cleaned the folder before our files arrived,
+/// so the folder is removed here (again). The cancel records its state before it cleans, so
+/// one of the two always sees the other. `true` when the export was stopped.
+pub(crate) async fn clean_if_stopped(deps: &WorkerDeps, job: &Job) -> Result<bool, WorkError> {
+    match deps.jobs.state(&job.id).await? {
+        None | Some(JobState::Cancelled | JobState::Failed) => {
+            deps.output
+                .delete_prefix(&format!("{}/", job.output_prefix))
+                .await?;
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+    }
+}
+
 /// Moves a job to `Failed` with a reason and removes its files. A job already finished,
 /// failed or cancelled is left as it is.
 pub async fn fail_job(deps: &WorkerDeps, id: &JobId, reason: &str) -> Result<(), WorkError> {

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::{WorkError, WorkMessage, WorkerDeps, now, update_job};
+use super::{WorkError, WorkMessage, WorkerDeps, clean_if_stopped, now, update_job};
 use crate::compartment::in_patient_compartment;
 use crate::group::current_members;
 use crate::job::{
@@ -67,7 +67,9 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
     })
     .await?
     else {
-        // Cancelled (or planned by a duplicate) meanwhile.
+        // Cancelled (or planned by a duplicate) meanwhile: a cancel's clean-up may have
+        // run before the member list and notes above were written.
+        clean_if_stopped(deps, &job).await?;
         return Ok(());
     };
     tracing::info!(job_id = %id, chunks = total, phases = ?running.plan.phases, provenance = ?running.plan.provenance, partitions = running.plan.partitions, "export planned");
@@ -428,6 +430,7 @@ async fn write_notes(
         continues_in: None,
         staged: String::new(),
         page: 1,
+        encoding: Default::default(),
     })
 }
 

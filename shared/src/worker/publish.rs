@@ -85,6 +85,7 @@ pub(crate) fn naming<'a>(job: &'a Job, index: u32, result: &'a ChunkResult) -> N
                     continues_in: None,
                     staged: f.path.clone(),
                     page,
+                    encoding: f.encoding,
                 });
             }
             // A block that continues points at the chunk's next output file.

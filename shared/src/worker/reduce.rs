@@ -89,7 +89,8 @@ pub(super) async fn reduce(ctx: &mut ChunkCtx<'_>, partition: u32) -> Produced {
         FileKind::Output,
         None,
         ctx.deps.settings.max_file_bytes,
-    );
+    )
+    .with_encoding(ctx.deps.settings.output_encoding);
     let mut block_owner: Vec<u8> = Vec::new();
     let mut header: Vec<u8> = Vec::new();
     let mut resources = 0u64;

@@ -123,6 +123,7 @@ impl MapBuffer {
             bytes,
             continues: false,
             partition_offsets: offsets,
+            encoding: Default::default(),
         }))
     }
 }
@@ -207,6 +208,7 @@ pub(crate) async fn write_sorted(
         bytes,
         continues: false,
         partition_offsets: Vec::new(),
+        encoding: Default::default(),
     }))
 }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use super::{Lease, WorkError, WorkerDeps, now};
 use crate::job::{Job, JobState};
 
-/// How often a running chunk looks at its job (cancel) and at most how often it renews.
+/// How often a running chunk looks whether another attempt finished it, and at most how
+/// often it renews its lease.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Watch<'a> {
@@ -14,6 +15,10 @@ pub(crate) struct Watch<'a> {
     job: &'a Job,
     index: u32,
     lease: &'a dyn Lease,
+    /// How often the job's state is read: the store's own pace (after every batch where a
+    /// read is local).
+    state_every: Duration,
+    last_state: Instant,
     last_check: Instant,
     last_lease: Instant,
 }
@@ -30,23 +35,26 @@ impl<'a> Watch<'a> {
             job,
             index,
             lease,
+            state_every: deps.jobs.state_check_interval(),
+            last_state: Instant::now(),
             last_check: Instant::now(),
             last_lease: Instant::now(),
         }
     }
 
-    /// Called between batches. `false`: stop, the work is no longer wanted.
+    /// Called between batches. `false`: stop, the work is no longer wanted (the job was
+    /// cancelled, failed or removed, or another attempt finished the chunk).
     pub(crate) async fn tick(&mut self) -> Result<bool, WorkError> {
+        if self.last_state.elapsed() >= self.state_every {
+            self.last_state = Instant::now();
+            if self.deps.jobs.state(&self.job.id).await? != Some(JobState::Running) {
+                return Ok(false);
+            }
+        }
         if self.last_check.elapsed() < CHECK_EVERY {
             return Ok(true);
         }
         self.last_check = Instant::now();
-        let Some(current) = self.deps.jobs.get(&self.job.id).await? else {
-            return Ok(false);
-        };
-        if current.state != JobState::Running {
-            return Ok(false);
-        }
         if self
             .deps
             .jobs

@@ -375,6 +375,33 @@ impl JobStore for DynamoJobStore {
             .transpose()
     }
 
+    async fn state(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk(id))
+            .key("sk", s(JOB_SK))
+            .projection_expression("#s")
+            .expression_attribute_names("#s", "state")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?
+            .item;
+        item.map(|item| {
+            get_s(&item, "state")
+                .and_then(JobState::parse)
+                .ok_or_else(|| StoreError::Backend("job item without a valid state".into()))
+        })
+        .transpose()
+    }
+
+    /// A consistent read per check is a billed round trip: four a second at most.
+    fn state_check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(250)
+    }
+
     async fn update(&self, job: &Job, expected_version: u64) -> Result<(), StoreError> {
         let mut sets = Vec::new();
         let mut removes = Vec::new();

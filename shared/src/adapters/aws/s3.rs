@@ -26,7 +26,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::endpoint_overridden;
 use crate::ports::{
-    ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls, validate_key,
+    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls,
+    validate_key,
 };
 
 /// Size of every multipart part but the last. S3 wants at least 5 MiB; 8 MiB keeps the part
@@ -225,6 +226,50 @@ impl S3Store {
         }
         Ok(out)
     }
+
+    /// Aborts every unfinished multipart upload under a prefix: their parts are stored (and
+    /// billed) though no object shows them, until aborted. A writer whose upload is aborted
+    /// fails at its next part or at `finish`, which is what a deleted prefix calls for.
+    async fn abort_uploads(
+        &self,
+        full_prefix: &str,
+        port_prefix: &str,
+    ) -> Result<u64, ObjectError> {
+        let mut aborted = 0u64;
+        let mut key_marker: Option<String> = None;
+        let mut upload_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(self.bucket())
+                .set_prefix((!full_prefix.is_empty()).then(|| full_prefix.to_owned()))
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(|e| ObjectError::backend(port_prefix, e))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                if !key.starts_with(full_prefix) {
+                    continue;
+                }
+                abort_upload(&self.client, self.bucket(), key, id)
+                    .await
+                    .map_err(|e| ObjectError::backend(port_prefix, e))?;
+                aborted += 1;
+            }
+            match (page.next_key_marker(), page.next_upload_id_marker()) {
+                (Some(k), Some(u)) if page.is_truncated().unwrap_or(false) => {
+                    key_marker = Some(k.to_owned());
+                    upload_marker = Some(u.to_owned());
+                }
+                _ => return Ok(aborted),
+            }
+        }
+    }
 }
 
 /// The HTTP status of a failed call, when it got as far as a response.
@@ -265,12 +310,23 @@ impl ObjectStore for S3Store {
     }
 
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
+        self.encoded_writer(key, Encoding::Identity).await
+    }
+
+    /// The object carries `Content-Encoding`, which S3 sends with every GET (presigned ones
+    /// included) and which `CopyObject` keeps when a staged file is published.
+    async fn encoded_writer(
+        &self,
+        key: &str,
+        encoding: Encoding,
+    ) -> Result<Box<dyn ObjectWriter>, ObjectError> {
         let full_key = self.full_key(key)?;
         Ok(Box::new(S3Writer {
             client: self.client.clone(),
             bucket: self.bucket().to_owned(),
             full_key,
             key: key.to_owned(),
+            content_encoding: encoding.content_encoding(),
             buf: BytesMut::new(),
             upload: None,
             size: 0,
@@ -444,6 +500,10 @@ impl ObjectStore for S3Store {
             }
             deleted += batch.len() as u64;
         }
+        let aborted = self.abort_uploads(&full, prefix).await?;
+        if aborted > 0 {
+            tracing::debug!(prefix, aborted, "unfinished uploads aborted");
+        }
         Ok(deleted)
     }
 
@@ -516,6 +576,7 @@ struct S3Writer {
     full_key: String,
     /// The port key, for errors.
     key: String,
+    content_encoding: Option<&'static str>,
     /// The part being filled; never more than `PART_SIZE`.
     buf: BytesMut,
     /// Started on the first full part; `Some` until completed or aborted, so that `Drop`
@@ -547,6 +608,7 @@ impl S3Writer {
                 .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&self.full_key)
+                .set_content_encoding(self.content_encoding.map(str::to_owned))
                 .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .send()
                 .await
@@ -659,6 +721,7 @@ impl ObjectWriter for S3Writer {
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&self.full_key)
+                .set_content_encoding(self.content_encoding.map(str::to_owned))
                 .body(SdkByteStream::from(body))
                 .send()
                 .await

@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::synth::{GenOptions, generate};
 
+mod compression;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Dataset sizes, in resources (about 40 per generated patient).
@@ -34,6 +36,10 @@ pub struct BenchArgs {
     /// Rounds per size (copy, export, filtered export); each figure is the median round.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
     pub rounds: u16,
+    /// Measure compression instead: exports with files stored as they are and stored gzipped,
+    /// the bytes stored, and the bytes sent to clients with and without gzip.
+    #[arg(long)]
+    pub compression: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +76,10 @@ pub const FILTERED_QUERY: &str = "_typeFilter=Observation%3Fstatus%3Dfinal%26dat
 
 pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
     std::fs::create_dir_all(&args.dir)?;
+    if args.compression {
+        compression::run(&args).await?;
+        return Ok(Vec::new());
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "machine: {cores} cores, {} ; workers {} ; timed export: each server's {}",
@@ -138,7 +148,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
     Ok(rows)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -152,7 +162,7 @@ fn median_measure(mut v: Vec<Measure>) -> Measure {
     m
 }
 
-fn mib(b: u64) -> f64 {
+pub(crate) fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
@@ -178,7 +188,7 @@ fn print_row(r: &BenchRow, cores: usize) {
 }
 
 /// Generates (once) a dataset of about `size` resources; returns its resources and bytes.
-async fn dataset(dir: &Path, size: u64) -> Result<(u64, u64), BenchError> {
+pub(crate) async fn dataset(dir: &Path, size: u64) -> Result<(u64, u64), BenchError> {
     let marker = dir.join(".complete");
     if let Ok(text) = std::fs::read_to_string(&marker)
         && let Some((r, b)) = text.trim().split_once(' ')
@@ -281,66 +291,112 @@ fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// A `fhir-export serve` child process on a fresh state folder.
+pub(crate) struct Server {
+    child: tokio::process::Child,
+    pid: u32,
+    pub base: String,
+    state: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts the server on `data`, with `env` added to its environment.
+    pub(crate) async fn start(
+        args: &BenchArgs,
+        data: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Server, BenchError> {
+        let state = args.dir.join("state");
+        let _ = std::fs::remove_dir_all(&state);
+        let exe = std::env::current_exe()?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["serve", "--bind", "127.0.0.1:0", "--workers"])
+            .arg(args.workers.to_string())
+            .arg("--source")
+            .arg(data)
+            .arg("--state")
+            .arg(&state)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| BenchError::Protocol("no stderr".into()))?;
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            let Some(line) = lines.next_line().await? else {
+                return Err(BenchError::Protocol(
+                    "server exited before it was ready".into(),
+                ));
+            };
+            if let Some(rest) = line.split("FHIR base ").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server {
+            child,
+            pid,
+            base,
+            state,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// One export: seconds from kick-off to manifest, and the manifest.
+    pub(crate) async fn export(&self, query: &str) -> Result<(f64, serde_json::Value), BenchError> {
+        let url = if query.is_empty() {
+            format!("{}/$export", self.base)
+        } else {
+            format!("{}/$export?{query}", self.base)
+        };
+        run_once(&self.http, &url).await
+    }
+
+    pub(crate) fn peak_rss(&self) -> u64 {
+        peak_rss(self.pid)
+    }
+
+    /// Where the server writes its exports.
+    pub(crate) fn output_dir(&self) -> PathBuf {
+        self.state.join("output")
+    }
+
+    pub(crate) async fn stop(mut self) -> Result<(), BenchError> {
+        self.child.kill().await?;
+        let _ = std::fs::remove_dir_all(&self.state);
+        Ok(())
+    }
+}
+
 /// Runs one export on a fresh server process; time from kick-off to manifest.
 async fn export(args: &BenchArgs, data: &Path, query: &str) -> Result<Measure, BenchError> {
-    let state = args.dir.join("state");
-    let _ = std::fs::remove_dir_all(&state);
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["serve", "--bind", "127.0.0.1:0", "--workers"])
-        .arg(args.workers.to_string())
-        .arg("--source")
-        .arg(data)
-        .arg("--state")
-        .arg(&state)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().unwrap_or(0);
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| BenchError::Protocol("no stderr".into()))?;
-    let mut lines = BufReader::new(stderr).lines();
-    let base = loop {
-        let Some(line) = lines.next_line().await? else {
-            return Err(BenchError::Protocol(
-                "server exited before it was ready".into(),
-            ));
-        };
-        if let Some(rest) = line.split("FHIR base ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let http = reqwest::Client::new();
-    let url = if query.is_empty() {
-        format!("{base}/$export")
-    } else {
-        format!("{base}/$export?{query}")
-    };
+    let server = Server::start(args, data, &[]).await?;
     // A new process's first export also pays for its start (the blocking pool's threads,
     // allocator arenas, the database's first statements): 10-20 ms at 100k resources.
     if !args.cold {
-        run_once(&http, &url).await?;
+        server.export(query).await?;
     }
-    let (seconds, manifest) = run_once(&http, &url).await?;
-    let peak_rss = peak_rss(pid);
+    let (seconds, manifest) = server.export(query).await?;
+    let peak_rss = server.peak_rss();
     let exported = manifest["output"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|i| i["count"].as_u64())
         .sum();
-    child.kill().await?;
-    let _ = std::fs::remove_dir_all(&state);
+    server.stop().await?;
     Ok(Measure {
         seconds,
         peak_rss,

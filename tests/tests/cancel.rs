@@ -1,0 +1,385 @@
+//! A cancelled export leaves nothing in the output store, whenever the cancel lands: right
+//! after kick-off, in the middle of the export, and while a chunk moves its files into the
+//! export's folder; on the local folder and on S3 (moto). Nothing means no file, no staging
+//! folder, no temporary file and no unfinished multipart upload.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashSet;
+
+use fhir_export::serve::Wrap;
+use integration_tests::{Options, TestServer, moto, unique};
+use serde_json::Value;
+use shared::adapters::aws::s3::{S3Location, S3Store};
+use shared::adapters::aws::sdk_config;
+use shared::job::{ReadSpec, SourcePiece};
+use shared::model::JobId;
+use shared::model::{LogicalId, ResourceType};
+use shared::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter};
+use shared::ports::{Origin, RecordBatch, RecordReader, ResourceSource, SourceError};
+use shared::worker::{NoLease, handle_message};
+
+/// Where the exports go.
+enum Output {
+    Local,
+    /// A bucket of the test's own; exports under `exports/`.
+    S3 {
+        bucket: String,
+        store: S3Store,
+    },
+}
+
+impl Output {
+    /// The local folder, or a new bucket on moto (`None` when moto is not running: the test
+    /// is then skipped, and says so).
+    async fn new(s3: bool) -> Option<Output> {
+        if !s3 {
+            return Some(Output::Local);
+        }
+        moto().await?;
+        let aws = sdk_config().await;
+        let bucket = unique("cancel");
+        let store = S3Store::new(
+            &aws,
+            S3Location::parse(&format!("s3://{bucket}/exports/")).unwrap(),
+        );
+        store
+            .client()
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        Some(Output::S3 { bucket, store })
+    }
+
+    fn url(&self) -> Option<String> {
+        match self {
+            Output::Local => None,
+            Output::S3 { bucket, .. } => Some(format!("s3://{bucket}/exports")),
+        }
+    }
+
+    async fn server(&self, opts: Options) -> TestServer {
+        TestServer::start(Options {
+            output: self.url(),
+            ..opts
+        })
+        .await
+    }
+
+    /// Asserts that nothing of export `id` is left in the store.
+    async fn assert_nothing_left(&self, t: &TestServer, id: &JobId) {
+        match self {
+            Output::Local => {
+                let root = t.output_dir();
+                let folder = root.join(id.as_str());
+                assert!(
+                    !folder.exists(),
+                    "the export's folder is left: {:?}",
+                    files_under(&folder)
+                );
+                let temp = files_under(&root.join(".tmp"));
+                assert!(temp.is_empty(), "temporary files are left: {temp:?}");
+            }
+            Output::S3 { bucket, store } => {
+                let objects = store.list(&format!("{id}/")).await.unwrap();
+                assert!(objects.is_empty(), "objects are left: {objects:?}");
+                let uploads = store
+                    .client()
+                    .list_multipart_uploads()
+                    .bucket(bucket)
+                    .prefix(format!("exports/{id}/"))
+                    .send()
+                    .await
+                    .unwrap();
+                let open: Vec<_> = uploads
+                    .uploads()
+                    .iter()
+                    .filter_map(|u| u.key())
+                    .filter(|k| k.starts_with(&format!("exports/{id}/")))
+                    .collect();
+                assert!(open.is_empty(), "unfinished uploads are left: {open:?}");
+            }
+        }
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn job_id(status_url: &str) -> JobId {
+    JobId::parse(status_url.rsplit('/').next().unwrap()).unwrap()
+}
+
+async fn cancel(t: &TestServer, url: &str) {
+    let resp = t.http.delete(url).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let resp = t.http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "a cancelled export is gone");
+}
+
+async fn cancel_right_after_kickoff(s3: bool) {
+    let Some(out) = Output::new(s3).await else {
+        return;
+    };
+    let t = out
+        .server(Options {
+            patients: 20,
+            ..Options::default()
+        })
+        .await;
+    // A Group export: its plan writes the member list into the export's folder.
+    for path in ["/$export", "/Group/small-cohort/$export"] {
+        let url = t.start_export(path, "").await;
+        cancel(&t, &url).await;
+        t.settle().await;
+        out.assert_nothing_left(&t, &job_id(&url)).await;
+    }
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_right_after_kickoff_leaves_nothing_on_a_local_folder() {
+    cancel_right_after_kickoff(false).await;
+}
+
+#[tokio::test]
+async fn cancel_right_after_kickoff_leaves_nothing_on_s3() {
+    cancel_right_after_kickoff(true).await;
+}
+
+/// The server's source, slowed down so that a chunk takes many batches' time, with a count
+/// of the batches its readers have handed out.
+struct SlowSource {
+    inner: Arc<dyn ResourceSource>,
+    batches: Arc<AtomicUsize>,
+}
+
+struct SlowReader {
+    inner: Box<dyn RecordReader>,
+    batches: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl RecordReader for SlowReader {
+    async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let more = self.inner.next_batch(batch).await?;
+        if more {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(more)
+    }
+    async fn describe(&mut self, origin: Origin) -> String {
+        self.inner.describe(origin).await
+    }
+}
+
+#[async_trait]
+impl ResourceSource for SlowSource {
+    async fn plan(
+        &self,
+        types: &[ResourceType],
+        chunk_bytes: u64,
+    ) -> Result<Vec<SourcePiece>, SourceError> {
+        self.inner.plan(types, chunk_bytes).await
+    }
+    async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
+        self.inner.types().await
+    }
+    async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
+        Ok(Box::new(SlowReader {
+            inner: self.inner.open(read).await?,
+            batches: self.batches.clone(),
+        }))
+    }
+    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
+        self.inner.read(t, id).await
+    }
+    async fn existing(
+        &self,
+        t: ResourceType,
+        ids: &[LogicalId],
+    ) -> Result<HashSet<LogicalId>, SourceError> {
+        self.inner.existing(t, ids).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+async fn cancel_mid_export(s3: bool) {
+    let Some(out) = Output::new(s3).await else {
+        return;
+    };
+    let batches = Arc::new(AtomicUsize::new(0));
+    let counted = batches.clone();
+    let mut opts = Options {
+        workers: 1,
+        patients: 300,
+        ..Options::default()
+    }
+    // Observation (5.8 MB) in two chunks of about six 512 KiB batches each.
+    .env("FHIR_EXPORT_CHUNK_BYTES", "3000000");
+    opts.wrap.source = Some(Wrap::new(move |inner| {
+        Arc::new(SlowSource {
+            inner,
+            batches: counted.clone(),
+        })
+    }));
+    let t = out.server(opts).await;
+    let url = t.start_export("/$export", "_type=Observation").await;
+    let id = job_id(&url);
+    // In the middle of the first chunk.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while batches.load(Ordering::SeqCst) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no chunk started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cancel(&t, &url).await;
+    let at_cancel = batches.load(Ordering::SeqCst);
+    t.settle().await;
+    let job = t.server.deps.jobs.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.chunks_done, 0, "a chunk finished after the cancel");
+    // The chunk in flight stops at the batch after the cancel; no other chunk starts.
+    let read_after = batches.load(Ordering::SeqCst) - at_cancel;
+    assert!(
+        read_after <= 1,
+        "{read_after} batches read after the cancel"
+    );
+    out.assert_nothing_left(&t, &id).await;
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_mid_export_leaves_nothing_on_a_local_folder() {
+    cancel_mid_export(false).await;
+}
+
+#[tokio::test]
+async fn cancel_mid_export_leaves_nothing_on_s3() {
+    cancel_mid_export(true).await;
+}
+
+/// The output store of the server, except that its second rename cancels the export (over
+/// HTTP, as a client would) before it moves anything: the cancel lands while a chunk moves
+/// its files into the export's folder, between two of them.
+struct CancelBetweenRenames {
+    inner: Arc<dyn ObjectStore>,
+    renames: AtomicUsize,
+    status_url: String,
+    http: reqwest::Client,
+}
+
+#[async_trait]
+impl ObjectStore for CancelBetweenRenames {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
+        self.inner.put(key, data).await
+    }
+    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
+        self.inner.writer(key).await
+    }
+    async fn read(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, ObjectError> {
+        self.inner.read(key, start, end).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError> {
+        if self.renames.fetch_add(1, Ordering::SeqCst) == 1 {
+            let resp = self.http.delete(&self.status_url).send().await.unwrap();
+            assert_eq!(resp.status(), 202);
+        }
+        self.inner.rename(from, to).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+async fn cancel_while_a_chunk_publishes(s3: bool) {
+    let Some(out) = Output::new(s3).await else {
+        return;
+    };
+    let t = out
+        .server(
+            Options {
+                workers: 0,
+                patients: 8,
+                ..Options::default()
+            }
+            .env("FHIR_EXPORT_MAX_FILE_BYTES", "3000"),
+        )
+        .await;
+    let url = t.start_export("/$export", "_type=Patient").await;
+    t.handle_next(1).await; // the plan
+    let mut deps = t.server.deps.clone();
+    let chunk = deps
+        .queue
+        .receive(1, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .pop()
+        .expect("the chunk message");
+    deps.output = Arc::new(CancelBetweenRenames {
+        inner: deps.output.clone(),
+        renames: AtomicUsize::new(0),
+        status_url: url.clone(),
+        http: t.http.clone(),
+    });
+    handle_message(&deps, &chunk.body, &NoLease)
+        .await
+        .expect("a cancelled export is not the chunk's failure");
+    deps.queue.delete(&chunk.receipt).await.unwrap();
+    assert_eq!(t.http.get(&url).send().await.unwrap().status(), 404);
+    out.assert_nothing_left(&t, &job_id(&url)).await;
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_while_a_chunk_publishes_leaves_nothing_on_a_local_folder() {
+    cancel_while_a_chunk_publishes(false).await;
+}
+
+#[tokio::test]
+async fn cancel_while_a_chunk_publishes_leaves_nothing_on_s3() {
+    cancel_while_a_chunk_publishes(true).await;
+}
