@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod listener;
 pub mod serve;
 pub mod synth;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use shared::adapters::ndjson_source::NdjsonSource;
+use shared::adapters::retry::retrying;
 use shared::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
 use shared::adapters::target::{StoreUrl, TargetError};
 use shared::config::{ConfigError, Env};
@@ -146,6 +147,54 @@ pub enum ServeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "another fhir-export server is using the state folder {path} (its lock file is held); give each server a state folder of its own"
+    )]
+    StateInUse { path: PathBuf },
+    #[error("the output {output} cannot be written to: {reason}")]
+    OutputUnwritable { output: String, reason: String },
+}
+
+/// Takes the state folder for this process: the SQLite file in it is one process's (its
+/// queue's leases are released at start on that assumption). The lock is held until the
+/// returned file is dropped, and goes with the process however it ends.
+fn lock_state(state: &Path) -> Result<std::fs::File, ServeError> {
+    let path = state.join("fhir-export.lock");
+    let io = |source| ServeError::StateDir {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::create(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::StateInUse {
+            path: state.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// Writes and deletes a small object, so that an output the server cannot write to (a
+/// read-only folder, a bucket it may not write) stops it at start, with the reason, rather
+/// than failing every export later.
+async fn check_writable(output: &dyn ObjectStore) -> Result<(), ServeError> {
+    let key = format!(
+        ".fhir-export-probe-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    let unwritable = |e: shared::ports::ObjectError| ServeError::OutputUnwritable {
+        output: output.describe(),
+        reason: match &e {
+            shared::ports::ObjectError::Refused { reason, .. } => reason.to_string(),
+            other => shared::error_chain(other),
+        },
+    };
+    output
+        .put(&key, bytes::Bytes::from_static(b"probe\n"))
+        .await
+        .map_err(unwritable)?;
+    output.delete(&key).await.map_err(unwritable)
 }
 
 /// The job store named on the command line.
@@ -239,6 +288,8 @@ pub struct RunningServer {
     pub source_dir: Option<PathBuf>,
     pub deps: WorkerDeps,
     pub dead_letters: Arc<dyn WorkQueue>,
+    /// Held for as long as the server runs (see [`lock_state`]).
+    _state_lock: Arc<std::fs::File>,
     /// The work queue, when it is the local SQLite one (tests wait for it to drain).
     pub local_queue: Option<SqliteQueue>,
     shutdown: CancellationToken,
@@ -306,6 +357,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         path: config.state.clone(),
         source,
     })?;
+    let state_lock = Arc::new(lock_state(&config.state)?);
     let db = SqliteDb::open(&config.state.join("fhir-export.sqlite"))?;
     let overrides = config.env.clone();
     let env = Env::new(move |k: &str| {
@@ -326,7 +378,33 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         #[allow(unreachable_patterns)]
         _ => None,
     };
-    let output = wrapped(output_url.open().await?, &config.wrap.output);
+    let faults = match env.get("FHIR_EXPORT_FAULTS") {
+        Some(spec) => shared::adapters::faults::Faults::parse(&spec).map_err(|reason| {
+            ConfigError::Invalid {
+                name: "FHIR_EXPORT_FAULTS",
+                value: spec.clone(),
+                reason,
+            }
+        })?,
+        None => Default::default(),
+    };
+    if !faults.is_none() {
+        tracing::warn!(?faults, "fault injection is on (FHIR_EXPORT_FAULTS)");
+    }
+    // Faults (when asked for) under the retries, as a real store's hiccups would be.
+    let output = wrapped(
+        retrying(faults.store(output_url.open().await?)),
+        &config.wrap.output,
+    );
+    check_writable(output.as_ref()).await?;
+    // Temp files of a previous process that died mid-write hold patient data: gone now.
+    match output.clean_abandoned().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "temporary files of a previous run removed"),
+        Err(e) => {
+            tracing::warn!(error = %shared::error_chain(&e), "temporary files of a previous run not removed")
+        }
+    }
     let source_url = match &config.source {
         Some(url) => StoreUrl::parse(url)?,
         None => {
@@ -344,7 +422,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         _ => None,
     };
     let source: Arc<dyn ResourceSource> = wrapped(
-        Arc::new(NdjsonSource::new(source_url.open().await?, "")),
+        Arc::new(NdjsonSource::new(retrying(source_url.open().await?), "")),
         &config.wrap.source,
     );
 
@@ -366,9 +444,33 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         Arc::new(env.settings(&format!("{}{}", public.trim_end_matches('/'), FHIR_PATH))?);
 
     let max_receives = env.parse::<u32>("FHIR_EXPORT_MAX_RECEIVES")?.unwrap_or(5);
+    let mut listener_limits = crate::listener::ListenerLimits::default();
+    if let Some(t) = env.secs("FHIR_EXPORT_HEADER_READ_TIMEOUT_SECS")? {
+        listener_limits.header_read_timeout = t.max(Duration::from_secs(1));
+    }
+    if let Some(n) = env.parse::<usize>("FHIR_EXPORT_MAX_CONNECTIONS")? {
+        listener_limits.max_connections = n.max(1);
+    }
     let (queue, dead, local_queue) =
         open_queue(config.queue.as_deref(), &db, &settings, max_receives).await?;
-    let queue = wrapped(queue, &config.wrap.queue);
+    if let Some(local) = &local_queue {
+        // The state folder is ours alone (`lock_state`), so every lease in its queue is a
+        // dead process's: its chunks are redelivered now, not after the visibility timeout.
+        let released = local
+            .release_leases()
+            .await
+            .map_err(|e| ServeError::Backend {
+                what: "the work queue",
+                source: Box::new(e),
+            })?;
+        if released > 0 {
+            tracing::info!(
+                messages = released,
+                "work left in flight by a previous run is delivered again"
+            );
+        }
+    }
+    let queue = wrapped(faults.queue(queue), &config.wrap.queue);
     let jobs = open_job_store(config.job_store.as_deref(), &db).await?;
 
     let fhir = Router::new()
@@ -406,12 +508,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     {
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "http server stopped");
-            }
+            crate::listener::serve(listener, app, listener_limits, shutdown).await;
         }));
     }
     let deps = WorkerDeps {
@@ -449,6 +546,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         source_dir,
         deps,
         dead_letters: dead,
+        _state_lock: state_lock,
         local_queue,
         shutdown,
         tasks,

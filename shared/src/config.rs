@@ -122,6 +122,14 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 u32::try_from(positive("FHIR_EXPORT_MANIFEST_PAGE_CHUNKS", u64::from(v))?)
                     .unwrap_or(u32::MAX);
         }
+        if let Some(v) = self.parse::<u64>("FHIR_EXPORT_MAX_TYPE_FILTERS")? {
+            s.limits.type_filters =
+                usize::try_from(positive("FHIR_EXPORT_MAX_TYPE_FILTERS", v)?).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.parse::<u64>("FHIR_EXPORT_MAX_FILTER_VALUES")? {
+            s.limits.filter_values = usize::try_from(positive("FHIR_EXPORT_MAX_FILTER_VALUES", v)?)
+                .unwrap_or(usize::MAX);
+        }
         if let Some(v) = self.get("FHIR_EXPORT_OUTPUT_ENCODING") {
             s.output_encoding = match v.as_str() {
                 "identity" => crate::ports::Encoding::Identity,

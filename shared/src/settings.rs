@@ -54,6 +54,8 @@ pub struct Settings {
     /// `Content-Encoding: gzip` where the store labels objects, so that signed-URL downloads
     /// are compressed too).
     pub output_encoding: crate::ports::Encoding,
+    /// Bounds on a kick-off's filters.
+    pub limits: crate::request::Limits,
 }
 
 /// The default packing limit as a fraction of the chunk size: below it, what a chunk costs
@@ -84,6 +86,7 @@ impl Settings {
             manifest_page_chunks: 1000,
             metadata_ttl: Duration::from_secs(60),
             output_encoding: crate::ports::Encoding::Identity,
+            limits: crate::request::Limits::default(),
         }
     }
 

@@ -86,7 +86,11 @@ impl Output {
                     "the export's folder is left: {:?}",
                     files_under(&folder)
                 );
-                let temp = files_under(&root.join(".tmp"));
+                // Temp files, not the lock files that say whose temp folder is whose.
+                let temp: Vec<String> = files_under(&root.join(".tmp"))
+                    .into_iter()
+                    .filter(|f| !f.ends_with(".lock"))
+                    .collect();
                 assert!(temp.is_empty(), "temporary files are left: {temp:?}");
             }
             Output::S3 { bucket, store } => {

@@ -157,7 +157,7 @@ pub fn observation_id(patient: u64, observation: u32) -> String {
 pub fn is_shared_observation(patient: u64, observation: u32) -> bool {
     // Not derived from the seed, so a test can name the shared observations from ids alone.
     const SHARED_SALT: u64 = 0x5AA5_0F0F_C3C3_1234;
-    mix(patient.wrapping_mul(GOLDEN) ^ u64::from(observation) ^ SHARED_SALT) % 50 == 0
+    mix(patient.wrapping_mul(GOLDEN) ^ u64::from(observation) ^ SHARED_SALT).is_multiple_of(50)
 }
 
 /// The other patient of a shared observation of `patient`, when the dataset has `patients`
@@ -250,7 +250,7 @@ struct Plan {
 enum Sink {
     Plain(BufWriter<File>),
     // The outer buffer batches lines so deflate sees large writes rather than one per line.
-    Gzip(BufWriter<GzEncoder<File>>),
+    Gzip(Box<BufWriter<GzEncoder<File>>>),
 }
 
 struct Out {
@@ -276,10 +276,10 @@ impl Out {
         let sink = if gzip {
             // Level 1: generating test data should not be dominated by compression; the
             // ratio on this repetitive JSON is still about 12:1.
-            Sink::Gzip(BufWriter::with_capacity(
+            Sink::Gzip(Box::new(BufWriter::with_capacity(
                 CHUNK,
                 GzEncoder::new(file, Compression::fast()),
-            ))
+            )))
         } else {
             Sink::Plain(BufWriter::with_capacity(CHUNK, file))
         };
@@ -314,7 +314,7 @@ impl Out {
             Sink::Plain(mut w) => w.flush()?,
             Sink::Gzip(w) => {
                 // Dropping a GzEncoder would write the trailer but swallow its errors.
-                let gz = w.into_inner().map_err(io::IntoInnerError::into_error)?;
+                let gz = (*w).into_inner().map_err(io::IntoInnerError::into_error)?;
                 gz.finish()?.flush()?;
             }
         }

@@ -1,26 +1,78 @@
 //! `ObjectStore` on a local folder (`file:///path`).
 //!
-//! Writes go to a temp file under `<root>/.tmp/` and are renamed into place on `finish`, so a
-//! reader never sees half a file and two writers of the same key leave one whole file.
+//! Writes go to a temp file under `<root>/.tmp/<owner>/` and are renamed into place on
+//! `finish`, so a reader never sees half a file and two writers of the same key leave one
+//! whole file.
+//!
+//! A temp file holds patient data until it is published, so none may outlive a process that
+//! dies mid-write. Each store writes into a temp folder of its own, `<owner>`, next to a lock
+//! file `<owner>.lock` it holds locked (`flock`) for as long as it lives; the lock goes with
+//! the process however it ends. [`ObjectStore::clean_abandoned`] removes the temp folders
+//! whose lock nobody holds: what dead processes left.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::io::{Read, Seek};
 
 use crate::buffers::Buffer;
-use crate::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, validate_key};
+use crate::ports::{
+    ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, Refusal, validate_key,
+};
 
 const TMP_DIR: &str = ".tmp";
+const LOCK_SUFFIX: &str = ".lock";
 const READ_BUFFER: usize = crate::buffers::BUFFER_BYTES;
+/// Loose files directly in `.tmp/` (the layout before owner folders) untouched this long are
+/// taken for abandoned.
+const LOOSE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct LocalFsStore {
     root: PathBuf,
+    /// This store's temp folder, made at its first write (a store only read from, a source,
+    /// never makes one).
+    temp: Arc<Mutex<Option<Arc<TempOwner>>>>,
+}
+
+/// A temp folder and the lock that says its owner is alive.
+#[derive(Debug)]
+struct TempOwner {
+    dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl TempOwner {
+    fn create(root: &Path) -> std::io::Result<TempOwner> {
+        let temp = root.join(TMP_DIR);
+        std::fs::create_dir_all(&temp)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        // The lock first: a temp folder without a held lock is fair game for the cleaner.
+        let lock_path = temp.join(format!("{id}{LOCK_SUFFIX}"));
+        let lock = std::fs::File::create(&lock_path)?;
+        lock.try_lock().map_err(std::io::Error::other)?;
+        let dir = temp.join(&id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempOwner {
+            dir,
+            lock_path,
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for TempOwner {
+    fn drop(&mut self) {
+        // The folder before the lock file: a folder without its lock file is abandoned.
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
 }
 
 impl LocalFsStore {
@@ -32,7 +84,24 @@ impl LocalFsStore {
         // Absolute, so logs and `describe` name the real place whatever the working folder.
         let root = std::fs::canonicalize(&root)
             .map_err(|e| ObjectError::backend(&root.to_string_lossy(), e))?;
-        Ok(LocalFsStore { root })
+        Ok(LocalFsStore {
+            root,
+            temp: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// This store's temp folder, made when first asked for.
+    fn temp_owner(&self) -> Result<Arc<TempOwner>, ObjectError> {
+        let mut temp = self
+            .temp
+            .lock()
+            .map_err(|_| ObjectError::backend(TMP_DIR, "temp folder lock poisoned"))?;
+        if let Some(owner) = temp.as_ref() {
+            return Ok(owner.clone());
+        }
+        let owner = Arc::new(TempOwner::create(&self.root).map_err(|e| map_io(TMP_DIR, e))?);
+        *temp = Some(owner.clone());
+        Ok(owner)
     }
 
     pub fn root(&self) -> &Path {
@@ -45,12 +114,101 @@ impl LocalFsStore {
     }
 }
 
+/// The port's variant for an I/O error: `NotFound`, `Refused` for what no retry can mend
+/// (permissions, a read-only file system, a full disk or quota), `Backend` for the rest.
 fn map_io(key: &str, e: std::io::Error) -> ObjectError {
-    if e.kind() == ErrorKind::NotFound {
-        ObjectError::NotFound(key.to_owned())
-    } else {
-        ObjectError::backend(key, e)
+    let refusal = match e.kind() {
+        ErrorKind::NotFound => return ObjectError::NotFound(key.to_owned()),
+        ErrorKind::PermissionDenied => Refusal::PermissionDenied,
+        ErrorKind::ReadOnlyFilesystem => Refusal::ReadOnly,
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Refusal::StorageFull,
+        _ => return ObjectError::backend(key, e),
+    };
+    ObjectError::Refused {
+        key: key.to_owned(),
+        reason: refusal,
+        source: Box::new(e),
     }
+}
+
+/// Removes the temp folders under `root` whose owners are gone (their lock is free), and
+/// loose temp files left by older versions; returns how many files went.
+fn clean_abandoned(root: &Path) -> std::io::Result<u64> {
+    let temp = root.join(TMP_DIR);
+    let entries = match std::fs::read_dir(&temp) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0u64;
+    let mut folders: Vec<PathBuf> = Vec::new();
+    let mut locks: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            folders.push(path);
+        } else if path.to_string_lossy().ends_with(LOCK_SUFFIX) {
+            locks.push(path);
+        } else if entry
+            .metadata()?
+            .modified()?
+            .elapsed()
+            .is_ok_and(|age| age >= LOOSE_TEMP_AGE)
+        {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    for folder in folders {
+        let lock_path = PathBuf::from(format!("{}{LOCK_SUFFIX}", folder.to_string_lossy()));
+        // Held by a live store: leave it. No lock file at all: its owner is gone.
+        let lock = match std::fs::File::open(&lock_path) {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => Some(f),
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        removed += count_files(&folder);
+        std::fs::remove_dir_all(&folder)?;
+        if lock.is_some() {
+            let _ = std::fs::remove_file(&lock_path);
+        }
+    }
+    // Lock files whose folder is gone and whose owner is too.
+    for lock_path in locks {
+        if lock_path.with_extension("").exists() {
+            continue;
+        }
+        if let Ok(f) = std::fs::File::open(&lock_path)
+            && f.try_lock().is_ok()
+        {
+            let _ = std::fs::remove_file(&lock_path);
+        }
+    }
+    Ok(removed)
+}
+
+fn count_files(dir: &Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Every file below `dir`, as keys relative to `root`, skipping the temp folder.
@@ -98,10 +256,8 @@ impl ObjectStore for LocalFsStore {
         if key.is_empty() || key.ends_with('/') {
             return Err(ObjectError::InvalidKey(key.to_owned()));
         }
-        let tmp = self
-            .root
-            .join(TMP_DIR)
-            .join(uuid::Uuid::new_v4().simple().to_string());
+        let owner = self.temp_owner()?;
+        let tmp = owner.dir.join(uuid::Uuid::new_v4().simple().to_string());
         // The file is created by the first write that reaches the disk (or by `finish`):
         // a small object is created, written, synced and renamed in one trip to the
         // blocking pool.
@@ -109,6 +265,7 @@ impl ObjectStore for LocalFsStore {
             key: key.to_owned(),
             target,
             tmp,
+            _owner: owner,
             file: None,
             closed: false,
             abandoned: Arc::new(AtomicBool::new(false)),
@@ -196,7 +353,7 @@ impl ObjectStore for LocalFsStore {
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ObjectError::backend(key, e)),
+            Err(e) => Err(map_io(key, e)),
         }
     }
 
@@ -218,7 +375,7 @@ impl ObjectStore for LocalFsStore {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ObjectError::backend(key, e)),
+            Err(e) => Err(map_io(key, e)),
         }
     }
 
@@ -242,6 +399,14 @@ impl ObjectStore for LocalFsStore {
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+
+    async fn clean_abandoned(&self) -> Result<u64, ObjectError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || clean_abandoned(&root))
+            .await
+            .map_err(|e| ObjectError::backend(TMP_DIR, e))?
+            .map_err(|e| map_io(TMP_DIR, e))
     }
 }
 
@@ -284,7 +449,7 @@ fn objects_under(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectErr
         None => root.to_path_buf(),
     };
     let mut out = Vec::new();
-    walk(root, &dir, &mut out).map_err(|e| ObjectError::backend(prefix, e))?;
+    walk(root, &dir, &mut out).map_err(|e| map_io(prefix, e))?;
     out.retain(|m| m.key.starts_with(prefix));
     Ok(out)
 }
@@ -397,6 +562,8 @@ struct LocalWriter {
     target: PathBuf,
     /// The temp file the object is written to, created when first needed.
     tmp: PathBuf,
+    /// Keeps the temp folder (and its lock) for as long as the writer lives.
+    _owner: Arc<TempOwner>,
     /// A std file written on the blocking pool (`&File` is `Write`), so that data is handed
     /// over without the copy `tokio::fs::File` makes into its own buffer; `None` until the
     /// first write to it is done.
@@ -442,7 +609,7 @@ async fn settle(
     if let Some(task) = task {
         task.await
             .map_err(|e| ObjectError::backend(key, e))?
-            .map_err(|e| ObjectError::backend(key, e))?;
+            .map_err(|e| map_io(key, e))?;
     }
     Ok(())
 }
@@ -500,7 +667,7 @@ impl LocalWriter {
             let file = task
                 .await
                 .map_err(|e| ObjectError::backend(&self.key, e))?
-                .map_err(|e| ObjectError::backend(&self.key, e))?;
+                .map_err(|e| map_io(&self.key, e))?;
             self.file = Some(file);
         }
         Ok(())
@@ -587,7 +754,7 @@ impl ObjectWriter for LocalWriter {
         })
         .await
         .map_err(|e| ObjectError::backend(&self.key, e))?
-        .map_err(|e| ObjectError::backend(&self.key, e))?;
+        .map_err(|e| map_io(&self.key, e))?;
         Ok(self.size)
     }
 
@@ -702,13 +869,83 @@ mod tests {
         assert!(!dir.path().join("c").exists(), "empty folders left behind");
     }
 
-    /// Files left in the temp folder (which may not exist).
-    fn temp_files(root: &Path) -> Vec<std::fs::DirEntry> {
-        match std::fs::read_dir(root.join(TMP_DIR)) {
-            Ok(entries) => entries.filter_map(Result::ok).collect(),
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(e) => panic!("temp folder unreadable: {e}"),
+    /// Temp files left in the temp folder (which may not exist), the owners' lock files
+    /// aside.
+    fn temp_files(root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.join(TMP_DIR)];
+        while let Some(d) = stack.pop() {
+            let entries = match std::fs::read_dir(&d) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => panic!("temp folder unreadable: {e}"),
+            };
+            for e in entries.filter_map(Result::ok) {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if !path.to_string_lossy().ends_with(LOCK_SUFFIX) {
+                    out.push(path);
+                }
+            }
         }
+        out
+    }
+
+    #[tokio::test]
+    async fn temp_files_of_a_dead_owner_are_removed_and_a_live_owners_kept() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let live = LocalFsStore::new(dir.path()).expect("store");
+        let mut w = live.writer("a.ndjson").await.expect("writer");
+        w.write(Bytes::from(vec![b'a'; 300 * 1024]))
+            .await
+            .expect("write");
+        w.write(Bytes::from(vec![b'b'; 300 * 1024]))
+            .await
+            .expect("write");
+        // A process that died mid-write: its temp folder and file, its lock file unheld.
+        let dead = dir.path().join(TMP_DIR).join("0123456789abcdef");
+        std::fs::create_dir_all(&dead).expect("mkdir");
+        std::fs::write(dead.join("partial"), b"{\"resourceType\":\"Patient\"}").expect("write");
+        std::fs::write(
+            dir.path()
+                .join(TMP_DIR)
+                .join(format!("0123456789abcdef{LOCK_SUFFIX}")),
+            b"",
+        )
+        .expect("lock file");
+        // A folder whose lock file is gone altogether.
+        let orphan = dir.path().join(TMP_DIR).join("fedcba9876543210");
+        std::fs::create_dir_all(&orphan).expect("mkdir");
+        std::fs::write(orphan.join("partial"), b"x").expect("write");
+        // Another store on the same folder (another process, as far as locks go) cleans up.
+        let other = LocalFsStore::new(dir.path()).expect("store");
+        assert_eq!(other.clean_abandoned().await.expect("clean"), 2);
+        assert!(!dead.exists() && !orphan.exists());
+        assert!(
+            !dir.path()
+                .join(TMP_DIR)
+                .join(format!("0123456789abcdef{LOCK_SUFFIX}"))
+                .exists()
+        );
+        // The live writer's file is untouched and still publishes.
+        assert_eq!(temp_files(dir.path()).len(), 1);
+        w.finish().await.expect("finish");
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a.ndjson"))
+                .expect("published")
+                .len(),
+            600 * 1024
+        );
+        assert_eq!(other.clean_abandoned().await.expect("clean"), 0);
+        // When the last store and writer of an owner go, so does its temp folder.
+        drop(live);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(TMP_DIR))
+            .expect("temp")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[tokio::test]

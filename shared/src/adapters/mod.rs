@@ -3,8 +3,10 @@
 
 #[cfg(any(feature = "dynamodb", feature = "sqs", feature = "s3"))]
 pub mod aws;
+pub mod faults;
 pub mod local_fs;
 pub mod ndjson_source;
+pub mod retry;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod target;

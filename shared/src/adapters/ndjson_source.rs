@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use async_compression::tokio::bufread::GzipDecoder;
 use async_trait::async_trait;
@@ -55,6 +56,10 @@ struct SourceFile {
 fn source_err(e: ObjectError) -> SourceError {
     match e {
         ObjectError::NotFound(k) => SourceError::NotFound(k),
+        ObjectError::Refused { key, reason, .. } => SourceError::Refused {
+            object: key,
+            reason,
+        },
         other => SourceError::Backend(Box::new(other)),
     }
 }
@@ -119,7 +124,17 @@ impl NdjsonSource {
             .filter(|f| f.resource_type == t)
         {
             let mut lines = Lines::open(&self.store, &file.key, 0, file.gzip).await?;
-            while let Some(line) = lines.next().await? {
+            loop {
+                let line = match lines.next().await {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    // A lookup reads what it can; the export reports the damage.
+                    Err(SourceError::Damaged { object, detail }) => {
+                        tracing::warn!(%object, %detail, "damaged source file read up to the damage");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let Some(line) = lines.text(&line) else {
                     continue;
                 };
@@ -279,22 +294,68 @@ impl ResourceSource for NdjsonSource {
 /// Where decoded bytes come from: the object's own chunks, or a gzip decoder over them.
 enum Chunks {
     Plain(ByteStream),
-    Gzip(Box<dyn AsyncRead + Unpin + Send>),
+    Gzip(GzipChunks),
+}
+
+struct GzipChunks {
+    decoder: Box<dyn AsyncRead + Unpin + Send>,
+    key: String,
+    /// Compressed bytes the decoder has been given so far.
+    compressed: Arc<AtomicU64>,
+    /// Damage met after some bytes of a chunk were decoded: those bytes went out first.
+    damage: Option<SourceError>,
 }
 
 impl Chunks {
     async fn next(&mut self) -> Result<Option<Bytes>, SourceError> {
         match self {
             Chunks::Plain(s) => s.next().await.transpose().map_err(source_err),
-            Chunks::Gzip(r) => {
+            Chunks::Gzip(g) => {
+                if let Some(damage) = g.damage.take() {
+                    return Err(damage);
+                }
                 let mut buf = BytesMut::with_capacity(GZIP_CHUNK);
                 while buf.len() < GZIP_CHUNK {
-                    if r.read_buf(&mut buf).await.map_err(io_err)? == 0 {
-                        break;
+                    match g.decoder.read_buf(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            let e = g.classify(e);
+                            // The lines decoded before the damage are read first.
+                            if buf.is_empty() || !matches!(e, SourceError::Damaged { .. }) {
+                                return Err(e);
+                            }
+                            g.damage = Some(e);
+                            break;
+                        }
                     }
                 }
                 Ok((!buf.is_empty()).then(|| buf.freeze()))
             }
+        }
+    }
+}
+
+impl GzipChunks {
+    /// A decoder error is the store's (passed through, and retried like any read) or the
+    /// data's own (`Damaged`: the same bytes fail the same way every time).
+    fn classify(&self, e: std::io::Error) -> SourceError {
+        if e.get_ref().is_some_and(|inner| inner.is::<ObjectError>()) {
+            return match e.into_inner().map(|inner| inner.downcast::<ObjectError>()) {
+                Some(Ok(store)) => source_err(*store),
+                _ => SourceError::Backend("a store error was lost in the decoder".into()),
+            };
+        }
+        let what = match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "the gzip data ends early (a truncated file)",
+            _ => "the gzip data is corrupt",
+        };
+        SourceError::Damaged {
+            object: self.key.clone(),
+            detail: format!(
+                "{what}: {e}; {} compressed bytes had been read",
+                self.compressed.load(AtomicOrdering::Relaxed)
+            ),
         }
     }
 }
@@ -354,10 +415,23 @@ impl Lines {
     ) -> Result<Lines, SourceError> {
         let stream = store.read(key, start, None).await.map_err(source_err)?;
         let chunks = if gzip {
-            let raw = StreamReader::new(stream.map_err(std::io::Error::other));
+            let compressed = Arc::new(AtomicU64::new(0));
+            let counted = compressed.clone();
+            let raw = StreamReader::new(
+                stream
+                    .inspect_ok(move |b| {
+                        counted.fetch_add(b.len() as u64, AtomicOrdering::Relaxed);
+                    })
+                    .map_err(std::io::Error::other),
+            );
             let mut decoder = GzipDecoder::new(BufReader::with_capacity(64 * 1024, raw));
             decoder.multiple_members(true);
-            Chunks::Gzip(Box::new(decoder))
+            Chunks::Gzip(GzipChunks {
+                decoder: Box::new(decoder),
+                key: key.to_owned(),
+                compressed,
+                damage: None,
+            })
         } else {
             Chunks::Plain(stream)
         };
@@ -455,10 +529,6 @@ impl Lines {
             consumed,
         }
     }
-}
-
-fn io_err(e: std::io::Error) -> SourceError {
-    SourceError::Backend(Box::new(e))
 }
 
 /// Where `buf[start..end]` ends without its `\n` or `\r\n`.
@@ -566,14 +636,31 @@ impl RecordReader for NdjsonReader {
                 self.open = None;
                 continue;
             }
-            let Some(line) = open.lines.next().await? else {
-                self.open = None;
-                continue;
-            };
             let origin = Origin {
                 range: open.index,
                 offset: open.pos,
                 line_in_range: open.line + 1,
+            };
+            let line = match open.lines.next().await {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    self.open = None;
+                    continue;
+                }
+                // No attempt will read past the damage: what came before it is kept, the
+                // damage reported, and the chunk goes on with its next range.
+                Err(SourceError::Damaged { detail, .. }) => {
+                    batch.fault(
+                        origin,
+                        format!(
+                            "the file is damaged from this line on (byte {} of its decompressed data): {detail}. The lines before it were exported; the rest of the file could not be read",
+                            open.pos
+                        ),
+                    );
+                    self.open = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             open.line += 1;
             match line {
@@ -595,7 +682,7 @@ impl RecordReader for NdjsonReader {
                 }
             }
         }
-        Ok(!batch.is_empty())
+        Ok(!batch.is_empty() || batch.has_faults())
     }
 
     async fn describe(&mut self, origin: Origin) -> String {
@@ -707,6 +794,111 @@ mod tests {
         let (min, max) = (weights.iter().min(), weights.iter().max());
         assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{weights:?}");
         assert_eq!(read_all(&source, &chunks).await.len(), 1000);
+    }
+
+    /// Every id and every fault a source's plan for `t` reads.
+    async fn ids_and_faults(source: &NdjsonSource, t: &str) -> (Vec<String>, Vec<String>) {
+        let t = ResourceType::parse(t).expect("type");
+        let pieces = source.plan(&[t], 1 << 30).await.expect("plan");
+        let mut ids = Vec::new();
+        let mut faults = Vec::new();
+        for piece in pieces {
+            let mut reader = source.open(&piece.read).await.expect("open");
+            let mut batch = RecordBatch::default();
+            while reader.next_batch(&mut batch).await.expect("read") {
+                for (line, _) in batch.iter() {
+                    ids.push(read_head(line).expect("valid").id.to_string());
+                }
+                for f in batch.take_faults() {
+                    faults.push(format!(
+                        "{}: {}",
+                        reader.describe(f.origin).await,
+                        f.message
+                    ));
+                }
+            }
+        }
+        (ids, faults)
+    }
+
+    #[tokio::test]
+    async fn a_damaged_gzip_file_gives_its_readable_lines_and_one_fault() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut n = 0;
+        // Enough lines, of varied content, that the compressed stream is several read
+        // buffers long and a cut in its middle leaves whole lines before it.
+        for i in 0..40_000 {
+            writeln!(
+                gz,
+                "{{\"resourceType\":\"Observation\",\"id\":\"o{i}\",\"v\":{}}}",
+                (i * 7919) % 100_003
+            )
+            .expect("gz");
+            n += 1;
+        }
+        let good = gz.finish().expect("gz");
+        let mut bad_crc = good.clone();
+        let crc_at = bad_crc.len() - 8;
+        bad_crc[crc_at] ^= 0xff;
+        let truncated = good[..good.len() * 2 / 3].to_vec();
+        let not_gzip = b"{\"resourceType\":\"Observation\",\"id\":\"plain\"}\n".to_vec();
+        for (case, bytes, whole, says) in [
+            ("truncated", truncated, false, "truncated"),
+            ("bad checksum", bad_crc, true, "corrupt"),
+            ("not gzip", not_gzip, false, "corrupt"),
+        ] {
+            let dir = tempfile::tempdir().expect("tmp");
+            std::fs::write(dir.path().join("Observation-1.ndjson.gz"), &bytes).expect("write");
+            // A healthy file of the same type after it is read all the same.
+            let mut ok = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            writeln!(ok, "{{\"resourceType\":\"Observation\",\"id\":\"after\"}}").expect("gz");
+            std::fs::write(
+                dir.path().join("Observation-2.ndjson.gz"),
+                ok.finish().expect("gz"),
+            )
+            .expect("write");
+            let source = NdjsonSource::new(store(dir.path()), "");
+            let (ids, faults) = ids_and_faults(&source, "Observation").await;
+            assert_eq!(faults.len(), 1, "{case}: {faults:?}");
+            let fault = &faults[0];
+            assert!(
+                fault.starts_with("Observation-1.ndjson.gz line "),
+                "{case}: {fault}"
+            );
+            assert!(fault.contains(says), "{case}: {fault}");
+            assert_eq!(ids.last().map(String::as_str), Some("after"), "{case}");
+            let read = &ids[..ids.len() - 1];
+            // The readable part, in order, and nothing invented.
+            for (i, id) in read.iter().enumerate() {
+                assert_eq!(id, &format!("o{i}"), "{case}");
+            }
+            if whole {
+                assert_eq!(
+                    read.len(),
+                    n,
+                    "{case}: every line was decoded before the check"
+                );
+            } else if case == "truncated" {
+                assert!(
+                    read.len() > n / 3 && read.len() < n,
+                    "{case}: {} of {n} lines",
+                    read.len()
+                );
+                let line: usize = fault
+                    .split(" line ")
+                    .nth(1)
+                    .and_then(|l| l.split(':').next())
+                    .and_then(|l| l.parse().ok())
+                    .expect("line number");
+                assert_eq!(
+                    line,
+                    read.len() + 1,
+                    "{case}: the fault is at the first lost line"
+                );
+            } else {
+                assert!(read.is_empty(), "{case}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -58,10 +58,25 @@ CREATE TABLE IF NOT EXISTS messages (
     body TEXT NOT NULL,
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
+    receipt TEXT,
+    grp TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages(queue, visible_at);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receipt ON messages(receipt);
+CREATE TABLE IF NOT EXISTS queue_groups (
+    queue TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    served INTEGER NOT NULL,
+    PRIMARY KEY (queue, grp)
+);
+"#;
+
+/// What a database made before message groups existed needs (`grp` then defaults to one
+/// group for all its messages).
+const GROUPS_MIGRATION: &str = r#"
+CREATE INDEX IF NOT EXISTS messages_by_group ON messages(queue, grp, visible_at);
+INSERT OR IGNORE INTO queue_groups (queue, grp, served)
+    SELECT DISTINCT queue, grp, 0 FROM messages;
 "#;
 
 /// One SQLite database shared by the job store and the queues.
@@ -211,6 +226,13 @@ impl SqliteDb {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        let has_groups: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'grp'")?
+            .exists([])?;
+        if !has_groups {
+            conn.execute_batch("ALTER TABLE messages ADD COLUMN grp TEXT NOT NULL DEFAULT ''")?;
+        }
+        conn.execute_batch(GROUPS_MIGRATION)?;
         Ok(SqliteDb {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -250,10 +272,17 @@ impl SqliteDb {
     }
 }
 
-/// The messages a receive takes: the first visible ones, oldest first.
-const RECEIVE: &str = "SELECT id, body, receive_count FROM messages
-     WHERE queue = ?1 AND visible_at <= ?2
-     ORDER BY visible_at, id LIMIT ?3";
+/// The groups of a queue, the one served longest ago first.
+const GROUPS_BY_TURN: &str = "SELECT grp FROM queue_groups WHERE queue = ?1 ORDER BY served, grp";
+
+/// The message a receive takes from a group: its first visible one, oldest first.
+const RECEIVE_FROM_GROUP: &str = "SELECT id, body, receive_count FROM messages
+     WHERE queue = ?1 AND grp = ?2 AND visible_at <= ?3
+     ORDER BY visible_at, id LIMIT 1";
+
+/// Forgets a group once it has no message left in the queue.
+const DROP_EMPTY_GROUP: &str = "DELETE FROM queue_groups WHERE queue = ?1 AND grp = ?2
+     AND NOT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND grp = ?2)";
 
 /// How often the write-ahead log is folded back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -834,6 +863,31 @@ impl SqliteQueue {
         self
     }
 
+    /// Makes every message received and not yet deleted visible again at once, as if its
+    /// visibility timeout had run out. Only for a queue no live process is working from: the
+    /// one-process server calls it at start, when every lease it finds belongs to the
+    /// process that died before it, and its chunks would otherwise wait out the timeout.
+    pub async fn release_leases(&self) -> Result<u64, QueueError> {
+        let name = self.name.clone();
+        let released = self
+            .db
+            .with(move |c| {
+                let now = now_ms();
+                c.run(
+                    "UPDATE messages SET visible_at = ?2, receipt = NULL
+                     WHERE queue = ?1 AND receipt IS NOT NULL AND visible_at > ?2",
+                    params![name.as_str(), now],
+                )
+                .map(|n| n as u64)
+                .map_err(qerr)
+            })
+            .await?;
+        if released > 0 {
+            self.notify.notify_waiters();
+        }
+        Ok(released)
+    }
+
     /// Messages in the queue, visible or not (for tests and diagnostics).
     pub async fn depth(&self) -> Result<u64, QueueError> {
         let name = self.name.clone();
@@ -855,27 +909,107 @@ fn qerr(e: rusqlite::Error) -> QueueError {
     QueueError::Backend(e.into())
 }
 
+/// Takes up to `max` visible messages, one group at a time in turn, the group served
+/// longest ago first; each taken message is hidden for `visibility` ms and its group's turn
+/// recorded. Groups found empty are forgotten.
+fn take_by_turns(
+    tx: &Connection,
+    queue: &str,
+    now: i64,
+    visibility: i64,
+    max: usize,
+) -> Result<Vec<Delivery>, QueueError> {
+    let groups: Vec<String> = {
+        let mut stmt = tx.prepare_cached(GROUPS_BY_TURN).map_err(qerr)?;
+        stmt.query_map([queue], |r| r.get(0))
+            .map_err(qerr)?
+            .collect::<Result<_, _>>()
+            .map_err(qerr)?
+    };
+    let mut turn: i64 = tx
+        .row(
+            "SELECT coalesce(max(served), 0) FROM queue_groups WHERE queue = ?1",
+            [queue],
+            |r| r.get(0),
+        )
+        .map_err(qerr)?;
+    let mut live: Vec<&String> = groups.iter().collect();
+    let mut out = Vec::new();
+    while out.len() < max && !live.is_empty() {
+        let mut still = Vec::with_capacity(live.len());
+        for group in live {
+            if out.len() >= max {
+                still.push(group);
+                continue;
+            }
+            let row: Option<(i64, String, i64)> = tx
+                .prepare_cached(RECEIVE_FROM_GROUP)
+                .and_then(|mut s| {
+                    s.query_row(params![queue, group, now], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
+                })
+                .map_err(qerr)?;
+            let Some((id, body, count)) = row else {
+                tx.run(DROP_EMPTY_GROUP, params![queue, group])
+                    .map_err(qerr)?;
+                continue;
+            };
+            let receipt = uuid::Uuid::new_v4().simple().to_string();
+            tx.run(
+                "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE id = ?1",
+                params![id, now.saturating_add(visibility), receipt],
+            )
+            .map_err(qerr)?;
+            turn += 1;
+            tx.run(
+                "UPDATE queue_groups SET served = ?3 WHERE queue = ?1 AND grp = ?2",
+                params![queue, group, turn],
+            )
+            .map_err(qerr)?;
+            out.push(Delivery {
+                message_id: id.to_string(),
+                receipt,
+                body,
+                receive_count: u32::try_from(count + 1).unwrap_or(u32::MAX),
+            });
+            still.push(group);
+        }
+        live = still;
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl WorkQueue for SqliteQueue {
-    async fn send(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+    async fn send(&self, group: &str, bodies: Vec<String>) -> Result<(), QueueError> {
         if bodies.is_empty() {
             return Ok(());
         }
         let name = self.name.clone();
+        let group = group.to_owned();
         self.db
             .with(move |c| {
                 let tx = Tx::begin(c, false).map_err(qerr)?;
                 {
                     let mut stmt = tx
                         .prepare_cached(
-                            "INSERT INTO messages (queue, body, visible_at) VALUES (?1, ?2, ?3)",
+                            "INSERT INTO messages (queue, body, visible_at, grp) VALUES (?1, ?2, ?3, ?4)",
                         )
                         .map_err(qerr)?;
                     let now = now_ms();
                     for b in &bodies {
-                        stmt.execute(params![name.as_str(), b, now]).map_err(qerr)?;
+                        stmt.execute(params![name.as_str(), b, now, group.as_str()])
+                            .map_err(qerr)?;
                     }
                 }
+                // A new group has never been served: it takes the next turn.
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO queue_groups (queue, grp, served) VALUES (?1, ?2, 0)",
+                )
+                .and_then(|mut s| s.execute(params![name.as_str(), group.as_str()]))
+                .map_err(qerr)?;
                 tx.commit().map_err(qerr)
             })
             .await?;
@@ -893,10 +1027,16 @@ impl WorkQueue for SqliteQueue {
             let got = self
                 .db
                 .with(move |c| {
-                    let tx = Tx::begin(c, true)
-                        .map_err(qerr)?;
+                    let tx = Tx::begin(c, true).map_err(qerr)?;
                     let now = now_ms();
                     if let Some((dead, max_receives)) = &redrive {
+                        tx.run(
+                            "INSERT OR IGNORE INTO queue_groups (queue, grp, served)
+                             SELECT DISTINCT ?1, grp, 0 FROM messages
+                             WHERE queue = ?2 AND visible_at <= ?3 AND receive_count >= ?4",
+                            params![dead, name.as_str(), now, max_receives],
+                        )
+                        .map_err(qerr)?;
                         tx.run(
                             "UPDATE messages SET queue = ?1, receive_count = 0, receipt = NULL
                              WHERE queue = ?2 AND visible_at <= ?3 AND receive_count >= ?4",
@@ -904,32 +1044,7 @@ impl WorkQueue for SqliteQueue {
                         )
                         .map_err(qerr)?;
                     }
-                    let rows: Vec<(i64, String, i64)> = {
-                        let mut stmt = tx
-                            .prepare_cached(RECEIVE)
-                            .map_err(qerr)?;
-                        stmt.query_map(params![name.as_str(), now, max as i64], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                        })
-                        .map_err(qerr)?
-                        .collect::<Result<_, _>>()
-                        .map_err(qerr)?
-                    };
-                    let mut out = Vec::with_capacity(rows.len());
-                    for (id, body, count) in rows {
-                        let receipt = uuid::Uuid::new_v4().simple().to_string();
-                        tx.run(
-                            "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE id = ?1",
-                            params![id, now.saturating_add(visibility), receipt],
-                        )
-                        .map_err(qerr)?;
-                        out.push(Delivery {
-                            message_id: id.to_string(),
-                            receipt,
-                            body,
-                            receive_count: u32::try_from(count + 1).unwrap_or(u32::MAX),
-                        });
-                    }
+                    let out = take_by_turns(&tx, &name, now, visibility, max)?;
                     tx.commit().map_err(qerr)?;
                     Ok::<_, QueueError>(out)
                 })
@@ -952,17 +1067,26 @@ impl WorkQueue for SqliteQueue {
         let receipt = receipt.to_owned();
         self.db
             .with(move |c| {
-                let n = c
-                    .run(
-                        "DELETE FROM messages WHERE receipt = ?1",
+                let tx = Tx::begin(c, true).map_err(qerr)?;
+                let Some((queue, group)) = tx
+                    .row(
+                        "SELECT queue, grp FROM messages WHERE receipt = ?1",
                         [receipt.as_str()],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                     )
+                    .optional()
+                    .map_err(qerr)?
+                else {
+                    return Err(QueueError::InvalidReceipt);
+                };
+                tx.run(
+                    "DELETE FROM messages WHERE receipt = ?1",
+                    [receipt.as_str()],
+                )
+                .map_err(qerr)?;
+                tx.run(DROP_EMPTY_GROUP, params![queue, group])
                     .map_err(qerr)?;
-                if n == 1 {
-                    Ok(())
-                } else {
-                    Err(QueueError::InvalidReceipt)
-                }
+                tx.commit().map_err(qerr)
             })
             .await
     }
@@ -1022,7 +1146,7 @@ mod tests {
                 .await
                 .expect("create");
             SqliteQueue::new(db, "work", Duration::from_secs(5))
-                .send(vec!["m".into()])
+                .send("g", vec!["m".into()])
                 .await
                 .expect("send");
         }
@@ -1046,7 +1170,7 @@ mod tests {
         let db = SqliteDb::in_memory().expect("db");
         let queue = SqliteQueue::new(db.clone(), "work", Duration::from_secs(5));
         for _ in 0..3 {
-            queue.send(vec!["m".into()]).await.expect("send");
+            queue.send("g", vec!["m".into()]).await.expect("send");
             let got = queue
                 .receive(1, Duration::from_millis(10))
                 .await
@@ -1054,9 +1178,110 @@ mod tests {
             assert_eq!(got.len(), 1);
         }
         let conn = db.conn.lock().expect("lock");
-        let stmt = conn.prepare_cached(RECEIVE).expect("cached");
+        let stmt = conn.prepare_cached(RECEIVE_FROM_GROUP).expect("cached");
         // The receive's SELECT binds a new time on every call; with plans that depend on
         // bound values, each call would have parsed it again.
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    #[tokio::test]
+    async fn receives_take_turns_between_groups() {
+        let db = SqliteDb::in_memory().expect("db");
+        let queue = SqliteQueue::new(db, "work", Duration::from_secs(30));
+        // A large export's backlog, one of its messages already taken, then a small
+        // export's two messages.
+        let big: Vec<String> = (0..50).map(|i| format!("big-{i}")).collect();
+        queue.send("big", big).await.expect("send");
+        let first = queue
+            .receive(1, Duration::from_millis(10))
+            .await
+            .expect("receive");
+        assert_eq!(first[0].body, "big-0");
+        queue
+            .send("small", vec!["small-0".into(), "small-1".into()])
+            .await
+            .expect("send");
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            let got = queue
+                .receive(1, Duration::from_millis(10))
+                .await
+                .expect("receive");
+            order.push(got[0].body.clone());
+        }
+        // The small export's messages are not behind the forty-nine others: the groups
+        // alternate, starting with the one served longest ago.
+        assert_eq!(order, ["small-0", "big-1", "small-1", "big-2", "big-3"]);
+        // Several at once also take turns.
+        queue
+            .send("third", vec!["third-0".into()])
+            .await
+            .expect("send");
+        let bodies: Vec<String> = queue
+            .receive(3, Duration::from_millis(10))
+            .await
+            .expect("receive")
+            .into_iter()
+            .map(|d| d.body)
+            .collect();
+        assert_eq!(bodies, ["third-0", "big-4", "big-5"]);
+    }
+
+    #[tokio::test]
+    async fn released_leases_are_delivered_again_at_once() {
+        let db = SqliteDb::in_memory().expect("db");
+        let queue = SqliteQueue::new(db, "work", Duration::from_secs(300));
+        queue.send("g", vec!["m".into()]).await.expect("send");
+        let first = queue
+            .receive(1, Duration::from_millis(10))
+            .await
+            .expect("receive");
+        assert_eq!(first.len(), 1);
+        assert!(
+            queue
+                .receive(1, Duration::from_millis(10))
+                .await
+                .expect("receive")
+                .is_empty(),
+            "leased"
+        );
+        assert_eq!(queue.release_leases().await.expect("release"), 1);
+        let again = queue
+            .receive(1, Duration::from_millis(10))
+            .await
+            .expect("receive");
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].receive_count, 2);
+        assert!(matches!(
+            queue.delete(&first[0].receipt).await,
+            Err(QueueError::InvalidReceipt)
+        ));
+        queue.delete(&again[0].receipt).await.expect("delete");
+        assert_eq!(queue.depth().await.expect("depth"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_database_made_before_message_groups_is_migrated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE messages (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, body TEXT NOT NULL,
+                    visible_at INTEGER NOT NULL, receive_count INTEGER NOT NULL DEFAULT 0,
+                    receipt TEXT);
+                 INSERT INTO messages (queue, body, visible_at) VALUES ('work', 'old', 0);",
+            )
+            .expect("old schema");
+        }
+        let db = SqliteDb::open(&path).expect("migrated");
+        let queue = SqliteQueue::new(db, "work", Duration::from_secs(30));
+        let got = queue
+            .receive(1, Duration::from_millis(10))
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, "old");
     }
 }

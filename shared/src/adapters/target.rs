@@ -87,9 +87,10 @@ impl StoreUrl {
     }
 }
 
-/// Parses and opens a store URL.
+/// Parses and opens a store URL; the store's transient failures are retried
+/// ([`super::retry`]).
 pub async fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, TargetError> {
-    StoreUrl::parse(url)?.open().await
+    Ok(super::retry::retrying(StoreUrl::parse(url)?.open().await?))
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub enum ApiError {
     FileNotFound,
     #[error("no such manifest page (yet)")]
     PageNotFound,
+    #[error("invalid `{name}`: {message}")]
+    InvalidQuery { name: &'static str, message: String },
     #[error("the range asked for starts past the end of the file ({0} bytes)")]
     RangeNotSatisfiable(u64),
     #[error("the export failed: {0}")]
@@ -56,8 +58,11 @@ impl ApiError {
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::JobFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyRejected(s) => *s,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Object(ObjectError::Refused { .. })
+            | ApiError::Source(SourceError::Refused { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Store(_) | ApiError::Queue(_) | ApiError::Object(_) | ApiError::Source(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -76,6 +81,7 @@ impl ApiError {
                     KickoffError::GroupNotFound { .. } => IssueCode::NotFound,
                     KickoffError::MissingRespondAsync => IssueCode::Required,
                     KickoffError::InvalidBody { .. } => IssueCode::Structure,
+                    KickoffError::TooCostly { .. } => IssueCode::TooCostly,
                     _ => IssueCode::Invalid,
                 };
                 let issue = Issue::error(code, text);
@@ -90,8 +96,18 @@ impl ApiError {
             | ApiError::RouteNotFound => Issue::error(IssueCode::NotFound, text),
             ApiError::JobFailed(_) => Issue::error(IssueCode::Exception, text),
             ApiError::RangeNotSatisfiable(_) => Issue::error(IssueCode::Value, text).at("Range"),
+            ApiError::InvalidQuery { name, .. } => Issue::error(IssueCode::Invalid, text).at(*name),
             ApiError::BodyRejected(_) => Issue::error(IssueCode::TooCostly, text),
             ApiError::MethodNotAllowed => Issue::error(IssueCode::NotSupported, text),
+            // A refusal will not pass on a retry: said in words, without the store's internals.
+            ApiError::Object(ObjectError::Refused { reason, .. }) => Issue::error(
+                IssueCode::Exception,
+                format!("the output store refuses the operation: {reason}"),
+            ),
+            ApiError::Source(SourceError::Refused { reason, .. }) => Issue::error(
+                IssueCode::Exception,
+                format!("the data source refuses to be read: {reason}"),
+            ),
             // Backend failures say what was unavailable, never the cause (it may name internals);
             // `transient` tells the client that trying again is reasonable.
             ApiError::Store(_) | ApiError::Queue(_) | ApiError::Object(_) | ApiError::Source(_) => {
@@ -99,6 +115,42 @@ impl ApiError {
             }
         }
     }
+}
+
+/// Turns an error answer that is not an `OperationOutcome` (the framework's own: a rejected
+/// extractor, text/plain) into one with the same status, keeping a short text as its
+/// diagnostics. Answers that are `OperationOutcome`s, and successes, pass unchanged.
+pub(crate) async fn as_outcome(resp: Response) -> Response {
+    let status = resp.status();
+    let is_fhir = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(FHIR_JSON));
+    if !(status.is_client_error() || status.is_server_error()) || is_fhir {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_owned(),
+    };
+    let code = if status.is_server_error() {
+        IssueCode::Exception
+    } else {
+        IssueCode::Invalid
+    };
+    tracing::info!(status = status.as_u16(), reason = %text, "request refused by the framework");
+    let mut out = outcome_response(status, &single(Issue::error(code, text)));
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// An `OperationOutcome` response.

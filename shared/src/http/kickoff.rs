@@ -14,7 +14,7 @@ use crate::layout;
 use crate::model::{JobId, LogicalId, ResourceType};
 use crate::outcome::{Issue, single};
 use crate::request::{
-    ExportLevel, KickoffError, KickoffInput, Method, narrow_patients, parse_kickoff,
+    ExportLevel, KickoffError, KickoffInput, Method, check_limits, narrow_patients, parse_kickoff,
 };
 use crate::worker::WorkMessage;
 
@@ -135,6 +135,7 @@ async fn kickoff(
         url: format!("{}{}", state.settings.public_base_url, path),
     };
     let mut request = parse_kickoff(&input, &state.caps)?;
+    check_limits(&request, &state.settings.limits)?;
     let now = chrono::Utc::now();
     match &level {
         ExportLevel::Group(id) => {
@@ -186,12 +187,15 @@ async fn kickoff(
     state.jobs.create(&job).await?;
     if let Err(e) = state
         .queue
-        .send(vec![
-            WorkMessage::Plan {
-                job: job.id.clone(),
-            }
-            .encode(),
-        ])
+        .send(
+            job.id.as_str(),
+            vec![
+                WorkMessage::Plan {
+                    job: job.id.clone(),
+                }
+                .encode(),
+            ],
+        )
         .await
     {
         // No half-created jobs: without its plan message nobody would ever run it.

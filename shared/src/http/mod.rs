@@ -137,11 +137,14 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Installs the `OperationOutcome` fallbacks on a host's router.
+/// Installs the `OperationOutcome` fallbacks on a host's router, and makes every error
+/// answer one: the framework's own refusals (a path segment that is not UTF-8 once decoded,
+/// a body over the limit) come as plain text otherwise.
 pub fn with_fallbacks(router: Router) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(error::as_outcome))
 }
 
 /// The job at `id` if it exists and belongs to `caller`; otherwise `JobNotFound`, the same

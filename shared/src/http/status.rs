@@ -40,7 +40,10 @@ fn page_param(query: Option<&str>) -> Result<Option<u32>, ApiError> {
                     .ok()
                     .filter(|n| *n >= 1)
                     .map(Some)
-                    .ok_or(ApiError::PageNotFound);
+                    .ok_or_else(|| ApiError::InvalidQuery {
+                        name: "page",
+                        message: format!("`{v}` is not a page number (1, 2, ...)"),
+                    });
             }
             _ => continue,
         }

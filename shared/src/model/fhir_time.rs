@@ -49,7 +49,9 @@ pub fn instant_micros(b: &[u8]) -> Option<i64> {
     let minute = digits(&b[14..16])?;
     expect(b, 16, b':')?;
     let second = digits(&b[17..19])?;
-    if !(1..=12).contains(&month)
+    // FHIR's date types have no year 0 (their pattern starts at 0001).
+    if year == 0
+        || !(1..=12).contains(&month)
         || day < 1
         || day > days_in_month(year, month)
         || hour > 23
@@ -133,7 +135,7 @@ pub(crate) fn digits(b: &[u8]) -> Option<u32> {
 }
 
 pub(crate) fn is_leap(year: u32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 pub(crate) fn days_in_month(year: u32, month: u32) -> u32 {

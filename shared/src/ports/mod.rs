@@ -12,11 +12,11 @@ mod source;
 
 pub use job_store::{ChunkCompletion, JobStore, Naming, StoreError};
 pub use object_store::{
-    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls,
+    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, Refusal, SignedUrls,
     validate_key,
 };
 pub use queue::{Delivery, QueueError, WorkQueue};
-pub use source::{Origin, RecordBatch, RecordReader, ResourceSource, Run, SourceError};
+pub use source::{Fault, Origin, RecordBatch, RecordReader, ResourceSource, Run, SourceError};
 
 /// Boxed error source of a `Backend` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -27,6 +27,15 @@ pub enum ObjectError {
     /// The key is not a safe relative path.
     #[error("invalid object key `{0}`")]
     InvalidKey(String),
+    /// The store refuses the operation and will go on refusing it, whoever retries: access
+    /// denied (`EACCES`, S3 `AccessDenied`), a read-only file system, no space left.
+    #[error("object store refused `{key}`: {reason}")]
+    Refused {
+        key: String,
+        reason: Refusal,
+        #[source]
+        source: BoxError,
+    },
     #[error("object store failed on `{key}`")]
     Backend {
         key: String,
@@ -35,7 +44,31 @@ pub enum ObjectError {
     },
 }
 
+/// Why a store refuses an operation for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    PermissionDenied,
+    ReadOnly,
+    StorageFull,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::PermissionDenied => "permission denied",
+            Refusal::ReadOnly => "the store is read-only",
+            Refusal::StorageFull => "no space left on the store",
+        })
+    }
+}
+
 impl ObjectError {
+    /// Whether a retry could succeed (a backend hiccup), as opposed to a refusal, a missing
+    /// object or a bad key.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ObjectError::Backend { .. })
+    }
+
     pub fn backend(key: &str, source: impl Into<BoxError>) -> Self {
         ObjectError::Backend {
             key: key.to_owned(),
@@ -128,6 +161,13 @@ pub trait ObjectStore: Send + Sync {
 
     /// Where this store points, for logs (`file:///data/out`, `s3://bucket/prefix`).
     fn describe(&self) -> String;
+
+    /// Removes what writers of processes that died left behind (temp files on a local
+    /// folder; other stores have nothing of the kind); returns how many objects went. Called
+    /// when a server starts and by every sweep.
+    async fn clean_abandoned(&self) -> Result<u64, ObjectError> {
+        Ok(0)
+    }
 
     /// The signed-URL ability, where the backend has one.
     fn signer(&self) -> Option<&dyn SignedUrls> {

@@ -4,6 +4,12 @@
 //! is delivered again with a higher receive count. An adapter configured with a dead-letter
 //! queue moves a message there once its receive count passes the limit. Consumers must be
 //! idempotent.
+//!
+//! Every message belongs to a group (the export it is for). Receives take turns between the
+//! groups that have visible messages, the group served longest ago first, so that a small
+//! export's few messages do not wait behind all of a large one's: one export cannot hold
+//! every worker. (SQS: the `MessageGroupId` of a standard queue, which SQS fair queues use
+//! the same way.)
 
 use std::time::Duration;
 
@@ -32,8 +38,8 @@ pub enum QueueError {
 
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
-    /// Sends messages; adapters batch as their backend allows.
-    async fn send(&self, bodies: Vec<String>) -> Result<(), QueueError>;
+    /// Sends messages of one group; adapters batch as their backend allows.
+    async fn send(&self, group: &str, bodies: Vec<String>) -> Result<(), QueueError>;
 
     /// Receives up to `max` messages, waiting up to `wait` for the first.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;

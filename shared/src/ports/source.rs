@@ -19,6 +19,18 @@ pub enum SourceError {
     /// The source changed under a chunk (an object vanished); a retry will not help.
     #[error("source object `{0}` not found")]
     NotFound(String),
+    /// An object's content is damaged where it was read (a truncated or corrupt compressed
+    /// file): what comes after cannot be read, by this attempt or any other. Readers report
+    /// it as a [`Fault`] of the batch and go on with the next object; it reaches callers only
+    /// from lookups that cannot report it otherwise.
+    #[error("source object `{object}` is damaged: {detail}")]
+    Damaged { object: String, detail: String },
+    /// The source refuses to be read (permissions); a retry will not help.
+    #[error("source object `{object}` cannot be read: {reason}")]
+    Refused {
+        object: String,
+        reason: crate::ports::Refusal,
+    },
     #[error("source failed")]
     Backend(#[source] BoxError),
 }
@@ -34,6 +46,15 @@ pub struct Origin {
     pub line_in_range: u64,
 }
 
+/// Where reading an object stopped short, and why: a damaged object whose readable part was
+/// read. The worker reports it in the export's error files and goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// Where the damage starts: the line that could not be read.
+    pub origin: Origin,
+    pub message: String,
+}
+
 /// A batch of records, each a slice of the buffers they were read into (no copy per record).
 /// Lines exclude their terminator.
 #[derive(Debug, Default)]
@@ -43,6 +64,8 @@ pub struct RecordBatch {
     records: Vec<Record>,
     /// Bytes held by the records.
     pub bytes: usize,
+    /// Damage met while reading, after the records read before it.
+    faults: Vec<Fault>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +93,21 @@ impl RecordBatch {
         self.buffers.clear();
         self.records.clear();
         self.bytes = 0;
+        self.faults.clear();
+    }
+
+    /// Records that reading stopped short at `origin`.
+    pub fn fault(&mut self, origin: Origin, message: String) {
+        self.faults.push(Fault { origin, message });
+    }
+
+    /// The faults met while this batch was read.
+    pub fn take_faults(&mut self) -> Vec<Fault> {
+        std::mem::take(&mut self.faults)
+    }
+
+    pub fn has_faults(&self) -> bool {
+        !self.faults.is_empty()
     }
 
     /// A record that is a buffer of its own.
@@ -157,7 +195,8 @@ impl RecordBatch {
 
 #[async_trait]
 pub trait RecordReader: Send {
-    /// Replaces `batch` with the next records; `false` when the chunk is exhausted.
+    /// Replaces `batch` with the next records (and faults); `false` when the chunk is
+    /// exhausted.
     async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError>;
 
     /// Names a record's place for a person: object and line number.

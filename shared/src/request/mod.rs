@@ -161,6 +161,58 @@ pub enum KickoffError {
     UnsupportedParameter { name: String, message: String },
     #[error("Group/{id} is not known to this server")]
     GroupNotFound { id: String },
+    /// Over a documented limit on what one request may ask of the workers.
+    #[error("`{name}` asks too much: {message}")]
+    TooCostly { name: String, message: String },
+}
+
+/// Bounds on what one kick-off may ask of the workers: every resource of a filtered type is
+/// tried against the request's filters, so their size is what an export costs beyond its
+/// data. Documented in `docs/configuration.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `_typeFilter` queries per request.
+    pub type_filters: usize,
+    /// Values in all of them together (`code=a,b,c` is three).
+    pub filter_values: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            type_filters: 1_000,
+            filter_values: 200_000,
+        }
+    }
+}
+
+/// Refuses a request whose filters go past `limits`, naming the limit.
+pub fn check_limits(req: &ExportRequest, limits: &Limits) -> Result<(), KickoffError> {
+    let queries = req.type_filters.len();
+    if queries > limits.type_filters {
+        return Err(KickoffError::TooCostly {
+            name: "_typeFilter".into(),
+            message: format!(
+                "{queries} queries; at most {} are accepted per request (FHIR_EXPORT_MAX_TYPE_FILTERS): merge queries on the same parameter into one comma-separated list",
+                limits.type_filters
+            ),
+        });
+    }
+    let values: usize = req
+        .type_filters
+        .iter()
+        .map(crate::search::filter_values)
+        .sum();
+    if values > limits.filter_values {
+        return Err(KickoffError::TooCostly {
+            name: "_typeFilter".into(),
+            message: format!(
+                "{values} values; at most {} are accepted per request (FHIR_EXPORT_MAX_FILTER_VALUES)",
+                limits.filter_values
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl KickoffError {
@@ -174,7 +226,8 @@ impl KickoffError {
             KickoffError::InvalidBody { .. } => None,
             KickoffError::InvalidParameter { name, .. }
             | KickoffError::UnknownParameter { name }
-            | KickoffError::UnsupportedParameter { name, .. } => Some(name.clone()),
+            | KickoffError::UnsupportedParameter { name, .. }
+            | KickoffError::TooCostly { name, .. } => Some(name.clone()),
             KickoffError::GroupNotFound { .. } => Some("Group".into()),
         }
     }

@@ -49,7 +49,20 @@ pub fn parse_kickoff(
         Some(q) => raw::from_query(q)?,
         None => Vec::new(),
     };
-    if input.method == Method::Post && !input.body.iter().all(u8::is_ascii_whitespace) {
+    if input.method == Method::Post {
+        // One place for a POST's parameters: merged with a query string, the manifest's
+        // `request` (the URL without the body's parameters) would not say what was asked.
+        if let Some(p) = params.first() {
+            return Err(KickoffError::InvalidParameter {
+                name: p.name.clone(),
+                message: "a POST kick-off carries its parameters in its Parameters body, not in the query string".into(),
+            });
+        }
+        if input.body.iter().all(u8::is_ascii_whitespace) {
+            return Err(KickoffError::InvalidBody {
+                message: "a POST kick-off carries a FHIR Parameters resource (`{\"resourceType\":\"Parameters\"}` asks for every default); the body is empty".into(),
+            });
+        }
         if let Some(ct) = input.content_type {
             let media = ct
                 .split(';')

@@ -14,10 +14,33 @@ pub struct RawParam {
     pub values: Vec<String>,
 }
 
+/// Why a query component cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("`{0}` is not a percent-encoded byte (`%` and two hex digits)")]
+    BadEscape(String),
+    #[error("it is not valid UTF-8 once percent-decoded")]
+    NotUtf8,
+}
+
 /// Percent-decodes a query component. `+` stays `+`: FHIR instants carry a `+` zone sign that
-/// clients often leave unencoded, and FHIR servers read it literally.
-pub fn decode(s: &str) -> Result<String, std::str::Utf8Error> {
-    percent_decode_str(s).decode_utf8().map(|c| c.into_owned())
+/// clients often leave unencoded, and FHIR servers read it literally. A `%` not followed by
+/// two hex digits is an error, not a literal `%`: read literally it would match nothing
+/// while the client believes it filtered on something.
+pub fn decode(s: &str) -> Result<String, DecodeError> {
+    let b = s.as_bytes();
+    if let Some(i) = memchr::memchr_iter(b'%', b).find(|&i| {
+        !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    }) {
+        let end = (i + 3).min(s.len());
+        let shown = s.get(i..end).unwrap_or("%");
+        return Err(DecodeError::BadEscape(shown.to_owned()));
+    }
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| DecodeError::NotUtf8)
 }
 
 /// Splits a raw query string. `_typeFilter` values are split on literal commas *before*
@@ -27,21 +50,21 @@ pub fn from_query(query: &str) -> Result<Vec<RawParam>, KickoffError> {
     let mut out = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(raw_name).map_err(|_| KickoffError::InvalidParameter {
+        let name = decode(raw_name).map_err(|e| KickoffError::InvalidParameter {
             name: raw_name.to_owned(),
-            message: "parameter name is not valid UTF-8".into(),
+            message: format!("the parameter's name cannot be read: {e}"),
         })?;
-        let invalid = |name: &str| KickoffError::InvalidParameter {
+        let invalid = |name: &str, e: DecodeError| KickoffError::InvalidParameter {
             name: name.to_owned(),
-            message: "value is not valid percent-encoded UTF-8".into(),
+            message: format!("the value cannot be read: {e}"),
         };
         let values = if name == "_typeFilter" {
             raw_value
                 .split(',')
-                .map(|v| decode(v).map_err(|_| invalid(&name)))
+                .map(|v| decode(v).map_err(|e| invalid(&name, e)))
                 .collect::<Result<Vec<_>, _>>()?
         } else {
-            vec![decode(raw_value).map_err(|_| invalid(&name))?]
+            vec![decode(raw_value).map_err(|e| invalid(&name, e))?]
         };
         out.push(RawParam { name, values });
     }

@@ -53,6 +53,12 @@ pub enum TypeFilterSyntaxError {
     Empty(String),
     #[error("`{param}` in `{query}` is not a valid search parameter")]
     BadParameter { param: String, query: String },
+    #[error("`{param}` in `{query}` cannot be read: {reason}")]
+    BadEncoding {
+        param: String,
+        query: String,
+        reason: super::raw::DecodeError,
+    },
     #[error(
         "`{param}` is a search result parameter and is not allowed in `_typeFilter` (`{query}`)"
     )]
@@ -73,8 +79,13 @@ impl TypeFilter {
                 query: value.to_owned(),
             };
             let (raw_name, raw_value) = pair.split_once('=').ok_or_else(bad)?;
-            let full = decode(raw_name).map_err(|_| bad())?;
-            let val = decode(raw_value).map_err(|_| bad())?;
+            let unreadable = |reason| TypeFilterSyntaxError::BadEncoding {
+                param: pair.to_owned(),
+                query: value.to_owned(),
+                reason,
+            };
+            let full = decode(raw_name).map_err(unreadable)?;
+            let val = decode(raw_value).map_err(unreadable)?;
             let (name, modifier) = match full.split_once(':') {
                 Some((n, m)) => (n.to_owned(), Some(m.to_owned())),
                 None => (full.clone(), None),

@@ -204,10 +204,10 @@ pub(super) fn target_range(dt: super::Datatype, v: &Value) -> Option<Range> {
                 }
                 _ => {}
             }
-            if let Some(bounds) = v.get("repeat").and_then(|r| r.get("boundsPeriod")) {
-                if let Some(r) = target_range(D::Period, bounds) {
-                    add(r);
-                }
+            if let Some(bounds) = v.get("repeat").and_then(|r| r.get("boundsPeriod"))
+                && let Some(r) = target_range(D::Period, bounds)
+            {
+                add(r);
             }
             span
         }

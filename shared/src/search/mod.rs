@@ -44,9 +44,9 @@ use crate::request::{FilterParam, TypeFilter};
 use date::DateCmp;
 use escape::{split_unescaped, unescape};
 use number::{NumCmp, QtyCmp, number_target};
-use reference::{RefValue, reference_type};
+use reference::{RefSet, RefValue, reference_type};
 use text::{StringMode, StringValue};
-use token::{OfType, TokenText, TokenValue, UriMode, uri_matches};
+use token::{OfType, TokenSet, TokenText, TokenValue, UriMode, uri_matches};
 
 /// Why a filter cannot be used. `Unsupported` = valid FHIR we do not implement (the caller
 /// refuses it under strict handling, ignores it with a warning under lenient); `Invalid` =
@@ -184,7 +184,18 @@ impl TypeFilterSet {
                 None => set.by_type.push((f.resource_type, vec![f])),
             }
         }
+        for (_, list) in &mut set.by_type {
+            *list = merge_ors(std::mem::take(list));
+        }
         set
+    }
+
+    /// How many filters a resource of `t` is tried against (after merging).
+    pub fn filters_of(&self, t: ResourceType) -> usize {
+        self.by_type
+            .iter()
+            .find(|(ty, _)| *ty == t)
+            .map_or(0, |(_, list)| list.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,6 +214,56 @@ impl TypeFilterSet {
             None => true,
         }
     }
+}
+
+/// Filters of one type are ORed. Those that are a single positive token or reference
+/// parameter (`Observation?code=a`, `Observation?code=b`, ...: what a client sends to select
+/// by a list too long for one URL) become one filter whose value set is their union, which
+/// matches exactly what any of them matched, at the cost of one lookup instead of one
+/// evaluation per filter.
+fn merge_ors(filters: Vec<CompiledFilter>) -> Vec<CompiledFilter> {
+    let mut out: Vec<CompiledFilter> = Vec::with_capacity(filters.len());
+    let mut by_param: std::collections::HashMap<String, usize> = Default::default();
+    for mut f in filters {
+        let single = match f.params.as_slice() {
+            [p] if matches!(p.test, Test::Token(_) | Test::Reference(_)) => Some(p.label.clone()),
+            _ => None,
+        };
+        let Some(label) = single else {
+            out.push(f);
+            continue;
+        };
+        match by_param.get(&label) {
+            Some(&i) => {
+                let Some(param) = f.params.pop() else {
+                    continue;
+                };
+                match (&mut out[i].params[0].test, param.test) {
+                    (Test::Token(into), Test::Token(from)) => into.absorb(from),
+                    (Test::Reference(into), Test::Reference(from)) => into.absorb(from),
+                    // The same label always compiles to the same kind of test.
+                    (_, test) => out.push(CompiledFilter {
+                        resource_type: f.resource_type,
+                        params: vec![CompiledParam { test, ..param }],
+                    }),
+                }
+            }
+            None => {
+                by_param.insert(label, out.len());
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+/// How many values a filter's parameters hold (for the kick-off's limits).
+pub fn filter_values(filter: &TypeFilter) -> usize {
+    filter
+        .params
+        .iter()
+        .map(|p| split_unescaped(&p.value, ',').len())
+        .sum()
 }
 
 fn compile_set(
@@ -360,12 +421,12 @@ impl CompiledPath {
 enum Test {
     /// `:missing=true` (true) or `:missing=false`.
     Missing(bool),
-    Token(Box<[TokenValue]>),
+    Token(TokenSet),
     /// `:not`: no value of the element matches any of these.
-    NotToken(Box<[TokenValue]>),
+    NotToken(TokenSet),
     TokenText(Box<[TokenText]>),
     OfType(Box<[OfType]>),
-    Reference(Box<[RefValue]>),
+    Reference(RefSet),
     Date(Box<[DateCmp]>),
     String(Box<[StringValue]>),
     Number(Box<[NumCmp]>),
@@ -375,6 +436,8 @@ enum Test {
 
 #[derive(Debug, Clone)]
 struct CompiledParam {
+    /// The parameter as written, `name` or `name:modifier` (which paths and test follow).
+    label: String,
     paths: Box<[CompiledPath]>,
     test: Test,
 }
@@ -429,10 +492,10 @@ fn is_empty(v: &Value) -> bool {
 fn value_matches(test: &Test, dt: Datatype, v: &Value) -> bool {
     match test {
         Test::Missing(_) => false,
-        Test::Token(vs) | Test::NotToken(vs) => vs.iter().any(|t| t.matches(dt, v)),
+        Test::Token(set) | Test::NotToken(set) => set.matches(dt, v),
         Test::TokenText(vs) => vs.iter().any(|t| t.matches(dt, v)),
         Test::OfType(vs) => vs.iter().any(|t| t.matches(dt, v)),
-        Test::Reference(vs) => vs.iter().any(|r| r.matches(dt, v)),
+        Test::Reference(set) => set.matches(dt, v),
         Test::Date(cmps) => {
             date::target_range(dt, v).is_some_and(|r| cmps.iter().any(|c| c.matches(r)))
         }
@@ -503,6 +566,7 @@ fn compile_param(
             }
         };
         return Ok(CompiledParam {
+            label,
             paths,
             test: Test::Missing(missing),
         });
@@ -514,18 +578,23 @@ fn compile_param(
     fn all<T>(values: &[&str], f: impl Fn(&str) -> Result<T, String>) -> Result<Box<[T]>, String> {
         values.iter().map(|v| f(v)).collect()
     }
+    let tokens = |values: &[&str]| -> Result<TokenSet, String> {
+        Ok(TokenSet::new(all(values, TokenValue::parse)?.into_vec()))
+    };
+    let refs = |values: &[&str], ty: Option<ResourceType>| -> Result<RefSet, String> {
+        Ok(RefSet::new(
+            all(values, |v| RefValue::parse(&unescape(v), ty))?.into_vec(),
+        ))
+    };
     use SearchParamType as K;
     let compiled = match (kind, modifier) {
-        (K::Token, None) => all(&values, TokenValue::parse).map(Test::Token),
-        (K::Token, Some("not")) => all(&values, TokenValue::parse).map(Test::NotToken),
+        (K::Token, None) => tokens(&values).map(Test::Token),
+        (K::Token, Some("not")) => tokens(&values).map(Test::NotToken),
         (K::Token, Some("text")) => all(&values, |v| Ok(TokenText::parse(v))).map(Test::TokenText),
         (K::Token, Some("of-type")) => all(&values, OfType::parse).map(Test::OfType),
-        (K::Reference, None) => {
-            all(&values, |v| RefValue::parse(&unescape(v), None)).map(Test::Reference)
-        }
+        (K::Reference, None) => refs(&values, None).map(Test::Reference),
         (K::Reference, Some(m)) if ResourceType::parse(m).is_ok() => {
-            let ty = ResourceType::parse(m).ok();
-            all(&values, |v| RefValue::parse(&unescape(v), ty)).map(Test::Reference)
+            refs(&values, ResourceType::parse(m).ok()).map(Test::Reference)
         }
         (K::Date, None) => {
             all(&values, |v| DateCmp::parse(&unescape(v), now_micros)).map(Test::Date)
@@ -563,7 +632,7 @@ fn compile_param(
         }
     };
     let test = compiled.map_err(invalid)?;
-    Ok(CompiledParam { paths, test })
+    Ok(CompiledParam { label, paths, test })
 }
 
 #[cfg(test)]

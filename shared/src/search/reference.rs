@@ -10,6 +10,8 @@
 //! `canonical` and `uri` elements match the search value exactly (a canonical's `|version`
 //! ignored when the search value has none).
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::Value;
 
 use super::Datatype;
@@ -64,6 +66,8 @@ impl RefValue {
         })
     }
 
+    /// Whether the value alone matches: what [`RefSet`] must agree with (its tests check).
+    #[cfg(test)]
     pub(super) fn matches(&self, dt: Datatype, v: &Value) -> bool {
         match dt {
             Datatype::Reference => {
@@ -87,6 +91,69 @@ impl RefValue {
     }
 }
 
+/// The values of one reference parameter (ORed), looked up rather than tried one by one: a
+/// filter listing a hundred thousand patients costs a hash lookup or two per reference.
+/// Matches exactly what trying each [`RefValue`] would.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RefSet {
+    /// Every value as written (`Reference.reference` equal to it matches).
+    full: HashSet<String>,
+    /// The values without a `|version`, which a versioned canonical also matches.
+    unversioned: HashSet<String>,
+    /// Values that name an id: the types each id is asked for with (`None`: any type).
+    by_id: HashMap<String, Vec<Option<ResourceType>>>,
+}
+
+impl RefSet {
+    pub(super) fn new(values: Vec<RefValue>) -> RefSet {
+        let mut set = RefSet::default();
+        for v in values {
+            if !v.full.contains('|') {
+                set.unversioned.insert(v.full.clone());
+            }
+            if let Some(id) = v.id {
+                set.by_id.entry(id).or_default().push(v.ty);
+            }
+            set.full.insert(v.full);
+        }
+        set
+    }
+
+    /// Adds `other`'s values: the set then matches what either matched.
+    pub(super) fn absorb(&mut self, other: RefSet) {
+        self.full.extend(other.full);
+        self.unversioned.extend(other.unversioned);
+        for (id, types) in other.by_id {
+            self.by_id.entry(id).or_default().extend(types);
+        }
+    }
+
+    pub(super) fn matches(&self, dt: Datatype, v: &Value) -> bool {
+        match dt {
+            Datatype::Reference => {
+                let Some(r) = v.get("reference").and_then(Value::as_str) else {
+                    return false;
+                };
+                if self.full.contains(r) {
+                    return true;
+                }
+                split_reference(r).is_some_and(|(rty, rid)| {
+                    self.by_id.get(rid).is_some_and(|types| {
+                        types.iter().any(|t| t.is_none_or(|t| t.as_str() == rty))
+                    })
+                })
+            }
+            Datatype::Canonical => v.as_str().is_some_and(|s| {
+                self.full.contains(s)
+                    || s.split('|')
+                        .next()
+                        .is_some_and(|base| self.unversioned.contains(base))
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// The resource type a Reference points to, when its `reference` is literal.
 pub(super) fn reference_type(v: &Value) -> Option<&str> {
     let r = v.get("reference").and_then(Value::as_str)?;
@@ -97,6 +164,58 @@ pub(super) fn reference_type(v: &Value) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Sets answer what trying each of their values answers.
+    #[test]
+    fn a_reference_set_matches_exactly_what_its_values_match() {
+        let parsed: Vec<RefValue> = [
+            ("Patient/1", None),
+            ("2", None),
+            ("3", Some(ResourceType::PATIENT)),
+            ("http://x/fhir/Group/4", None),
+            ("http://x/Questionnaire/q", None),
+            ("http://x/Questionnaire/r|2", None),
+            ("urn:uuid:abc", None),
+            ("Patient/1", Some(ResourceType::PATIENT)),
+        ]
+        .iter()
+        .map(|(v, t)| RefValue::parse(v, *t).expect("parse"))
+        .collect();
+        let inputs = [
+            r("Patient/1"),
+            r("Group/1"),
+            r("Patient/2"),
+            r("Group/2"),
+            r("Patient/3"),
+            r("Group/3"),
+            r("Group/4"),
+            r("https://y/fhir/Group/4"),
+            r("urn:uuid:abc"),
+            r("#2"),
+            json!({"display": "no reference"}),
+            json!("http://x/Questionnaire/q"),
+            json!("http://x/Questionnaire/q|7"),
+            json!("http://x/Questionnaire/r|2"),
+            json!("http://x/Questionnaire/r|3"),
+            json!("http://x/Questionnaire/r"),
+        ];
+        for start in 0..parsed.len() {
+            for end in start + 1..=parsed.len() {
+                let chosen = &parsed[start..end];
+                let set = RefSet::new(chosen.to_vec());
+                let mid = start + (end - start) / 2;
+                let mut merged = RefSet::new(parsed[start..mid].to_vec());
+                merged.absorb(RefSet::new(parsed[mid..end].to_vec()));
+                for dt in [Datatype::Reference, Datatype::Canonical, Datatype::Text] {
+                    for v in &inputs {
+                        let want = chosen.iter().any(|x| x.matches(dt, v));
+                        assert_eq!(set.matches(dt, v), want, "{chosen:?} {dt:?} {v}");
+                        assert_eq!(merged.matches(dt, v), want, "merged {chosen:?} {dt:?} {v}");
+                    }
+                }
+            }
+        }
+    }
 
     fn rv(s: &str) -> RefValue {
         RefValue::parse(s, None).unwrap_or_else(|e| panic!("{e}"))

@@ -659,6 +659,65 @@ fn type_filter_set_ors_filters_of_a_type_and_leaves_other_types_alone() {
 }
 
 #[test]
+fn ored_single_parameter_filters_are_merged_into_one_set_with_the_same_answers() {
+    let queries = [
+        "Observation?code=http://loinc.org|8867-4",
+        "Observation?code=2339-0,9999-9",
+        "Observation?subject=Patient/p2",
+        "Observation?code:not=2339-0",
+        "Observation?code=1111-1&status=amended",
+        "Observation?subject:Patient=p3",
+        "Observation?subject=p1",
+    ];
+    let filters: Vec<TypeFilter> = queries
+        .iter()
+        .map(|q| TypeFilter::parse(q).expect("parse"))
+        .collect();
+    let set = TypeFilterSet::compile(&filters).expect("compile");
+    let obs = ResourceType::parse("Observation").expect("type");
+    // The two `code` filters become one, and the plain `subject` ones (not `:not`, not the
+    // two-parameter one, not `subject:Patient`, a parameter of its own) become one.
+    assert_eq!(set.filters_of(obs), 5);
+    let each: Vec<CompiledFilter> = queries.iter().map(|q| filter(q)).collect();
+    let subjects = ["Patient/p1", "Patient/p2", "Patient/p3", "Group/p3"];
+    let codes = [
+        loinc("8867-4", "Heart rate"),
+        loinc("2339-0", "Glucose"),
+        json!({"coding": [{"code": "9999-9"}]}),
+        json!({"coding": [{"system": "http://other", "code": "8867-4"}]}),
+        loinc("1111-1", "Other"),
+    ];
+    for subject in subjects {
+        for code in &codes {
+            for status in ["final", "amended"] {
+                let mut o = observation("o", code.clone(), json!({"status": status}));
+                o["subject"] = json!({"reference": subject});
+                let want = each.iter().any(|f| f.matches(&o));
+                assert_eq!(set.matches(obs, &o), want, "{subject} {code} {status}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hundred_thousand_codes_are_one_lookup() {
+    let codes: Vec<String> = (0..100_000).map(|i| format!("c{i}")).collect();
+    let query = format!("Observation?code={}", codes.join(","));
+    let set =
+        TypeFilterSet::compile(&[TypeFilter::parse(&query).expect("parse")]).expect("compile");
+    let obs = ResourceType::parse("Observation").expect("type");
+    let hit = observation("h", json!({"coding": [{"code": "c99999"}]}), json!({}));
+    let miss = observation("m", json!({"coding": [{"code": "d1"}]}), json!({}));
+    // Not a timing test: the answers, over a set this size.
+    assert!(set.matches(obs, &hit));
+    assert!(!set.matches(obs, &miss));
+    assert_eq!(
+        filter_values(&TypeFilter::parse(&query).expect("parse")),
+        100_000
+    );
+}
+
+#[test]
 fn unsupported_and_invalid_are_told_apart() {
     let unsupported = |q: &str, param: &str| match error(q) {
         FilterError::Unsupported { param: p, reason } => {

@@ -14,6 +14,8 @@
 //! `:of-type` takes `system|code|value` and matches an Identifier whose `type` has that coding
 //! and whose value is `value`.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use super::Datatype;
@@ -59,6 +61,8 @@ impl TokenValue {
         }
     }
 
+    /// Whether the value alone matches: what [`TokenSet`] must agree with (its tests check).
+    #[cfg(test)]
     pub(super) fn matches(&self, dt: Datatype, v: &Value) -> bool {
         match dt {
             Datatype::Text => v.as_str().is_some_and(|c| self.code_ok(Some(c))),
@@ -73,10 +77,12 @@ impl TokenValue {
         }
     }
 
+    #[cfg(test)]
     fn coding(&self, c: &Value) -> bool {
         self.pair(str_field(c, "system"), str_field(c, "code"))
     }
 
+    #[cfg(test)]
     fn pair(&self, system: Option<&str>, code: Option<&str>) -> bool {
         let system_ok = match &self.system {
             System::Any => true,
@@ -86,11 +92,80 @@ impl TokenValue {
         system_ok && self.code_ok(code)
     }
 
+    #[cfg(test)]
     fn code_ok(&self, code: Option<&str>) -> bool {
         match &self.code {
             None => code.is_some(),
             Some(c) => code == Some(c.as_str()),
         }
+    }
+}
+
+/// The values of one token parameter (ORed), looked up by code rather than tried one by one:
+/// a filter with a hundred thousand codes costs one hash lookup per coding of a resource.
+/// Matches exactly what trying each [`TokenValue`] would.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TokenSet {
+    /// Values with a code: the systems each code is asked for with.
+    by_code: HashMap<String, Vec<System>>,
+    /// `system|` values: any code of these systems.
+    any_code: Vec<System>,
+}
+
+impl TokenSet {
+    pub(super) fn new(values: Vec<TokenValue>) -> TokenSet {
+        let mut set = TokenSet::default();
+        for v in values {
+            match v.code {
+                Some(code) => set.by_code.entry(code).or_default().push(v.system),
+                None => set.any_code.push(v.system),
+            }
+        }
+        set
+    }
+
+    /// Adds `other`'s values: the set then matches what either matched.
+    pub(super) fn absorb(&mut self, other: TokenSet) {
+        for (code, systems) in other.by_code {
+            self.by_code.entry(code).or_default().extend(systems);
+        }
+        self.any_code.extend(other.any_code);
+    }
+
+    pub(super) fn matches(&self, dt: Datatype, v: &Value) -> bool {
+        match dt {
+            // The system is implicit (see the module docs): only the code counts.
+            Datatype::Text => v.as_str().is_some_and(|c| self.implicit(c)),
+            Datatype::Boolean => v
+                .as_bool()
+                .is_some_and(|b| self.implicit(if b { "true" } else { "false" })),
+            Datatype::Coding => self.coding(v),
+            Datatype::CodeableConcept => each(v.get("coding"), |c| self.coding(c)),
+            Datatype::Identifier => self.pair(str_field(v, "system"), str_field(v, "value")),
+            Datatype::ContactPoint => self.pair(None, str_field(v, "value")),
+            _ => false,
+        }
+    }
+
+    fn implicit(&self, code: &str) -> bool {
+        !self.any_code.is_empty() || self.by_code.contains_key(code)
+    }
+
+    fn coding(&self, c: &Value) -> bool {
+        self.pair(str_field(c, "system"), str_field(c, "code"))
+    }
+
+    fn pair(&self, system: Option<&str>, code: Option<&str>) -> bool {
+        let Some(code) = code else { return false };
+        let fits = |s: &System| match s {
+            System::Any => true,
+            System::Absent => system.is_none(),
+            System::Is(want) => system == Some(want.as_str()),
+        };
+        self.by_code
+            .get(code)
+            .is_some_and(|systems| systems.iter().any(fits))
+            || self.any_code.iter().any(fits)
     }
 }
 
@@ -194,6 +269,64 @@ pub(super) fn each(v: Option<&Value>, mut f: impl FnMut(&Value) -> bool) -> bool
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Sets answer what trying each of their values answers, for every datatype, with codes
+    /// and systems present, absent and mixed, and after sets are merged.
+    #[test]
+    fn a_token_set_matches_exactly_what_its_values_match() {
+        let values = [
+            "a", "b", "s|a", "s|c", "|d", "t|", "|", "true", "x\\|y", "s|",
+        ];
+        let parsed: Vec<TokenValue> = values
+            .iter()
+            .filter_map(|v| TokenValue::parse(v).ok())
+            .collect();
+        let inputs = [
+            json!("a"),
+            json!("c"),
+            json!("x|y"),
+            json!(true),
+            json!(false),
+            json!({"system": "s", "code": "a"}),
+            json!({"system": "s", "code": "z"}),
+            json!({"system": "t", "code": "q"}),
+            json!({"code": "d"}),
+            json!({"system": "u", "code": "d"}),
+            json!({"system": "s"}),
+            json!({"coding": [{"system": "u", "code": "c"}, {"code": "b"}]}),
+            json!({"coding": [{"system": "u", "code": "c"}]}),
+            json!({"system": "s", "value": "c"}),
+            json!({"value": "d"}),
+            json!({"value": "a"}),
+            json!(42),
+        ];
+        let dts = [
+            Datatype::Text,
+            Datatype::Boolean,
+            Datatype::Coding,
+            Datatype::CodeableConcept,
+            Datatype::Identifier,
+            Datatype::ContactPoint,
+            Datatype::Quantity,
+        ];
+        // Every contiguous run of the values, as one set and as two merged halves.
+        for start in 0..parsed.len() {
+            for end in start + 1..=parsed.len() {
+                let chosen = &parsed[start..end];
+                let set = TokenSet::new(chosen.to_vec());
+                let mid = start + (end - start) / 2;
+                let mut merged = TokenSet::new(parsed[start..mid].to_vec());
+                merged.absorb(TokenSet::new(parsed[mid..end].to_vec()));
+                for dt in dts {
+                    for v in &inputs {
+                        let want = chosen.iter().any(|t| t.matches(dt, v));
+                        assert_eq!(set.matches(dt, v), want, "{chosen:?} {dt:?} {v}");
+                        assert_eq!(merged.matches(dt, v), want, "merged {chosen:?} {dt:?} {v}");
+                    }
+                }
+            }
+        }
+    }
 
     fn tok(s: &str) -> TokenValue {
         TokenValue::parse(s).unwrap_or_else(|e| panic!("{e}"))

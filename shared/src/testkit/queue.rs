@@ -19,7 +19,7 @@ pub async fn run(work: Arc<dyn WorkQueue>, dead: Arc<dyn WorkQueue>) {
     let w = work.as_ref();
 
     // send / receive / delete
-    w.send(vec!["a".into(), "b".into(), "c".into()])
+    w.send("g1", vec!["a".into(), "b".into(), "c".into()])
         .await
         .expect("send");
     let mut bodies = Vec::new();
@@ -60,7 +60,7 @@ pub async fn run(work: Arc<dyn WorkQueue>, dead: Arc<dyn WorkQueue>) {
     );
 
     // redelivery after the visibility timeout, with a higher receive count and a new receipt
-    w.send(vec!["again".into()]).await.expect("send");
+    w.send("g2", vec!["again".into()]).await.expect("send");
     let first = receive_one(w, Duration::from_secs(2))
         .await
         .expect("first delivery");

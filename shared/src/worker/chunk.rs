@@ -45,6 +45,13 @@ pub(super) async fn chunk(
                 format!("job {id} is still planning").into(),
             ));
         }
+        // The last chunk finalizes the export right after it is recorded. If its worker died
+        // while finalizing, this message (delivered again) is what is left to finish it: no
+        // finalize message was sent, since finalizing was not known to have failed.
+        JobState::Finalizing => {
+            tracing::info!(job_id = %id, chunk = index, "resuming an export's interrupted finalize");
+            return finalize::finalize(deps, id).await;
+        }
         _ => return Ok(()),
     }
     let Some(record) = deps.jobs.chunk(id, index).await? else {
@@ -64,6 +71,7 @@ pub(super) async fn chunk(
     let attempt = uuid::Uuid::new_v4().simple().to_string();
     let dir = layout::chunk_attempt_dir(&job.output_prefix, index, &attempt);
     let started = Instant::now();
+    tracing::debug!(job_id = %id, chunk = index, %attempt, "chunk started");
     let outcome = {
         let mut ctx = ChunkCtx::new(deps, &job, &record, &dir, lease).await?;
         let produced = match record.spec.role {
@@ -182,12 +190,15 @@ async fn advance(deps: &WorkerDeps, job: &Job, done: u32, total: u32) -> Result<
             Err(WorkError::Retryable(e)) => {
                 tracing::warn!(job_id = %job.id, error = %crate::error_chain(e.as_ref()), "finalize failed; handing it to the queue");
                 deps.queue
-                    .send(vec![
-                        WorkMessage::Finalize {
-                            job: job.id.clone(),
-                        }
-                        .encode(),
-                    ])
+                    .send(
+                        job.id.as_str(),
+                        vec![
+                            WorkMessage::Finalize {
+                                job: job.id.clone(),
+                            }
+                            .encode(),
+                        ],
+                    )
                     .await?;
                 Ok(())
             }
@@ -209,7 +220,7 @@ async fn advance(deps: &WorkerDeps, job: &Job, done: u32, total: u32) -> Result<
     } else {
         Vec::new()
     };
-    deps.queue.send(messages).await?;
+    deps.queue.send(job.id.as_str(), messages).await?;
     Ok(())
 }
 
@@ -413,6 +424,15 @@ impl<'a> ChunkCtx<'a> {
             }
             if let Some(r) = run.take() {
                 consumer.keep_run(batch.run_bytes(&r), r.lines).await?;
+            }
+            for fault in batch.take_faults() {
+                let place = reader.describe(fault.origin).await;
+                tracing::warn!(job_id = %self.job.id, chunk = self.record.spec.index, %place, reason = %fault.message, "damaged source file");
+                self.report(Issue::error(
+                    IssueCode::Structure,
+                    format!("{place}: {}", fault.message),
+                ))
+                .await?;
             }
         }
         Ok(true)

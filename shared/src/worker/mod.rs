@@ -76,6 +76,14 @@ impl From<ObjectError> for WorkError {
     fn from(e: ObjectError) -> Self {
         match e {
             ObjectError::InvalidKey(k) => WorkError::Permanent(format!("invalid object key `{k}`")),
+            // Said in words, since it is what the client reads: "no space left", "read-only".
+            ObjectError::Refused {
+                key,
+                reason,
+                source,
+            } => WorkError::Permanent(format!(
+                "the output store refused to write `{key}`: {reason} ({source})"
+            )),
             other => WorkError::Retryable(Box::new(other)),
         }
     }
@@ -87,6 +95,9 @@ impl From<SourceError> for WorkError {
             SourceError::NotFound(k) => WorkError::Permanent(format!(
                 "source object `{k}` disappeared while the export ran"
             )),
+            SourceError::Refused { object, reason } => {
+                WorkError::Permanent(format!("source object `{object}` cannot be read: {reason}"))
+            }
             other => WorkError::Retryable(Box::new(other)),
         }
     }

@@ -92,7 +92,7 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
             })
             .collect()
     };
-    deps.queue.send(messages).await?;
+    deps.queue.send(running.id.as_str(), messages).await?;
     Ok(())
 }
 

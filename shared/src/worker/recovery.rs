@@ -97,8 +97,13 @@ pub async fn sweep(deps: &WorkerDeps, now: DateTime<Utc>) -> Result<SweepReport,
             messages = messages.len(),
             "stalled export restarted"
         );
-        deps.queue.send(messages).await?;
+        deps.queue.send(job.id.as_str(), messages).await?;
         report.restarted += 1;
+    }
+    match deps.output.clean_abandoned().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "temporary files of dead processes removed"),
+        Err(e) => super::runner::log_failure("temporary files of dead processes not removed", &e),
     }
     for job in deps.jobs.expired(now).await? {
         if job.state.is_active() && after(job.updated_at, deps.settings.stall_timeout) > now {

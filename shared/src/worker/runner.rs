@@ -271,12 +271,15 @@ mod pool_tests {
         let job = crate::testkit::sample_job(JobState::Accepted, chrono::Utc::now());
         jobs.create(&job).await.expect("create");
         queue
-            .send(vec![
-                WorkMessage::Plan {
-                    job: job.id.clone(),
-                }
-                .encode(),
-            ])
+            .send(
+                job.id.as_str(),
+                vec![
+                    WorkMessage::Plan {
+                        job: job.id.clone(),
+                    }
+                    .encode(),
+                ],
+            )
             .await
             .expect("send");
         let shutdown = CancellationToken::new();

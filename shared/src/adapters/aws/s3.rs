@@ -26,7 +26,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::endpoint_overridden;
 use crate::ports::{
-    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls,
+    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, Refusal, SignedUrls,
     validate_key,
 };
 
@@ -290,6 +290,14 @@ where
             ObjectError::NotFound(key.to_owned())
         }
         (Some("KeyTooLongError"), _) => ObjectError::InvalidKey(key.to_owned()),
+        // What the credentials or a bucket policy refuse is refused again on a retry.
+        (Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem"), _) | (_, Some(403)) => {
+            ObjectError::Refused {
+                key: key.to_owned(),
+                reason: Refusal::PermissionDenied,
+                source: Box::new(err),
+            }
+        }
         _ => ObjectError::backend(key, err),
     }
 }

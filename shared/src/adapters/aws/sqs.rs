@@ -126,7 +126,9 @@ pub async fn create_queue_pair(
 
 #[async_trait]
 impl WorkQueue for SqsQueue {
-    async fn send(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+    /// The group is the message group id: on a standard queue, SQS fair queues then keep one
+    /// export's backlog from delaying the others' messages.
+    async fn send(&self, group: &str, bodies: Vec<String>) -> Result<(), QueueError> {
         for batch in bodies.chunks(10) {
             let mut entries = Vec::with_capacity(batch.len());
             for (i, body) in batch.iter().enumerate() {
@@ -134,6 +136,7 @@ impl WorkQueue for SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
+                        .message_group_id(group)
                         .build()
                         .map_err(backend)?,
                 );
