@@ -157,6 +157,10 @@ pub struct JobPlan {
     /// Files the plan step published itself (warnings about the request).
     #[serde(default)]
     pub notes: Vec<OutputFile>,
+    /// The first phase's messages are known to be sent. Until then a delivery of the plan
+    /// message (again, after a crash between recording the plan and sending them) sends them.
+    #[serde(default)]
+    pub dispatched: bool,
 }
 
 impl JobPlan {
@@ -316,7 +320,7 @@ pub struct StagedFile {
     /// `None` for files of an export organized by patient, which mix types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_type: Option<ResourceType>,
-    /// Key relative to the export folder.
+    /// Its key in the output store (under the export's staging folder).
     pub path: String,
     pub count: u64,
     pub bytes: u64,
@@ -371,7 +375,7 @@ pub struct OutputFile {
     /// Name of the file the last patient block continues in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continues_in: Option<String>,
-    /// Key of the staged file this one was moved from (relative to the export folder).
+    /// Key of the staged file this one was moved from (in the output store).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub staged: String,
     /// Manifest page the file is listed on (1-based).

@@ -80,12 +80,16 @@ impl Output {
         match self {
             Output::Local => {
                 let root = t.output_dir();
-                let folder = root.join(id.as_str());
-                assert!(
-                    !folder.exists(),
-                    "the export's folder is left: {:?}",
-                    files_under(&folder)
-                );
+                for folder in [
+                    root.join(id.as_str()),
+                    root.join(".staging").join(id.as_str()),
+                ] {
+                    assert!(
+                        !folder.exists(),
+                        "{folder:?} is left: {:?}",
+                        files_under(&folder)
+                    );
+                }
                 // Temp files, not the lock files that say whose temp folder is whose.
                 let temp: Vec<String> = files_under(&root.join(".tmp"))
                     .into_iter()
@@ -94,13 +98,14 @@ impl Output {
                 assert!(temp.is_empty(), "temporary files are left: {temp:?}");
             }
             Output::S3 { bucket, store } => {
-                let objects = store.list(&format!("{id}/")).await.unwrap();
-                assert!(objects.is_empty(), "objects are left: {objects:?}");
+                for prefix in [format!("{id}/"), format!(".staging/{id}/")] {
+                    let objects = store.list(&prefix).await.unwrap();
+                    assert!(objects.is_empty(), "objects are left: {objects:?}");
+                }
                 let uploads = store
                     .client()
                     .list_multipart_uploads()
                     .bucket(bucket)
-                    .prefix(format!("exports/{id}/"))
                     .send()
                     .await
                     .unwrap();
@@ -108,7 +113,7 @@ impl Output {
                     .uploads()
                     .iter()
                     .filter_map(|u| u.key())
-                    .filter(|k| k.starts_with(&format!("exports/{id}/")))
+                    .filter(|k| k.contains(id.as_str()))
                     .collect();
                 assert!(open.is_empty(), "unfinished uploads are left: {open:?}");
             }

@@ -41,11 +41,9 @@ async fn demo_exports_the_sample_data_end_to_end() {
     assert!(source.len() > 5, "sample data: {source:?}");
     let exported = lines_per_file(&state.path().join("output"));
     assert_eq!(exported, source, "every sample resource exported once");
+    let staging = state.path().join("output").join(".staging");
     assert!(
-        !state.path().join("output").read_dir().unwrap().any(|e| {
-            let p = e.unwrap().path();
-            p.join(".staging").exists()
-        }),
+        !staging.exists() || staging.read_dir().unwrap().next().is_none(),
         "no staging left behind"
     );
 }

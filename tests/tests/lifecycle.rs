@@ -172,7 +172,10 @@ async fn duplicate_deliveries_write_each_resource_once() {
     assert_exactly_once(&got, source["Patient"].len(), "Patient");
     let folder = t.output_dir().join(job_id(&url).as_str());
     assert!(
-        !folder.join(".staging").exists(),
+        !t.output_dir()
+            .join(".staging")
+            .join(job_id(&url).as_str())
+            .exists(),
         "staging removed after publishing"
     );
     let files: Vec<_> = std::fs::read_dir(&folder).unwrap().collect();
@@ -217,7 +220,7 @@ async fn a_worker_stopped_mid_chunk_is_replaced_after_the_visibility_timeout() {
     assert_eq!(chunk.receive_count, 1);
 
     // a worker takes the chunk and dies part-way through it
-    let staging = t.output_dir().join(job_id(&url).as_str()).join(".staging");
+    let staging = t.output_dir().join(".staging").join(job_id(&url).as_str());
     let worker = {
         let deps = deps.clone();
         let body = chunk.body.clone();

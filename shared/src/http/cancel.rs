@@ -8,7 +8,7 @@ use super::error::{ApiError, outcome_response};
 use super::{Caller, CancelState, owned_job};
 use crate::job::JobState;
 use crate::outcome::{Issue, single};
-use crate::worker::{after, update_job};
+use crate::worker::{after, delete_export, update_job};
 
 pub(super) async fn cancel(
     State(state): State<CancelState>,
@@ -33,11 +33,7 @@ async fn run(state: &CancelState, caller: &Caller, id: &str) -> Result<Response,
     .await?
     .ok_or(ApiError::JobNotFound)?;
     // Workers stop at their next batch and remove what they publish after this point.
-    match state
-        .output
-        .delete_prefix(&format!("{}/", cancelled.output_prefix))
-        .await
-    {
+    match delete_export(state.output.as_ref(), &cancelled.output_prefix).await {
         Ok(n) => {
             tracing::info!(job_id = %cancelled.id, files = n, previous = job.state.as_str(), "export cancelled")
         }

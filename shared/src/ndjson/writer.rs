@@ -32,8 +32,6 @@ pub struct PartWriter {
     part_bytes: u64,
     part_count: u64,
     done: Vec<StagedFile>,
-    /// Key prefix that `StagedFile::path` is relative to.
-    relative_to: String,
     /// How the parts are stored (sizes and roll-over count the lines, not the stored bytes).
     encoding: Encoding,
 }
@@ -44,7 +42,6 @@ impl PartWriter {
     pub fn new(
         store: Arc<dyn ObjectStore>,
         dir: String,
-        relative_to: String,
         stem: &str,
         kind: FileKind,
         resource_type: impl Into<Option<ResourceType>>,
@@ -63,7 +60,6 @@ impl PartWriter {
             part_bytes: 0,
             part_count: 0,
             done: Vec::new(),
-            relative_to,
             encoding: Encoding::Identity,
         }
     }
@@ -183,15 +179,10 @@ impl PartWriter {
         self.flush().await?;
         if let Some(w) = self.current.take() {
             let bytes = w.finish().await?;
-            let key = self.key();
-            let path = key
-                .strip_prefix(&self.relative_to)
-                .unwrap_or(&key)
-                .to_owned();
             self.done.push(StagedFile {
                 kind: self.kind,
                 resource_type: self.resource_type,
-                path,
+                path: self.key(),
                 count: self.part_count,
                 bytes,
                 continues: false,
@@ -231,7 +222,6 @@ mod tests {
         let mut w = PartWriter::new(
             store.clone(),
             "job/.staging/000001/".into(),
-            "job/".into(),
             "Patient",
             FileKind::Output,
             ResourceType::PATIENT,
@@ -247,8 +237,8 @@ mod tests {
         let files = w.finish().await.expect("finish");
         let counts: Vec<u64> = files.iter().map(|f| f.count).collect();
         assert_eq!(counts, vec![2, 2, 1, 1]);
-        assert_eq!(files[0].path, ".staging/000001/Patient-1.ndjson");
-        assert_eq!(files[3].path, ".staging/000001/Patient-4.ndjson");
+        assert_eq!(files[0].path, "job/.staging/000001/Patient-1.ndjson");
+        assert_eq!(files[3].path, "job/.staging/000001/Patient-4.ndjson");
         let first =
             std::fs::read_to_string(dir.path().join("job/.staging/000001/Patient-1.ndjson"))
                 .expect("read");
@@ -262,7 +252,6 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(LocalFsStore::new(dir.path()).expect("store"));
         let mut w = PartWriter::new(
             store.clone(),
-            "j/".into(),
             "j/".into(),
             "Patient",
             FileKind::Output,
@@ -302,7 +291,6 @@ mod tests {
         let w = PartWriter::new(
             store.clone(),
             "a/".into(),
-            "".into(),
             "X",
             FileKind::Error,
             ResourceType::OPERATION_OUTCOME,
@@ -312,7 +300,6 @@ mod tests {
         let mut w = PartWriter::new(
             store.clone(),
             "b/".into(),
-            "".into(),
             "X",
             FileKind::Error,
             ResourceType::OPERATION_OUTCOME,
@@ -326,7 +313,7 @@ mod tests {
     fn parts(dir: &std::path::Path, files: &[StagedFile]) -> Vec<String> {
         files
             .iter()
-            .map(|f| std::fs::read_to_string(dir.join("job").join(&f.path)).expect("read"))
+            .map(|f| std::fs::read_to_string(dir.join(&f.path)).expect("read"))
             .collect()
     }
 
@@ -334,7 +321,6 @@ mod tests {
         PartWriter::new(
             store,
             "job/.staging/000001/".into(),
-            "job/".into(),
             "Patient",
             FileKind::Output,
             ResourceType::PATIENT,

@@ -52,7 +52,19 @@ pub(super) async fn chunk(
             tracing::info!(job_id = %id, chunk = index, "resuming an export's interrupted finalize");
             return finalize::finalize(deps, id).await;
         }
-        _ => return Ok(()),
+        // A message of a finished export: an attempt at this chunk may have died writing
+        // (that is why it came again), after the export's staging was removed. Whatever it
+        // left goes; a completed export keeps only its published files.
+        JobState::Completed => {
+            deps.output
+                .delete_prefix(&layout::staging_root(&job.output_prefix))
+                .await?;
+            return Ok(());
+        }
+        JobState::Failed | JobState::Cancelled => {
+            super::delete_export(deps.output.as_ref(), &job.output_prefix).await?;
+            return Ok(());
+        }
     }
     let Some(record) = deps.jobs.chunk(id, index).await? else {
         return Err(WorkError::Permanent(format!(
@@ -254,8 +266,6 @@ pub(crate) struct ChunkCtx<'a> {
     pub record: &'a ChunkRecord,
     /// Key prefix of this attempt's staged files (see [`layout::chunk_attempt_dir`]).
     pub dir: &'a str,
-    /// Prefix staged paths are relative to (`<export>/`).
-    pub relative_to: String,
     pub watch: Watch<'a>,
     pub scope: Scope,
     pub filters: Option<Arc<TypeFilterSet>>,
@@ -271,11 +281,9 @@ impl<'a> ChunkCtx<'a> {
         dir: &'a str,
         lease: &'a dyn Lease,
     ) -> Result<ChunkCtx<'a>, WorkError> {
-        let relative_to = format!("{}/", job.output_prefix);
         let errors = PartWriter::new(
             deps.output.clone(),
             dir.to_owned(),
-            relative_to.clone(),
             "error",
             FileKind::Error,
             ResourceType::OPERATION_OUTCOME,
@@ -300,7 +308,6 @@ impl<'a> ChunkCtx<'a> {
             job,
             record,
             dir,
-            relative_to,
             watch: Watch::new(deps, job, record.spec.index, lease),
             scope: scope(deps, job).await?,
             filters,
@@ -313,14 +320,9 @@ impl<'a> ChunkCtx<'a> {
         &self.deps.output
     }
 
-    /// A key under this attempt's prefix, and the same key relative to the export folder.
-    pub(crate) fn staged(&self, name: &str) -> (String, String) {
-        let key = format!("{}{name}", self.dir);
-        let path = key
-            .strip_prefix(&self.relative_to)
-            .unwrap_or(&key)
-            .to_owned();
-        (key, path)
+    /// A key under this attempt's prefix.
+    pub(crate) fn staged(&self, name: &str) -> String {
+        format!("{}{name}", self.dir)
     }
 
     /// The selection for this chunk's type, in this job's scope.
@@ -343,7 +345,6 @@ impl<'a> ChunkCtx<'a> {
                 PartWriter::new(
                     self.deps.output.clone(),
                     self.dir.to_owned(),
-                    self.relative_to.clone(),
                     t.as_str(),
                     FileKind::Output,
                     t,
@@ -592,13 +593,13 @@ async fn finish_types(
 ) -> Result<(Vec<StagedFile>, u64), WorkError> {
     let finishing = scanned.into_iter().map(|(t, c)| {
         let store = ctx.store().clone();
-        let (dir, relative_to) = (ctx.dir, ctx.relative_to.as_str());
+        let dir = ctx.dir;
         let omitted = match &c.sink {
             Sink::Map(m) => m.omitted,
             _ => 0,
         };
         async move {
-            let done = c.sink.finish(&store, dir, relative_to).await;
+            let done = c.sink.finish(&store, dir).await;
             done.map(|(files, n)| (t, files, n, c.refs, omitted))
         }
     });
@@ -610,8 +611,8 @@ async fn finish_types(
         files.extend(staged);
         resources += n;
         if let Some(refs) = refs {
-            let (key, path) = ctx.staged("refs.tsv");
-            files.extend(write_sorted(ctx.store(), refs, FileKind::Refs, &key, &path).await?);
+            let key = ctx.staged("refs.tsv");
+            files.extend(write_sorted(ctx.store(), refs, FileKind::Refs, &key).await?);
         }
         if omitted > 0 {
             ctx.report(Issue {

@@ -96,9 +96,7 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
                 .await?
                 .is_none_or(|j| j.state == JobState::Cancelled)
             {
-                deps.output
-                    .delete_prefix(&format!("{}/", job.output_prefix))
-                    .await?;
+                super::delete_export(deps.output.as_ref(), &job.output_prefix).await?;
             }
         }
     }

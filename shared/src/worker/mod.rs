@@ -186,6 +186,16 @@ pub(crate) async fn update_job(
     ))
 }
 
+/// Deletes everything of an export from the output store: its folder and its staging
+/// folder. Returns how many objects went.
+pub async fn delete_export(output: &dyn ObjectStore, prefix: &str) -> Result<u64, ObjectError> {
+    let mut n = 0;
+    for p in crate::layout::export_prefixes(prefix) {
+        n += output.delete_prefix(&p).await?;
+    }
+    Ok(n)
+}
+
 /// After a step wrote into an export's folder: if the export was cancelled, failed or
 /// removed by now, whoever stopped it may have cleaned the folder before our files arrived,
 /// so the folder is removed here (again). The cancel records its state before it cleans, so
@@ -193,9 +203,7 @@ pub(crate) async fn update_job(
 pub(crate) async fn clean_if_stopped(deps: &WorkerDeps, job: &Job) -> Result<bool, WorkError> {
     match deps.jobs.state(&job.id).await? {
         None | Some(JobState::Cancelled | JobState::Failed) => {
-            deps.output
-                .delete_prefix(&format!("{}/", job.output_prefix))
-                .await?;
+            delete_export(deps.output.as_ref(), &job.output_prefix).await?;
             Ok(true)
         }
         Some(_) => Ok(false),
@@ -220,11 +228,7 @@ pub async fn fail_job(deps: &WorkerDeps, id: &JobId, reason: &str) -> Result<(),
         tracing::error!(job_id = %id, %reason, "export failed");
         // The failure stands whether or not its files can be removed now; the expiry sweep
         // (and the bucket's lifecycle rule) remove them later.
-        if let Err(e) = deps
-            .output
-            .delete_prefix(&format!("{}/", job.output_prefix))
-            .await
-        {
+        if let Err(e) = delete_export(deps.output.as_ref(), &job.output_prefix).await {
             runner::log_failure("files of a failed export not deleted yet", &e);
         }
     }

@@ -35,8 +35,7 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
     })
     .await?
     else {
-        tracing::debug!(job_id = %id, "plan: job gone or already planned");
-        return Ok(());
+        return redeliver(deps, id).await;
     };
 
     let mut notes: Vec<Issue> = job.request.ignored.clone();
@@ -93,7 +92,44 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
             .collect()
     };
     deps.queue.send(running.id.as_str(), messages).await?;
+    mark_dispatched(deps, id).await
+}
+
+/// Records that the first messages went out, so that the plan message, if delivered again,
+/// sends nothing more.
+async fn mark_dispatched(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError> {
+    update_job(deps.jobs.as_ref(), id, |j| {
+        if j.state != JobState::Running || j.plan.dispatched {
+            return None;
+        }
+        let mut next = j.clone();
+        next.version += 1;
+        next.plan.dispatched = true;
+        Some(next)
+    })
+    .await?;
     Ok(())
+}
+
+/// A plan message for a job planned already: a duplicate, or a delivery after a crash
+/// between recording the plan and sending its first messages, which are then sent now.
+async fn redeliver(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError> {
+    let Some(job) = deps.jobs.get(id).await? else {
+        return Ok(());
+    };
+    match job.state {
+        JobState::Running if !job.plan.dispatched => {
+            let messages = super::recovery::pending_messages(deps, &job).await?;
+            tracing::info!(job_id = %id, messages = messages.len(), "sending an export's first messages again");
+            deps.queue.send(id.as_str(), messages).await?;
+            mark_dispatched(deps, id).await
+        }
+        JobState::Finalizing => super::finalize::finalize(deps, id).await,
+        _ => {
+            tracing::debug!(job_id = %id, state = job.state.as_str(), "plan: already planned");
+            Ok(())
+        }
+    }
 }
 
 /// The order a phase's chunks are sent in. Manifest pages are cut in plan order, so an
@@ -329,6 +365,7 @@ async fn cut(
             page_chunks: 0,
             provenance: mode,
             notes: Vec::new(),
+            dispatched: false,
         },
     ))
 }

@@ -74,17 +74,11 @@ pub(super) async fn index(ctx: &mut ChunkCtx<'_>) -> Produced {
     if !ctx.scan(ctx.own_read()?, &select, &mut consumer).await? {
         return Ok(None);
     }
-    let (key, path) = ctx.staged("provenance-index.tsv");
-    let files: Vec<_> = write_sorted(
-        ctx.store(),
-        consumer.lines,
-        FileKind::ProvenanceIndex,
-        &key,
-        &path,
-    )
-    .await?
-    .into_iter()
-    .collect();
+    let key = ctx.staged("provenance-index.tsv");
+    let files: Vec<_> = write_sorted(ctx.store(), consumer.lines, FileKind::ProvenanceIndex, &key)
+        .await?
+        .into_iter()
+        .collect();
     Ok(Some((files, 0)))
 }
 
@@ -117,7 +111,6 @@ impl Consumer for SelectConsumer {
 /// Streams every line of the files of `kind` that the chunks of `roles` recorded.
 async fn for_each_line(
     store: &Arc<dyn ObjectStore>,
-    relative_to: &str,
     chunks: &[ChunkRecord],
     kind: FileKind,
     mut f: impl FnMut(&str),
@@ -129,9 +122,8 @@ async fn for_each_line(
             .flat_map(|r| &r.files)
             .filter(|s| s.kind == kind)
         {
-            let key = format!("{relative_to}{}", file.path);
             let stream = store
-                .read(&key, 0, None)
+                .read(&file.path, 0, None)
                 .await?
                 .map_err(std::io::Error::other);
             let mut lines = StreamReader::new(stream).lines();
@@ -171,18 +163,12 @@ pub(super) async fn select(ctx: &mut ChunkCtx<'_>) -> Produced {
         .collect();
     // target -> owner of the selected resource
     let mut selected: HashMap<String, String> = HashMap::new();
-    for_each_line(
-        ctx.store(),
-        &ctx.relative_to,
-        &selected_chunks,
-        FileKind::Refs,
-        |line| {
-            let (target, owner) = line.split_once('\t').unwrap_or((line, ""));
-            if wanted.contains(target) {
-                selected.insert(target.to_owned(), owner.to_owned());
-            }
-        },
-    )
+    for_each_line(ctx.store(), &selected_chunks, FileKind::Refs, |line| {
+        let (target, owner) = line.split_once('\t').unwrap_or((line, ""));
+        if wanted.contains(target) {
+            selected.insert(target.to_owned(), owner.to_owned());
+        }
+    })
     .await?;
     let mode = ctx.job.plan.provenance;
     let mut latest: HashMap<String, (i64, String)> = HashMap::new();
@@ -194,7 +180,6 @@ pub(super) async fn select(ctx: &mut ChunkCtx<'_>) -> Produced {
             .collect();
         for_each_line(
             ctx.store(),
-            &ctx.relative_to,
             &index_chunks,
             FileKind::ProvenanceIndex,
             |line| {
@@ -246,7 +231,5 @@ pub(super) async fn select(ctx: &mut ChunkCtx<'_>) -> Produced {
         }
     }
     tracing::debug!(job_id = %ctx.job.id, candidates = consumer.candidates.len(), kept, "provenance selected");
-    Ok(Some(
-        sink.finish(ctx.store(), ctx.dir, &ctx.relative_to).await?,
-    ))
+    Ok(Some(sink.finish(ctx.store(), ctx.dir).await?))
 }

@@ -133,7 +133,7 @@ pub(crate) async fn publish(
     for f in &files {
         move_once(
             deps,
-            &format!("{}/{}", job.output_prefix, f.staged),
+            &f.staged,
             &format!("{}/{}", job.output_prefix, f.name),
         )
         .await?;

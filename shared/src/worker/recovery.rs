@@ -4,13 +4,48 @@
 use chrono::{DateTime, Utc};
 
 use super::{WorkError, WorkMessage, WorkerDeps, after, fail_job, update_job};
-use crate::job::JobState;
+use crate::job::{Job, JobState};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub restarted: u32,
     pub failed: u32,
     pub expired: u32,
+}
+
+/// What a running job needs sent to move on: the unfinished chunks of its earliest
+/// unfinished phase (only that phase may run), or finalize when every chunk is done.
+pub(super) async fn pending_messages(
+    deps: &WorkerDeps,
+    job: &Job,
+) -> Result<Vec<String>, WorkError> {
+    let chunks = deps.jobs.chunks(&job.id).await?;
+    let phase = chunks
+        .iter()
+        .filter(|c| !c.is_done())
+        .map(|c| c.spec.phase)
+        .min();
+    let pending: Vec<String> = chunks
+        .iter()
+        .filter(|c| !c.is_done() && Some(c.spec.phase) == phase)
+        .map(|c| {
+            WorkMessage::Chunk {
+                job: job.id.clone(),
+                chunk: c.spec.index,
+            }
+            .encode()
+        })
+        .collect();
+    Ok(if pending.is_empty() {
+        vec![
+            WorkMessage::Finalize {
+                job: job.id.clone(),
+            }
+            .encode(),
+        ]
+    } else {
+        pending
+    })
 }
 
 pub async fn sweep(deps: &WorkerDeps, now: DateTime<Utc>) -> Result<SweepReport, WorkError> {
@@ -52,36 +87,7 @@ pub async fn sweep(deps: &WorkerDeps, now: DateTime<Utc>) -> Result<SweepReport,
                     .encode(),
                 ]
             }
-            JobState::Running => {
-                // Only the earliest unfinished phase may run.
-                let chunks = deps.jobs.chunks(&job.id).await?;
-                let phase = chunks
-                    .iter()
-                    .filter(|c| !c.is_done())
-                    .map(|c| c.spec.phase)
-                    .min();
-                let pending: Vec<String> = chunks
-                    .iter()
-                    .filter(|c| !c.is_done() && Some(c.spec.phase) == phase)
-                    .map(|c| {
-                        WorkMessage::Chunk {
-                            job: job.id.clone(),
-                            chunk: c.spec.index,
-                        }
-                        .encode()
-                    })
-                    .collect();
-                if pending.is_empty() {
-                    vec![
-                        WorkMessage::Finalize {
-                            job: job.id.clone(),
-                        }
-                        .encode(),
-                    ]
-                } else {
-                    pending
-                }
-            }
+            JobState::Running => pending_messages(deps, &job).await?,
             JobState::Finalizing => vec![
                 WorkMessage::Finalize {
                     job: job.id.clone(),
@@ -109,9 +115,7 @@ pub async fn sweep(deps: &WorkerDeps, now: DateTime<Utc>) -> Result<SweepReport,
         if job.state.is_active() && after(job.updated_at, deps.settings.stall_timeout) > now {
             continue;
         }
-        deps.output
-            .delete_prefix(&format!("{}/", job.output_prefix))
-            .await?;
+        super::delete_export(deps.output.as_ref(), &job.output_prefix).await?;
         deps.jobs.delete(&job.id).await?;
         tracing::info!(job_id = %job.id, "expired export deleted");
         report.expired += 1;

@@ -61,10 +61,9 @@ pub(super) async fn reduce(ctx: &mut ChunkCtx<'_>, partition: u32) -> Produced {
             if start >= end {
                 continue;
             }
-            let key = format!("{}{}", ctx.relative_to, f.path);
             let stream = ctx
                 .store()
-                .read(&key, *start, Some(*end))
+                .read(&f.path, *start, Some(*end))
                 .await?
                 .map_err(std::io::Error::other);
             streams.push(Box::new(BufReader::with_capacity(
@@ -84,7 +83,6 @@ pub(super) async fn reduce(ctx: &mut ChunkCtx<'_>, partition: u32) -> Produced {
     let mut out = PartWriter::new(
         ctx.store().clone(),
         ctx.dir.to_owned(),
-        ctx.relative_to.clone(),
         "patients",
         FileKind::Output,
         None,

@@ -88,7 +88,6 @@ impl MapBuffer {
         mut self,
         store: &Arc<dyn ObjectStore>,
         key: &str,
-        path: &str,
     ) -> Result<Option<StagedFile>, WorkError> {
         if self.entries.is_empty() {
             return Ok(None);
@@ -118,7 +117,7 @@ impl MapBuffer {
         Ok(Some(StagedFile {
             kind: FileKind::Map,
             resource_type: None,
-            path: path.to_owned(),
+            path: key.to_owned(),
             count: self.entries.len() as u64,
             bytes,
             continues: false,
@@ -155,7 +154,6 @@ impl Sink {
         self,
         store: &Arc<dyn ObjectStore>,
         dir: &str,
-        relative_to: &str,
     ) -> Result<(Vec<StagedFile>, u64), WorkError> {
         match self {
             Sink::Files(w) => {
@@ -165,9 +163,8 @@ impl Sink {
             }
             Sink::Map(m) => {
                 let key = format!("{dir}map.tsv");
-                let path = key.strip_prefix(relative_to).unwrap_or(&key).to_owned();
                 let n = m.len();
-                Ok((m.finish(store, &key, &path).await?.into_iter().collect(), n))
+                Ok((m.finish(store, &key).await?.into_iter().collect(), n))
             }
             Sink::Nothing => Ok((Vec::new(), 0)),
         }
@@ -186,7 +183,6 @@ pub(crate) async fn write_sorted(
     mut lines: Vec<String>,
     kind: FileKind,
     key: &str,
-    path: &str,
 ) -> Result<Option<StagedFile>, WorkError> {
     if lines.is_empty() {
         return Ok(None);
@@ -203,7 +199,7 @@ pub(crate) async fn write_sorted(
     Ok(Some(StagedFile {
         kind,
         resource_type: None,
-        path: path.to_owned(),
+        path: key.to_owned(),
         count: lines.len() as u64,
         bytes,
         continues: false,
@@ -243,7 +239,7 @@ mod tests {
         m.push(Some("b"), obs, b"{\"o\":4}");
         assert_eq!(m.omitted, 1);
         let f = m
-            .finish(&store, "m.tsv", "m.tsv")
+            .finish(&store, "m.tsv")
             .await
             .expect("finish")
             .expect("file");
