@@ -189,13 +189,23 @@ impl TestServer {
                 url.starts_with("http://") || url.starts_with("https://"),
                 "absolute url {url}"
             );
-            let resp = self
-                .http
-                .get(url)
-                .header(ACCEPT, "application/fhir+ndjson")
-                .send()
-                .await
-                .expect("file request");
+            // A 503 (a store call that failed, retries included) is tried again, as a
+            // client honouring `Retry-After` would.
+            let mut tries = 0;
+            let resp = loop {
+                let resp = self
+                    .http
+                    .get(url)
+                    .header(ACCEPT, "application/fhir+ndjson")
+                    .send()
+                    .await
+                    .expect("file request");
+                tries += 1;
+                if resp.status() != 503 || tries >= 5 {
+                    break resp;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             assert_eq!(resp.status(), 200, "{url}");
             assert_eq!(resp.headers()["content-type"], "application/fhir+ndjson");
             let body = resp.text().await.expect("body");

@@ -18,6 +18,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::synth::{GenOptions, generate};
 
 mod compression;
+mod filters;
+mod latency;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -40,6 +42,13 @@ pub struct BenchArgs {
     /// the bytes stored, and the bytes sent to clients with and without gzip.
     #[arg(long)]
     pub compression: bool,
+    /// Measure large `_typeFilter`s instead: 100,000 codes in one query, 5,000 queries,
+    /// against the same export unfiltered.
+    #[arg(long)]
+    pub filters: bool,
+    /// Measure how long a small export takes while a large one runs, against alone.
+    #[arg(long)]
+    pub latency: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +87,14 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
     std::fs::create_dir_all(&args.dir)?;
     if args.compression {
         compression::run(&args).await?;
+        return Ok(Vec::new());
+    }
+    if args.filters {
+        filters::run(&args).await?;
+        return Ok(Vec::new());
+    }
+    if args.latency {
+        latency::run(&args).await?;
         return Ok(Vec::new());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -409,9 +426,16 @@ async fn run_once(
     http: &reqwest::Client,
     url: &str,
 ) -> Result<(f64, serde_json::Value), BenchError> {
+    run_request(http, http.get(url)).await
+}
+
+/// One export kicked off by `kickoff` (a GET or a POST): seconds from kick-off to manifest.
+pub(crate) async fn run_request(
+    http: &reqwest::Client,
+    kickoff: reqwest::RequestBuilder,
+) -> Result<(f64, serde_json::Value), BenchError> {
     let started = Instant::now();
-    let resp = http
-        .get(url)
+    let resp = kickoff
         .header("Accept", "application/fhir+json")
         .header("Prefer", "respond-async")
         .send()

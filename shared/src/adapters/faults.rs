@@ -85,6 +85,13 @@ impl Faults {
     }
 }
 
+/// Store calls failed on purpose so far, in this process (for tests and logs).
+static INJECTED: AtomicU64 = AtomicU64::new(0);
+
+pub fn injected_failures() -> u64 {
+    INJECTED.load(Ordering::Relaxed)
+}
+
 fn seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -139,6 +146,7 @@ impl FlakyStore {
         x ^= x << 17;
         self.state.store(x, Ordering::Relaxed);
         if (x >> 11) as f64 / (1u64 << 53) as f64 <= self.rate {
+            INJECTED.fetch_add(1, Ordering::Relaxed);
             Err(ObjectError::backend(
                 key,
                 format!("injected fault: `{call}` failed (FHIR_EXPORT_FAULTS)"),
