@@ -223,6 +223,24 @@ pub fn patient_compartment_types() -> impl Iterator<Item = ResourceType> {
         .filter_map(|(name, _)| ResourceType::parse(name).ok())
 }
 
+/// The top-level elements [`for_each_patient`] looks at for a type (`id` and `link` for a
+/// Patient, `subject` and `performer` for an Observation, ...).
+pub fn compartment_roots(t: ResourceType) -> Vec<&'static str> {
+    let mut roots: Vec<&'static str> = Vec::new();
+    if t == ResourceType::PATIENT {
+        roots.push("id");
+    }
+    for (_, paths) in entry(t).into_iter().flatten() {
+        for path in *paths {
+            let root = path.split('.').next().unwrap_or(path);
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+    }
+    roots
+}
+
 /// Calls `f` with the id of every patient whose compartment holds `resource` (possibly the
 /// same id more than once). A Patient belongs to its own compartment.
 pub fn for_each_patient(t: ResourceType, resource: &Value, mut f: impl FnMut(&str)) {

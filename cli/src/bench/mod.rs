@@ -426,13 +426,15 @@ async fn run_once(
     http: &reqwest::Client,
     url: &str,
 ) -> Result<(f64, serde_json::Value), BenchError> {
-    run_request(http, http.get(url)).await
+    run_request(http, http.get(url), Duration::from_millis(1)).await
 }
 
-/// One export kicked off by `kickoff` (a GET or a POST): seconds from kick-off to manifest.
+/// One export kicked off by `kickoff` (a GET or a POST), its status polled every `poll`:
+/// seconds from kick-off to manifest.
 pub(crate) async fn run_request(
     http: &reqwest::Client,
     kickoff: reqwest::RequestBuilder,
+    poll: Duration,
 ) -> Result<(f64, serde_json::Value), BenchError> {
     let started = Instant::now();
     let resp = kickoff
@@ -457,7 +459,7 @@ pub(crate) async fn run_request(
         let resp = http.get(&status).send().await?;
         match resp.status().as_u16() {
             // Polled often so that the time measured is the export's, not the poll interval's.
-            202 => tokio::time::sleep(Duration::from_millis(1)).await,
+            202 => tokio::time::sleep(poll).await,
             200 => break resp.json().await?,
             s => return Err(BenchError::Protocol(format!("status answered {s}"))),
         }

@@ -2,6 +2,7 @@
 
 pub mod gzip;
 pub mod head;
+pub mod partial;
 pub mod scan;
 pub mod writer;
 

@@ -31,6 +31,7 @@ mod date;
 mod escape;
 mod fold;
 mod number;
+mod or_index;
 mod reference;
 mod text;
 mod token;
@@ -44,6 +45,7 @@ use crate::request::{FilterParam, TypeFilter};
 use date::DateCmp;
 use escape::{split_unescaped, unescape};
 use number::{NumCmp, QtyCmp, number_target};
+use or_index::OrList;
 use reference::{RefSet, RefValue, reference_type};
 use text::{StringMode, StringValue};
 use token::{OfType, TokenSet, TokenText, TokenValue, UriMode, uri_matches};
@@ -145,7 +147,7 @@ fn compile_filter(
 /// without filters is not filtered.
 #[derive(Debug, Clone, Default)]
 pub struct TypeFilterSet {
-    by_type: Vec<(ResourceType, Vec<CompiledFilter>)>,
+    by_type: Vec<(ResourceType, OrList)>,
 }
 
 impl TypeFilterSet {
@@ -177,17 +179,37 @@ impl TypeFilterSet {
     }
 
     pub fn from_compiled(filters: impl IntoIterator<Item = CompiledFilter>) -> TypeFilterSet {
-        let mut set = TypeFilterSet::default();
+        let mut grouped: Vec<(ResourceType, Vec<CompiledFilter>)> = Vec::new();
         for f in filters {
-            match set.by_type.iter_mut().find(|(t, _)| *t == f.resource_type) {
+            match grouped.iter_mut().find(|(t, _)| *t == f.resource_type) {
                 Some((_, list)) => list.push(f),
-                None => set.by_type.push((f.resource_type, vec![f])),
+                None => grouped.push((f.resource_type, vec![f])),
             }
         }
-        for (_, list) in &mut set.by_type {
-            *list = merge_ors(std::mem::take(list));
+        TypeFilterSet {
+            by_type: grouped
+                .into_iter()
+                .map(|(t, list)| (t, OrList::new(merge_ors(list))))
+                .collect(),
         }
-        set
+    }
+
+    /// The top-level elements the filters of `t` look at (`code`, `meta`, ...): a resource
+    /// parsed with only these answers every filter as the whole resource would.
+    pub fn roots(&self, t: ResourceType) -> Vec<&'static str> {
+        let mut roots: Vec<&'static str> = Vec::new();
+        for (_, filters) in self.by_type.iter().filter(|(ty, _)| *ty == t) {
+            for p in filters.filters().iter().flat_map(|f| &f.params) {
+                for path in &p.paths {
+                    if let Some(root) = path.segments.first()
+                        && !roots.contains(root)
+                    {
+                        roots.push(root);
+                    }
+                }
+            }
+        }
+        roots
     }
 
     /// How many filters a resource of `t` is tried against (after merging).
@@ -195,7 +217,7 @@ impl TypeFilterSet {
         self.by_type
             .iter()
             .find(|(ty, _)| *ty == t)
-            .map_or(0, |(_, list)| list.len())
+            .map_or(0, |(_, list)| list.filters().len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,7 +232,7 @@ impl TypeFilterSet {
     /// has none.
     pub fn matches(&self, resource_type: ResourceType, resource: &Value) -> bool {
         match self.by_type.iter().find(|(t, _)| *t == resource_type) {
-            Some((_, filters)) => filters.iter().any(|f| f.matches(resource)),
+            Some((_, filters)) => filters.matches(resource),
             None => true,
         }
     }

@@ -879,3 +879,58 @@ fn every_table_parameter_is_evaluable_or_marked() {
     }
     assert!(evaluable > 1000, "{evaluable}");
 }
+
+#[test]
+fn an_indexed_or_list_answers_as_trying_every_filter() {
+    // Forty filters that cannot be merged (each ANDs a second parameter), with codes alone,
+    // with systems, `system|` (any code of a system), and some with no code at all.
+    let codes = [
+        "a",
+        "b",
+        "c",
+        "d",
+        "http://loinc.org|a",
+        "http://x|b",
+        "http://loinc.org|",
+        "|c",
+    ];
+    let statuses = ["final", "amended", "preliminary"];
+    let mut queries = Vec::new();
+    for i in 0..40 {
+        let q = if i % 9 == 8 {
+            format!("Observation?status={}", statuses[i % 3])
+        } else {
+            format!(
+                "Observation?code={}&status={}",
+                codes[i % codes.len()],
+                statuses[(i / 3) % 3]
+            )
+        };
+        queries.push(q);
+    }
+    let filters: Vec<TypeFilter> = queries
+        .iter()
+        .map(|q| TypeFilter::parse(q).expect("parse"))
+        .collect();
+    let set = TypeFilterSet::compile(&filters).expect("compile");
+    let each: Vec<CompiledFilter> = queries.iter().map(|q| filter(q)).collect();
+    let obs = ResourceType::parse("Observation").expect("type");
+    let code_values = [
+        json!({"coding": [{"system": "http://loinc.org", "code": "a"}]}),
+        json!({"coding": [{"system": "http://x", "code": "b"}, {"code": "z"}]}),
+        json!({"coding": [{"code": "c"}]}),
+        json!({"coding": [{"system": "http://loinc.org", "code": "zz"}]}),
+        json!({"coding": [{"system": "http://other", "code": "d"}]}),
+        json!({"text": "no coding"}),
+    ];
+    let mut checked = 0;
+    for code in &code_values {
+        for status in ["final", "amended", "preliminary", "cancelled"] {
+            let o = observation("o", code.clone(), json!({"status": status}));
+            let want = each.iter().any(|f| f.matches(&o));
+            assert_eq!(set.matches(obs, &o), want, "{code} {status}");
+            checked += usize::from(want);
+        }
+    }
+    assert!(checked > 5, "the cases match something");
+}

@@ -147,6 +147,14 @@ impl TokenSet {
         }
     }
 
+    /// The codes a value must have one of to match, unless the set takes any code of a
+    /// system (`system|`): then `None`.
+    pub(super) fn required_codes(&self) -> Option<impl Iterator<Item = &str>> {
+        self.any_code
+            .is_empty()
+            .then(|| self.by_code.keys().map(String::as_str))
+    }
+
     fn implicit(&self, code: &str) -> bool {
         !self.any_code.is_empty() || self.by_code.contains_key(code)
     }
@@ -166,6 +174,47 @@ impl TokenSet {
             .get(code)
             .is_some_and(|systems| systems.iter().any(fits))
             || self.any_code.iter().any(fits)
+    }
+}
+
+/// Calls `f` with every code a value of datatype `dt` holds, as [`TokenSet::matches`] reads
+/// them: a value can only match a set with no `system|` value if one of these is among the
+/// set's codes.
+pub(super) fn codes_of<'v>(dt: Datatype, v: &'v Value, f: &mut dyn FnMut(&'v str)) {
+    match dt {
+        Datatype::Text => {
+            if let Some(c) = v.as_str() {
+                f(c);
+            }
+        }
+        Datatype::Boolean => {
+            if let Some(b) = v.as_bool() {
+                f(if b { "true" } else { "false" });
+            }
+        }
+        Datatype::Coding => {
+            if let Some(c) = str_field(v, "code") {
+                f(c);
+            }
+        }
+        Datatype::CodeableConcept => {
+            let codings: &[Value] = match v.get("coding") {
+                Some(Value::Array(items)) => items,
+                Some(one) => std::slice::from_ref(one),
+                None => &[],
+            };
+            for c in codings {
+                if let Some(code) = str_field(c, "code") {
+                    f(code);
+                }
+            }
+        }
+        Datatype::Identifier | Datatype::ContactPoint => {
+            if let Some(c) = str_field(v, "value") {
+                f(c);
+            }
+        }
+        _ => {}
     }
 }
 

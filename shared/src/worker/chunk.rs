@@ -259,6 +259,42 @@ async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(),
     Ok(())
 }
 
+/// Jobs whose filters were compiled last in this process, most recent last: every chunk of
+/// an export has the same filters, and a long OR list (100,000 codes) takes tens of
+/// milliseconds to compile.
+static COMPILED: std::sync::Mutex<Vec<(JobId, Arc<TypeFilterSet>)>> =
+    std::sync::Mutex::new(Vec::new());
+const COMPILED_KEPT: usize = 8;
+
+/// The job's filters, compiled at its transaction time so that `ap` means the same in every
+/// chunk (and so the same whichever chunk compiled them first).
+fn compiled_filters(job: &Job) -> Result<Arc<TypeFilterSet>, WorkError> {
+    if let Ok(mut cache) = COMPILED.lock()
+        && let Some(i) = cache.iter().position(|(id, _)| *id == job.id)
+    {
+        let hit = cache.remove(i);
+        let set = hit.1.clone();
+        cache.push(hit);
+        return Ok(set);
+    }
+    let set = Arc::new(
+        TypeFilterSet::compile_at(&job.request.type_filters, job.transaction_time).map_err(
+            |e| {
+                WorkError::Permanent(format!(
+                    "a _typeFilter accepted at kick-off no longer compiles: {e}"
+                ))
+            },
+        )?,
+    );
+    if let Ok(mut cache) = COMPILED.lock() {
+        if cache.len() >= COMPILED_KEPT {
+            cache.remove(0);
+        }
+        cache.push((job.id.clone(), set.clone()));
+    }
+    Ok(set)
+}
+
 /// What every role needs while it runs.
 pub(crate) struct ChunkCtx<'a> {
     pub deps: &'a WorkerDeps,
@@ -293,15 +329,7 @@ impl<'a> ChunkCtx<'a> {
         let filters = if job.request.type_filters.is_empty() {
             None
         } else {
-            // Compiled at the transaction time so that `ap` means the same in every chunk.
-            Some(Arc::new(
-                TypeFilterSet::compile_at(&job.request.type_filters, job.transaction_time)
-                    .map_err(|e| {
-                        WorkError::Permanent(format!(
-                            "a _typeFilter accepted at kick-off no longer compiles: {e}"
-                        ))
-                    })?,
-            ))
+            Some(compiled_filters(job)?)
         };
         Ok(ChunkCtx {
             deps,

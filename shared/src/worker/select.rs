@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::compartment::for_each_patient;
+use crate::compartment::{compartment_roots, for_each_patient};
 use crate::elements::{ElementsFilter, TypeSubset};
 use crate::job::Job;
 use crate::model::ResourceType;
 use crate::model::ids::is_logical_id;
+use crate::ndjson::partial::parse_members;
 use crate::ndjson::read_head;
 use crate::outcome::{Issue, IssueCode};
 use crate::search::TypeFilterSet;
@@ -68,6 +69,9 @@ pub(crate) struct Selection {
     wants_owner: bool,
     /// Hand the parsed resource to the caller (Provenance selection).
     wants_value: bool,
+    /// The top-level members the tests above look at, when a partial tree answers them
+    /// (`None`: the whole resource is parsed).
+    roots: Option<Vec<&'static str>>,
 }
 
 impl Selection {
@@ -90,22 +94,46 @@ impl Selection {
             elements,
             wants_owner: false,
             wants_value: false,
+            roots: None,
         }
+        .with_roots()
     }
 
     pub(crate) fn with_owner(mut self) -> Self {
         self.wants_owner = true;
-        self
+        self.with_roots()
     }
 
     /// No compartment test (Provenance chosen by association).
     pub(crate) fn without_scope(mut self) -> Self {
         self.scope = Scope::Everything;
-        self
+        self.with_roots()
     }
 
     pub(crate) fn with_value(mut self) -> Self {
         self.wants_value = true;
+        self.with_roots()
+    }
+
+    /// Which members the tree needs: those of the compartment (when it is looked at) and of
+    /// the filters; all of them when the caller takes the resource.
+    fn with_roots(mut self) -> Self {
+        self.roots = if self.wants_value {
+            None
+        } else {
+            let mut roots = Vec::new();
+            if self.wants_owner || !matches!(self.scope, Scope::Everything) {
+                roots.extend(compartment_roots(self.resource_type));
+            }
+            if let Some(f) = &self.filters {
+                for r in f.roots(self.resource_type) {
+                    if !roots.contains(&r) {
+                        roots.push(r);
+                    }
+                }
+            }
+            Some(roots)
+        };
         self
     }
 
@@ -163,7 +191,11 @@ impl Selection {
                 Err(issue) => Verdict::Error(issue),
             };
         }
-        let value: Value = match serde_json::from_slice(line) {
+        let parsed = match &self.roots {
+            Some(roots) => parse_members(line, roots),
+            None => serde_json::from_slice(line),
+        };
+        let value: Value = match parsed {
             Ok(v) => v,
             Err(e) => return Verdict::Error(Issue::error(IssueCode::Structure, e.to_string())),
         };
