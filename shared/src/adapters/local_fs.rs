@@ -816,6 +816,50 @@ mod tests {
         assert!(written == expected, "content differs");
     }
 
+    #[test]
+    fn io_errors_no_retry_mends_are_refusals_said_in_words() {
+        // A real "no space left on device": what /dev/full answers every write with.
+        if let Ok(mut full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+            let e = std::io::Write::write_all(&mut full, b"x").expect_err("/dev/full");
+            let mapped = map_io("k", e);
+            assert!(
+                matches!(
+                    mapped,
+                    ObjectError::Refused {
+                        reason: Refusal::StorageFull,
+                        ..
+                    }
+                ),
+                "{mapped:?}"
+            );
+            assert!(mapped.to_string().contains("no space left"), "{mapped}");
+            assert!(!mapped.is_transient());
+        }
+        for (errno, reason) in [
+            (libc_errno::EROFS, Refusal::ReadOnly),
+            (libc_errno::EACCES, Refusal::PermissionDenied),
+            (libc_errno::EDQUOT, Refusal::StorageFull),
+        ] {
+            let mapped = map_io("k", std::io::Error::from_raw_os_error(errno));
+            assert!(
+                matches!(&mapped, ObjectError::Refused { reason: r, .. } if *r == reason),
+                "{errno}: {mapped:?}"
+            );
+        }
+        assert!(map_io("k", std::io::Error::other("glitch")).is_transient());
+        assert!(matches!(
+            map_io("k", std::io::ErrorKind::NotFound.into()),
+            ObjectError::NotFound(_)
+        ));
+    }
+
+    /// Linux's numbers for the errors above (no libc dependency for three constants).
+    mod libc_errno {
+        pub const EACCES: i32 = 13;
+        pub const EROFS: i32 = 30;
+        pub const EDQUOT: i32 = 122;
+    }
+
     #[tokio::test]
     async fn deleting_a_prefix_leaves_no_empty_folder_behind() {
         let dir = tempfile::tempdir().expect("tmp");

@@ -95,6 +95,9 @@ impl From<SourceError> for WorkError {
             SourceError::NotFound(k) => WorkError::Permanent(format!(
                 "source object `{k}` disappeared while the export ran"
             )),
+            SourceError::Damaged { object, detail } => {
+                WorkError::Permanent(format!("source object `{object}` is damaged: {detail}"))
+            }
             SourceError::Refused { object, reason } => {
                 WorkError::Permanent(format!("source object `{object}` cannot be read: {reason}"))
             }
