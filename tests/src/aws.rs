@@ -57,6 +57,26 @@ pub struct Apps {
     pub cancel: Router,
 }
 
+/// A new bucket on moto, named from `prefix`, and a store rooted at `root` in it (`""` or
+/// ending in `/`); `None` (the test is skipped, and says so) when moto is not running.
+pub async fn new_bucket(prefix: &str, root: &str) -> Option<(String, S3Store)> {
+    moto().await?;
+    let aws = sdk_config().await;
+    let bucket = unique(prefix);
+    let store = S3Store::new(
+        &aws,
+        S3Location::parse(&format!("s3://{bucket}/{root}")).unwrap(),
+    );
+    store
+        .client()
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    Some((bucket, store))
+}
+
 pub async fn queue_arn(q: &SqsQueue) -> String {
     q.client()
         .get_queue_attributes()

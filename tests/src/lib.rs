@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod aws;
+pub mod wrappers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -226,6 +227,19 @@ impl TestServer {
         out
     }
 
+    /// The job record behind a status URL.
+    pub async fn job(&self, status_url: &str) -> shared::job::Job {
+        let id = shared::model::JobId::parse(status_url.rsplit('/').next().expect("id"))
+            .expect("a job id");
+        self.server
+            .deps
+            .jobs
+            .get(&id)
+            .await
+            .expect("job store")
+            .expect("the job")
+    }
+
     /// Waits until the work queue holds no message, visible or in flight (the workers have
     /// handled everything sent so far).
     pub async fn settle(&self) {
@@ -321,6 +335,19 @@ pub fn content_location(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
+/// The file names of a manifest's `output`, in its order.
+pub fn file_names(manifest: &Value) -> Vec<String> {
+    manifest["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .map(|i| {
+            let url = i["url"].as_str().expect("url");
+            url.rsplit('/').next().unwrap_or(url).to_owned()
+        })
+        .collect()
+}
+
 /// Sum of `count` per type in a manifest's `output`.
 pub fn counts(manifest: &Value) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -329,6 +356,64 @@ pub fn counts(manifest: &Value) -> BTreeMap<String, u64> {
             .or_insert(0) += item["count"].as_u64().expect("count");
     }
     out
+}
+
+/// The text of an NDJSON file, plain (`.ndjson`) or gzip (`.ndjson.gz`); `None` for any
+/// other file.
+pub fn read_ndjson_file(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy();
+    if name.ends_with(".ndjson.gz") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()),
+            &mut s,
+        )
+        .unwrap();
+        Some(s)
+    } else if name.ends_with(".ndjson") {
+        Some(std::fs::read_to_string(path).unwrap())
+    } else {
+        None
+    }
+}
+
+/// Every file below `dir` (which may not exist), as paths relative to it, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Adds the id of every patient a resource refers to, anywhere in it.
+pub fn patient_refs(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "reference"
+                    && let Some(id) = x.as_str().and_then(|s| s.strip_prefix("Patient/"))
+                {
+                    out.insert(id.to_owned());
+                }
+                patient_refs(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| patient_refs(x, out)),
+        _ => {}
+    }
 }
 
 /// Reads every resource of an NDJSON folder (plain or gzip), by type.
@@ -342,18 +427,7 @@ pub fn read_source(dir: &Path) -> BTreeMap<String, Vec<Value>> {
                 stack.push(path);
                 continue;
             }
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            let text = if name.ends_with(".ndjson.gz") {
-                let mut s = String::new();
-                std::io::Read::read_to_string(
-                    &mut flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap()),
-                    &mut s,
-                )
-                .unwrap();
-                s
-            } else if name.ends_with(".ndjson") {
-                std::fs::read_to_string(&path).unwrap()
-            } else {
+            let Some(text) = read_ndjson_file(&path) else {
                 continue;
             };
             for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -5,25 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use std::collections::HashSet;
-
 use fhir_export::serve::Wrap;
-use integration_tests::{Options, TestServer, moto, unique};
-use serde_json::Value;
-use shared::adapters::aws::s3::{S3Location, S3Store};
-use shared::adapters::aws::sdk_config;
-use shared::job::{ReadSpec, SourcePiece};
+use integration_tests::aws::new_bucket;
+use integration_tests::wrappers::{SlowSource, StoreWrapper, Wrapped};
+use integration_tests::{Options, TestServer, files_under};
+use shared::adapters::aws::s3::S3Store;
 use shared::model::JobId;
-use shared::model::{LogicalId, ResourceType};
-use shared::ports::{ByteStream, ObjectError, ObjectMeta, ObjectStore, ObjectWriter};
-use shared::ports::{Origin, RecordBatch, RecordReader, ResourceSource, SourceError};
+use shared::ports::{ObjectError, ObjectStore};
 use shared::worker::{NoLease, handle_message};
 
 /// Where the exports go.
@@ -43,20 +36,7 @@ impl Output {
         if !s3 {
             return Some(Output::Local);
         }
-        moto().await?;
-        let aws = sdk_config().await;
-        let bucket = unique("cancel");
-        let store = S3Store::new(
-            &aws,
-            S3Location::parse(&format!("s3://{bucket}/exports/")).unwrap(),
-        );
-        store
-            .client()
-            .create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap();
+        let (bucket, store) = new_bucket("cancel", "exports/").await?;
         Some(Output::S3 { bucket, store })
     }
 
@@ -121,25 +101,6 @@ impl Output {
     }
 }
 
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.filter_map(Result::ok) {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path.display().to_string());
-            }
-        }
-    }
-    out
-}
-
 fn job_id(status_url: &str) -> JobId {
     JobId::parse(status_url.rsplit('/').next().unwrap()).unwrap()
 }
@@ -181,66 +142,6 @@ async fn cancel_right_after_kickoff_leaves_nothing_on_s3() {
     cancel_right_after_kickoff(true).await;
 }
 
-/// The server's source, slowed down so that a chunk takes many batches' time, with a count
-/// of the batches its readers have handed out.
-struct SlowSource {
-    inner: Arc<dyn ResourceSource>,
-    batches: Arc<AtomicUsize>,
-}
-
-struct SlowReader {
-    inner: Box<dyn RecordReader>,
-    batches: Arc<AtomicUsize>,
-}
-
-#[async_trait]
-impl RecordReader for SlowReader {
-    async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError> {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let more = self.inner.next_batch(batch).await?;
-        if more {
-            self.batches.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(more)
-    }
-    async fn describe(&mut self, origin: Origin) -> String {
-        self.inner.describe(origin).await
-    }
-}
-
-#[async_trait]
-impl ResourceSource for SlowSource {
-    async fn plan(
-        &self,
-        types: &[ResourceType],
-        chunk_bytes: u64,
-    ) -> Result<Vec<SourcePiece>, SourceError> {
-        self.inner.plan(types, chunk_bytes).await
-    }
-    async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
-        self.inner.types().await
-    }
-    async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
-        Ok(Box::new(SlowReader {
-            inner: self.inner.open(read).await?,
-            batches: self.batches.clone(),
-        }))
-    }
-    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
-        self.inner.read(t, id).await
-    }
-    async fn existing(
-        &self,
-        t: ResourceType,
-        ids: &[LogicalId],
-    ) -> Result<HashSet<LogicalId>, SourceError> {
-        self.inner.existing(t, ids).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 async fn cancel_mid_export(s3: bool) {
     let Some(out) = Output::new(s3).await else {
         return;
@@ -257,6 +158,7 @@ async fn cancel_mid_export(s3: bool) {
     opts.wrap.source = Some(Wrap::new(move |inner| {
         Arc::new(SlowSource {
             inner,
+            delay: Duration::from_millis(20),
             batches: counted.clone(),
         })
     }));
@@ -305,32 +207,9 @@ struct CancelBetweenRenames {
 }
 
 #[async_trait]
-impl ObjectStore for CancelBetweenRenames {
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
-        self.inner.put(key, data).await
-    }
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
-        self.inner.writer(key).await
-    }
-    async fn read(
-        &self,
-        key: &str,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<ByteStream, ObjectError> {
-        self.inner.read(key, start, end).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError> {
-        self.inner.delete_prefix(prefix).await
+impl StoreWrapper for CancelBetweenRenames {
+    fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
     }
     async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError> {
         if self.renames.fetch_add(1, Ordering::SeqCst) == 1 {
@@ -338,9 +217,6 @@ impl ObjectStore for CancelBetweenRenames {
             assert_eq!(resp.status(), 202);
         }
         self.inner.rename(from, to).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
 }
 
@@ -368,12 +244,12 @@ async fn cancel_while_a_chunk_publishes(s3: bool) {
         .unwrap()
         .pop()
         .expect("the chunk message");
-    deps.output = Arc::new(CancelBetweenRenames {
+    deps.output = Arc::new(Wrapped(CancelBetweenRenames {
         inner: deps.output.clone(),
         renames: AtomicUsize::new(0),
         status_url: url.clone(),
         http: t.http.clone(),
-    });
+    }));
     handle_message(&deps, &chunk.body, &NoLease)
         .await
         .expect("a cancelled export is not the chunk's failure");

@@ -9,10 +9,9 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use integration_tests::{Options, TestServer, counts, moto, unique};
+use integration_tests::aws::new_bucket;
+use integration_tests::{Options, TestServer, counts, file_names};
 use serde_json::Value;
-use shared::adapters::aws::s3::{S3Location, S3Store};
-use shared::adapters::aws::sdk_config;
 
 /// A client that sends what it is told and leaves bodies as they come.
 fn raw_client() -> reqwest::Client {
@@ -160,22 +159,7 @@ async fn files_stored_gzipped_give_the_same_export() {
     let zipped_status = zipped_server.start_export("/$export", query).await;
     let zipped_manifest = zipped_server.manifest(&zipped_status).await;
     assert_eq!(counts(&plain_manifest), counts(&zipped_manifest));
-    let names = |m: &Value| -> Vec<String> {
-        m["output"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                i["url"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect()
-    };
+    let names = file_names;
     assert_eq!(names(&plain_manifest), names(&zipped_manifest));
 
     // Stored compressed, under the same names.
@@ -231,22 +215,9 @@ async fn files_stored_gzipped_give_the_same_export() {
 
 #[tokio::test]
 async fn signed_urls_of_gzipped_files_on_s3_are_labelled_gzip() {
-    if moto().await.is_none() {
+    let Some((bucket, _)) = new_bucket("gzip", "exports/").await else {
         return;
-    }
-    let aws = sdk_config().await;
-    let bucket = unique("gzip");
-    let store = S3Store::new(
-        &aws,
-        S3Location::parse(&format!("s3://{bucket}/exports/")).unwrap(),
-    );
-    store
-        .client()
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
+    };
     let t = TestServer::start(
         Options {
             patients: 20,

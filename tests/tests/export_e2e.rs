@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fhir_export::synth;
-use integration_tests::{Options, TestServer, counts, read_source, synthea_dir};
+use integration_tests::{Options, TestServer, counts, patient_refs, read_source, synthea_dir};
 use serde_json::Value;
 
 /// Types of the generated data that are in the Patient compartment (Group is left out of
@@ -22,23 +22,6 @@ const COMPARTMENT_TYPES: &[&str] = &[
     "Procedure",
     "Provenance",
 ];
-
-fn patient_refs(v: &Value, out: &mut BTreeSet<String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if k == "reference"
-                    && let Some(id) = x.as_str().and_then(|s| s.strip_prefix("Patient/"))
-                {
-                    out.insert(id.to_owned());
-                }
-                patient_refs(x, out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| patient_refs(x, out)),
-        _ => {}
-    }
-}
 
 /// Independent expectation: per type, resources that are the patient or reference it.
 fn expected_for_patients(

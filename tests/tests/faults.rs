@@ -13,14 +13,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fhir_export::serve::{ServeConfig, ServeError, Wrap};
+use integration_tests::wrappers::{SlowSource, StoreWrapper, Wrapped};
 use integration_tests::{Options, TestServer, counts, dataset, read_source};
 use serde_json::Value;
-use shared::job::{ReadSpec, SourcePiece};
-use shared::model::{JobId, LogicalId, ResourceType};
-use shared::ports::{
-    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, Origin, RecordBatch,
-    RecordReader, Refusal, ResourceSource, SourceError,
-};
+use shared::model::JobId;
+use shared::ports::{Encoding, ObjectError, ObjectStore, ObjectWriter, Refusal};
 
 fn job_id(status_url: &str) -> JobId {
     JobId::parse(status_url.rsplit('/').next().unwrap()).unwrap()
@@ -114,15 +111,7 @@ async fn damaged_gzip_files_are_reported_and_everything_readable_exported_at_onc
         "took {:?}",
         started.elapsed()
     );
-    let job = t
-        .server
-        .deps
-        .jobs
-        .get(&job_id(&status))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(job.recoveries, 0);
+    assert_eq!(t.job(&status).await.recoveries, 0);
     let got = t.download(&manifest, "output").await;
     // The other types whole; the readable part of the damaged ones.
     let others: Vec<&str> = source
@@ -176,11 +165,11 @@ async fn exports_complete_when_the_output_store_fails_one_call_in_ten() {
     let before = shared::adapters::faults::injected_failures();
     let t = TestServer::start(
         Options {
-            patients: 40,
+            patients: 80,
             ..Options::default()
         }
         .env("FHIR_EXPORT_FAULTS", "object-store-errors=0.1")
-        .env("FHIR_EXPORT_CHUNK_BYTES", "50000")
+        .env("FHIR_EXPORT_CHUNK_BYTES", "20000")
         .env("FHIR_EXPORT_PACK_BYTES", "0"),
     )
     .await;
@@ -207,7 +196,7 @@ async fn exports_complete_when_the_output_store_fails_one_call_in_ten() {
     }
     let injected = shared::adapters::faults::injected_failures() - before;
     println!("store calls failed on purpose: {injected}");
-    assert!(injected > 10, "only {injected} faults injected");
+    assert!(injected > 50, "only {injected} faults injected");
     t.server.stop().await;
 }
 
@@ -311,15 +300,15 @@ impl ObjectWriter for RefusingWriter {
 }
 
 #[async_trait]
-impl ObjectStore for Refusing {
+impl StoreWrapper for Refusing {
+    fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
     async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
         match self.puts {
             Some(r) => Err(refused(key, r)),
             None => self.inner.put(key, data).await,
         }
-    }
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
-        self.encoded_writer(key, Encoding::Identity).await
     }
     async fn encoded_writer(
         &self,
@@ -336,32 +325,6 @@ impl ObjectStore for Refusing {
             None => inner,
         })
     }
-    async fn read(
-        &self,
-        key: &str,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<ByteStream, ObjectError> {
-        self.inner.read(key, start, end).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError> {
-        self.inner.rename(from, to).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
 }
 
 #[tokio::test]
@@ -371,11 +334,11 @@ async fn a_full_disk_fails_the_export_at_once_and_says_so() {
         ..Options::default()
     };
     opts.wrap.output = Some(Wrap::new(|inner| {
-        Arc::new(Refusing {
+        Arc::new(Wrapped(Refusing {
             inner,
             writes: Some(Refusal::StorageFull),
             puts: None,
-        })
+        }))
     }));
     let t = TestServer::start(opts).await;
     let started = Instant::now();
@@ -391,15 +354,7 @@ async fn a_full_disk_fails_the_export_at_once_and_says_so() {
     let oo: Value = resp.json().await.unwrap();
     let text = oo["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(text.contains("no space left"), "{text}");
-    let job = t
-        .server
-        .deps
-        .jobs
-        .get(&job_id(&status))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(job.recoveries, 0);
+    assert_eq!(t.job(&status).await.recoveries, 0);
     t.server.stop().await;
 }
 
@@ -410,11 +365,11 @@ async fn a_read_only_output_stops_the_server_at_start_with_the_reason() {
     config.bind = "127.0.0.1:0".parse().unwrap();
     config.workers = 0;
     config.wrap.output = Some(Wrap::new(|inner| {
-        Arc::new(Refusing {
+        Arc::new(Wrapped(Refusing {
             inner,
             writes: Some(Refusal::ReadOnly),
             puts: Some(Refusal::ReadOnly),
-        })
+        }))
     }));
     let Err(e) = fhir_export::serve::start(config).await else {
         panic!("the server started on an output it cannot write");
@@ -458,50 +413,6 @@ async fn an_expired_export_leaves_nothing_in_the_output() {
     t.server.stop().await;
 }
 
-/// The server's source, a few milliseconds per batch: a large export takes a while.
-struct SlowSource {
-    inner: Arc<dyn ResourceSource>,
-}
-
-struct SlowReader(Box<dyn RecordReader>);
-
-#[async_trait]
-impl RecordReader for SlowReader {
-    async fn next_batch(&mut self, batch: &mut RecordBatch) -> Result<bool, SourceError> {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        self.0.next_batch(batch).await
-    }
-    async fn describe(&mut self, origin: Origin) -> String {
-        self.0.describe(origin).await
-    }
-}
-
-#[async_trait]
-impl ResourceSource for SlowSource {
-    async fn plan(&self, t: &[ResourceType], bytes: u64) -> Result<Vec<SourcePiece>, SourceError> {
-        self.inner.plan(t, bytes).await
-    }
-    async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
-        self.inner.types().await
-    }
-    async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
-        Ok(Box::new(SlowReader(self.inner.open(read).await?)))
-    }
-    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
-        self.inner.read(t, id).await
-    }
-    async fn existing(
-        &self,
-        t: ResourceType,
-        ids: &[LogicalId],
-    ) -> Result<std::collections::HashSet<LogicalId>, SourceError> {
-        self.inner.existing(t, ids).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 #[tokio::test]
 async fn a_small_export_is_not_held_up_by_a_large_one() {
     let mut opts = Options {
@@ -512,20 +423,19 @@ async fn a_small_export_is_not_held_up_by_a_large_one() {
     // The large export in many chunks, each a few batches' time.
     .env("FHIR_EXPORT_CHUNK_BYTES", "30000")
     .env("FHIR_EXPORT_PACK_BYTES", "0");
-    opts.wrap.source = Some(Wrap::new(|inner| Arc::new(SlowSource { inner })));
+    opts.wrap.source = Some(Wrap::new(|inner| {
+        Arc::new(SlowSource {
+            inner,
+            delay: Duration::from_millis(5),
+            batches: Default::default(),
+        })
+    }));
     let t = TestServer::start(opts).await;
     let large = t.start_export("/$export", "").await;
     // The large export is under way: its chunks fill the queue.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let job = t
-            .server
-            .deps
-            .jobs
-            .get(&job_id(&large))
-            .await
-            .unwrap()
-            .unwrap();
+        let job = t.job(&large).await;
         if job.chunks_done >= 2 {
             assert!(job.chunks_total > 50, "{} chunks", job.chunks_total);
             break;
@@ -536,14 +446,7 @@ async fn a_small_export_is_not_held_up_by_a_large_one() {
     let small = t.start_export("/$export", "_type=Organization").await;
     let manifest = t.manifest(&small).await;
     assert_eq!(counts(&manifest)["Organization"], 1);
-    let job = t
-        .server
-        .deps
-        .jobs
-        .get(&job_id(&large))
-        .await
-        .unwrap()
-        .unwrap();
+    let job = t.job(&large).await;
     assert!(
         job.chunks_done < job.chunks_total,
         "the small export waited for the large one ({} of {} chunks done)",

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use integration_tests::{Options, TestServer, counts, read_source};
+use integration_tests::{Options, TestServer, counts, files_under, read_source};
 use serde_json::Value;
 use shared::model::JobId;
 use shared::worker::runner::{PoolConfig, spawn_pool};
@@ -228,7 +228,7 @@ async fn a_worker_stopped_mid_chunk_is_replaced_after_the_visibility_timeout() {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let parts_written = loop {
-        let parts = walk_files(&staging).len();
+        let parts = files_under(&staging).len();
         if parts >= 3 {
             break parts;
         }
@@ -272,24 +272,6 @@ async fn a_worker_stopped_mid_chunk_is_replaced_after_the_visibility_timeout() {
 }
 
 /// Every file under `dir`, as paths relative to it.
-fn walk_files(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.filter_map(Result::ok) {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(rel) = path.strip_prefix(dir) {
-                out.push(rel.display().to_string());
-            }
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn cancel_after_completion_deletes_the_files() {
@@ -306,7 +288,7 @@ async fn cancel_after_completion_deletes_the_files() {
     assert_eq!(status(&t, &url).await.status(), 404);
     assert_eq!(t.http.get(&file).send().await.unwrap().status(), 404);
     assert_eq!(
-        walk_files(&t.output_dir().join(job_id(&url).as_str())),
+        files_under(&t.output_dir().join(job_id(&url).as_str())),
         Vec::<String>::new()
     );
     t.server.stop().await;
@@ -466,7 +448,7 @@ async fn expired_exports_are_deleted() {
     assert!(report.expired >= 1);
     assert_eq!(status(&t, &url).await.status(), 404);
     assert_eq!(
-        walk_files(&t.output_dir().join(job_id(&url).as_str())),
+        files_under(&t.output_dir().join(job_id(&url).as_str())),
         Vec::<String>::new()
     );
     t.server.stop().await;

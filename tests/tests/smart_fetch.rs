@@ -14,11 +14,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use integration_tests::{Options, TestServer, read_source};
+use integration_tests::{Options, TestServer, patient_refs, read_ndjson_file, read_source};
 use serde_json::Value;
 
 /// smart-fetch 1.0.3's default Observation filter (`category=...`), which it adds when
@@ -128,15 +127,7 @@ fn written(dir: &Path) -> BTreeMap<String, BTreeMap<String, Value>> {
                 stack.push(path);
                 continue;
             }
-            let text = if name.ends_with(".ndjson.gz") {
-                let mut s = String::new();
-                flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
-                    .read_to_string(&mut s)
-                    .unwrap();
-                s
-            } else if name.ends_with(".ndjson") {
-                std::fs::read_to_string(&path).unwrap()
-            } else {
+            let Some(text) = read_ndjson_file(&path) else {
                 continue;
             };
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -206,24 +197,6 @@ fn in_default_categories(r: &Value) -> bool {
             })
         })
     })
-}
-
-/// Patient ids a resource refers to, anywhere in it.
-fn patient_refs(v: &Value, out: &mut BTreeSet<String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if k == "reference"
-                    && let Some(id) = x.as_str().and_then(|s| s.strip_prefix("Patient/"))
-                {
-                    out.insert(id.to_owned());
-                }
-                patient_refs(x, out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| patient_refs(x, out)),
-        _ => {}
-    }
 }
 
 async fn server() -> TestServer {
