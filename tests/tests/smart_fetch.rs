@@ -313,3 +313,29 @@ async fn smart_fetch_type_export_gets_just_those_types() {
     );
     t.server.stop().await;
 }
+
+#[tokio::test]
+async fn smart_fetch_system_export_of_the_synthea_dataset() {
+    let Some(bin) = smart_fetch() else { return };
+    let Some(dir) = integration_tests::synthea_dir() else {
+        eprintln!("SKIPPED: the Synthea dataset (../shared/data) is not present");
+        return;
+    };
+    let t = TestServer::start(
+        Options {
+            source: Some(dir.clone()),
+            ..Options::default()
+        }
+        .env("FHIR_EXPORT_RETRY_AFTER_SECS", "1"),
+    )
+    .await;
+    let source = read_source(&dir);
+    let types = client_types(&bin);
+    let out = bulk(&bin, &t.base, &[], &held(&source)).await;
+    let want = expected(&source, &types, |t, r| {
+        t != "Observation" || in_default_categories(r)
+    });
+    assert!(want.len() >= 8, "{:?}", want.keys());
+    assert_same(&written(out.path()), &want);
+    t.server.stop().await;
+}
