@@ -9,16 +9,15 @@
 //!   (0 to 1) before it reaches the store, with a transient error; the caller's retries
 //!   ([`super::retry`]) and the queue's redeliveries have to make up for it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use futures::future::BoxFuture;
 
-use crate::ports::{
-    ByteStream, Delivery, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, QueueError,
-    SignedUrls, WorkQueue,
-};
+use super::retry::{CallPolicy, Guarded};
+use crate::ports::{Delivery, ObjectError, ObjectStore, QueueError, WorkQueue};
 
 /// What `FHIR_EXPORT_FAULTS` asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -74,11 +73,13 @@ impl Faults {
     /// [`Faults::store`] with the failures drawn from `seed`: the same calls fail every run.
     pub fn store_seeded(&self, store: Arc<dyn ObjectStore>, seed: u64) -> Arc<dyn ObjectStore> {
         if self.object_store_errors > 0.0 {
-            Arc::new(FlakyStore {
-                inner: store,
-                rate: self.object_store_errors,
-                state: AtomicU64::new(seed | 1),
-            })
+            Arc::new(Guarded::new(
+                store,
+                Flaky {
+                    rate: self.object_store_errors,
+                    state: AtomicU64::new(seed | 1),
+                },
+            ))
         } else {
             store
         }
@@ -130,15 +131,14 @@ impl WorkQueue for DuplicatingQueue {
     }
 }
 
-/// An object store whose calls fail now and then, before they reach it.
-pub struct FlakyStore {
-    inner: Arc<dyn ObjectStore>,
+/// Fails a store call now and then, before it reaches the store.
+struct Flaky {
     rate: f64,
     /// xorshift64 state: good enough to scatter failures, and no dependency.
     state: AtomicU64,
 }
 
-impl FlakyStore {
+impl Flaky {
     fn roll(&self, call: &str, key: &str) -> Result<(), ObjectError> {
         let mut x = self.state.load(Ordering::Relaxed);
         x ^= x << 13;
@@ -157,66 +157,30 @@ impl FlakyStore {
     }
 }
 
-#[async_trait]
-impl ObjectStore for FlakyStore {
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
-        self.roll("put", key)?;
-        self.inner.put(key, data).await
-    }
-    async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
-        self.roll("writer", key)?;
-        self.inner.writer(key).await
-    }
-    async fn encoded_writer(
-        &self,
-        key: &str,
-        encoding: Encoding,
-    ) -> Result<Box<dyn ObjectWriter>, ObjectError> {
-        self.roll("writer", key)?;
-        self.inner.encoded_writer(key, encoding).await
-    }
-    async fn read(
-        &self,
-        key: &str,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<ByteStream, ObjectError> {
-        self.roll("read", key)?;
-        self.inner.read(key, start, end).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError> {
-        self.roll("head", key)?;
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
-        self.roll("list", prefix)?;
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.roll("delete", key)?;
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError> {
-        self.roll("delete_prefix", prefix)?;
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError> {
-        self.roll("rename", from)?;
-        self.inner.rename(from, to).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn clean_abandoned(&self) -> Result<u64, ObjectError> {
-        self.inner.clean_abandoned().await
-    }
-    fn signer(&self) -> Option<&dyn SignedUrls> {
-        self.inner.signer()
+impl CallPolicy for Flaky {
+    fn around<'a, T, F, Fut>(
+        &'a self,
+        what: &'static str,
+        key: &'a str,
+        mut call: F,
+    ) -> BoxFuture<'a, Result<T, ObjectError>>
+    where
+        T: Send + 'a,
+        F: FnMut() -> Fut + Send + 'a,
+        Fut: Future<Output = Result<T, ObjectError>> + Send + 'a,
+    {
+        let rolled = self.roll(what, key);
+        Box::pin(async move {
+            rolled?;
+            call().await
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]

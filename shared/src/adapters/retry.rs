@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 
 use crate::ports::{
     ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, SignedUrls,
@@ -25,43 +26,86 @@ const DELAYS: [Duration; 3] = [
     Duration::from_millis(400),
 ];
 
-pub struct RetryingStore {
+/// What a [`Guarded`] store does around every call of the store it wraps: retry it here,
+/// fail it on purpose in [`super::faults`].
+pub trait CallPolicy: Send + Sync + 'static {
+    /// Runs `call` as the policy sees fit (again, or not at all); `what` names the call and
+    /// `key` the object or prefix it is about.
+    fn around<'a, T, F, Fut>(
+        &'a self,
+        what: &'static str,
+        key: &'a str,
+        call: F,
+    ) -> BoxFuture<'a, Result<T, ObjectError>>
+    where
+        T: Send + 'a,
+        F: FnMut() -> Fut + Send + 'a,
+        Fut: Future<Output = Result<T, ObjectError>> + Send + 'a;
+}
+
+/// A store whose every call goes through a [`CallPolicy`]; the rest (`describe`, signing)
+/// is the wrapped store's.
+pub struct Guarded<P> {
     inner: Arc<dyn ObjectStore>,
+    policy: P,
+}
+
+impl<P: CallPolicy> Guarded<P> {
+    pub fn new(inner: Arc<dyn ObjectStore>, policy: P) -> Self {
+        Guarded { inner, policy }
+    }
+}
+
+/// Retries a call that failed transiently, as the module says.
+pub struct Retry;
+
+impl CallPolicy for Retry {
+    fn around<'a, T, F, Fut>(
+        &'a self,
+        what: &'static str,
+        _key: &'a str,
+        mut call: F,
+    ) -> BoxFuture<'a, Result<T, ObjectError>>
+    where
+        T: Send + 'a,
+        F: FnMut() -> Fut + Send + 'a,
+        Fut: Future<Output = Result<T, ObjectError>> + Send + 'a,
+    {
+        Box::pin(async move {
+            let mut delays = DELAYS.iter();
+            loop {
+                match call().await {
+                    Err(e) if e.is_transient() => match delays.next() {
+                        Some(d) => {
+                            tracing::debug!(call = what, error = %crate::error_chain(&e), "store call failed; trying again");
+                            tokio::time::sleep(*d).await;
+                        }
+                        None => return Err(e),
+                    },
+                    other => return other,
+                }
+            }
+        })
+    }
 }
 
 /// `store`, with its transient failures retried.
 pub fn retrying(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-    Arc::new(RetryingStore { inner: store })
-}
-
-async fn retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, ObjectError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ObjectError>>,
-{
-    let mut delays = DELAYS.iter();
-    loop {
-        match call().await {
-            Err(e) if e.is_transient() => match delays.next() {
-                Some(d) => {
-                    tracing::debug!(call = what, error = %crate::error_chain(&e), "store call failed; trying again");
-                    tokio::time::sleep(*d).await;
-                }
-                None => return Err(e),
-            },
-            other => return other,
-        }
-    }
+    Arc::new(Guarded::new(store, Retry))
 }
 
 #[async_trait]
-impl ObjectStore for RetryingStore {
+impl<P: CallPolicy> ObjectStore for Guarded<P> {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
-        retry("put", || self.inner.put(key, data.clone())).await
+        self.policy
+            .around("put", key, || self.inner.put(key, data.clone()))
+            .await
     }
 
     async fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, ObjectError> {
-        retry("writer", || self.inner.writer(key)).await
+        self.policy
+            .around("writer", key, || self.inner.writer(key))
+            .await
     }
 
     async fn encoded_writer(
@@ -69,7 +113,9 @@ impl ObjectStore for RetryingStore {
         key: &str,
         encoding: Encoding,
     ) -> Result<Box<dyn ObjectWriter>, ObjectError> {
-        retry("writer", || self.inner.encoded_writer(key, encoding)).await
+        self.policy
+            .around("writer", key, || self.inner.encoded_writer(key, encoding))
+            .await
     }
 
     async fn read(
@@ -78,27 +124,39 @@ impl ObjectStore for RetryingStore {
         start: u64,
         end: Option<u64>,
     ) -> Result<ByteStream, ObjectError> {
-        retry("read", || self.inner.read(key, start, end)).await
+        self.policy
+            .around("read", key, || self.inner.read(key, start, end))
+            .await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectError> {
-        retry("head", || self.inner.head(key)).await
+        self.policy
+            .around("head", key, || self.inner.head(key))
+            .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, ObjectError> {
-        retry("list", || self.inner.list(prefix)).await
+        self.policy
+            .around("list", prefix, || self.inner.list(prefix))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        retry("delete", || self.inner.delete(key)).await
+        self.policy
+            .around("delete", key, || self.inner.delete(key))
+            .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectError> {
-        retry("delete_prefix", || self.inner.delete_prefix(prefix)).await
+        self.policy
+            .around("delete_prefix", prefix, || self.inner.delete_prefix(prefix))
+            .await
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<(), ObjectError> {
-        retry("rename", || self.inner.rename(from, to)).await
+        self.policy
+            .around("rename", from, || self.inner.rename(from, to))
+            .await
     }
 
     fn describe(&self) -> String {
@@ -106,7 +164,9 @@ impl ObjectStore for RetryingStore {
     }
 
     async fn clean_abandoned(&self) -> Result<u64, ObjectError> {
-        retry("clean_abandoned", || self.inner.clean_abandoned()).await
+        self.policy
+            .around("clean_abandoned", "", || self.inner.clean_abandoned())
+            .await
     }
 
     fn signer(&self) -> Option<&dyn SignedUrls> {
