@@ -396,15 +396,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         retrying(faults.store(output_url.open().await?)),
         &config.wrap.output,
     );
+    // Temp files of a previous process that died mid-write (they hold patient data) go with
+    // the worker pool's first sweep, which runs as the pool starts.
     check_writable(output.as_ref()).await?;
-    // Temp files of a previous process that died mid-write hold patient data: gone now.
-    match output.clean_abandoned().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(files = n, "temporary files of a previous run removed"),
-        Err(e) => {
-            tracing::warn!(error = %shared::error_chain(&e), "temporary files of a previous run not removed")
-        }
-    }
     let source_url = match &config.source {
         Some(url) => StoreUrl::parse(url)?,
         None => {

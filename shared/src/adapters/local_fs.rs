@@ -173,7 +173,9 @@ fn clean_abandoned(root: &Path) -> std::io::Result<u64> {
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        removed += count_files(&folder);
+        let mut files = Vec::new();
+        walk(&folder, &folder, &mut files)?;
+        removed += files.len() as u64;
         std::fs::remove_dir_all(&folder)?;
         if lock.is_some() {
             let _ = std::fs::remove_file(&lock_path);
@@ -191,24 +193,6 @@ fn clean_abandoned(root: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(removed)
-}
-
-fn count_files(dir: &Path) -> u64 {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.filter_map(Result::ok) {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 /// Every file below `dir`, as keys relative to `root`, skipping the temp folder.

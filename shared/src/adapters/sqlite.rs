@@ -71,13 +71,10 @@ CREATE TABLE IF NOT EXISTS queue_groups (
 );
 "#;
 
-/// What a database made before message groups existed needs (`grp` then defaults to one
-/// group for all its messages).
-const GROUPS_MIGRATION: &str = r#"
-CREATE INDEX IF NOT EXISTS messages_by_group ON messages(queue, grp, visible_at);
-INSERT OR IGNORE INTO queue_groups (queue, grp, served)
-    SELECT DISTINCT queue, grp, 0 FROM messages;
-"#;
+/// The index of message groups, made once the `grp` column exists (a database made before
+/// message groups gets the column first).
+const GROUPS_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS messages_by_group ON messages(queue, grp, visible_at)";
 
 /// One SQLite database shared by the job store and the queues.
 #[derive(Clone)]
@@ -230,9 +227,15 @@ impl SqliteDb {
             .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'grp'")?
             .exists([])?;
         if !has_groups {
-            conn.execute_batch("ALTER TABLE messages ADD COLUMN grp TEXT NOT NULL DEFAULT ''")?;
+            // Its messages become one group (`grp` defaults to ''), which takes turns like
+            // any other from now on.
+            conn.execute_batch(
+                "ALTER TABLE messages ADD COLUMN grp TEXT NOT NULL DEFAULT '';
+                 INSERT OR IGNORE INTO queue_groups (queue, grp, served)
+                     SELECT DISTINCT queue, grp, 0 FROM messages;",
+            )?;
         }
-        conn.execute_batch(GROUPS_MIGRATION)?;
+        conn.execute_batch(GROUPS_INDEX)?;
         Ok(SqliteDb {
             conn: Arc::new(Mutex::new(conn)),
         })

@@ -153,8 +153,9 @@ pub(super) async fn chunk(
     }
     if completion.state == JobState::Cancelled {
         // Cancelled while we worked: the cancel's clean-up may have run before our files
-        // existed (nor is the rest of the export's folder anybody's now).
-        clean_if_stopped(deps, &job).await?;
+        // existed (nor is the rest of the export's folder anybody's now). The completion
+        // says so already: no need to read the state again.
+        super::delete_export(deps.output.as_ref(), &job.output_prefix).await?;
         return Ok(());
     }
     if publishing {

@@ -89,15 +89,9 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
                 .sum();
             tracing::info!(job_id = %id, files = outputs.len(), resources, "export completed");
         }
+        // Not completed by us: a racing finalizer did, or the export was stopped meanwhile.
         None => {
-            if deps
-                .jobs
-                .get(id)
-                .await?
-                .is_none_or(|j| j.state == JobState::Cancelled)
-            {
-                super::delete_export(deps.output.as_ref(), &job.output_prefix).await?;
-            }
+            super::clean_if_stopped(deps, &job).await?;
         }
     }
     Ok(())

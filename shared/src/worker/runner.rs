@@ -56,6 +56,8 @@ pub fn spawn_pool(
         }));
     }
     handles.push(tokio::spawn(async move {
+        // The first tick is at once: a pool that starts after a crash sweeps what the dead
+        // process left (its temp files among them) before anything else.
         let mut tick = tokio::time::interval(config.sweep_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
