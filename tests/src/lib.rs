@@ -398,6 +398,23 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The ids of a Group's current members: active (not `inactive`) and not ended.
+pub fn current_members(group: &Value) -> std::collections::BTreeSet<String> {
+    group["member"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["inactive"] != true && m["period"]["end"].is_null())
+        .map(|m| {
+            m["entity"]["reference"]
+                .as_str()
+                .expect("reference")
+                .trim_start_matches("Patient/")
+                .to_owned()
+        })
+        .collect()
+}
+
 /// Adds the id of every patient a resource refers to, anywhere in it.
 pub fn patient_refs(v: &Value, out: &mut std::collections::BTreeSet<String>) {
     match v {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use integration_tests::aws::new_bucket;
 use integration_tests::{moto, unique};
 use shared::adapters::aws::s3::{S3Location, S3Store};
 use shared::adapters::aws::sdk_config;
@@ -20,19 +21,7 @@ const MIB: usize = 1024 * 1024;
 
 /// A store on a new bucket, under `prefix`; `None` when moto is not running.
 async fn store(prefix: &str) -> Option<S3Store> {
-    moto().await?;
-    let bucket = unique("fhir-s3");
-    let config = sdk_config().await;
-    let location = S3Location::parse(&format!("s3://{bucket}/{prefix}")).unwrap();
-    let store = S3Store::new(&config, location);
-    store
-        .client()
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create bucket");
-    Some(store)
+    new_bucket("fhir-s3", prefix).await.map(|(_, store)| store)
 }
 
 async fn read_all(store: &S3Store, key: &str, start: u64, end: Option<u64>) -> Vec<u8> {

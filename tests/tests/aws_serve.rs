@@ -8,30 +8,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fhir_export::serve::{ServeConfig, start};
-use integration_tests::{content_location, counts, dataset, moto, read_source, unique};
+use integration_tests::aws::new_bucket;
+use integration_tests::{content_location, counts, dataset, read_source, unique};
 use shared::adapters::aws::s3::{S3Location, S3Store};
 use shared::adapters::aws::sdk_config;
 use shared::ports::ObjectStore;
 
 #[tokio::test]
 async fn serve_runs_an_export_on_dynamodb_sqs_and_s3() {
-    if moto().await.is_none() {
+    let Some((bucket, source)) = new_bucket("serve", "source/").await else {
         return;
-    }
+    };
     let aws = sdk_config().await;
     let (dir, _) = dataset(8);
-    let bucket = unique("serve");
-    let source = S3Store::new(
-        &aws,
-        S3Location::parse(&format!("s3://{bucket}/source/")).unwrap(),
-    );
-    source
-        .client()
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fhir_export::synth;
-use integration_tests::{Options, TestServer, counts, patient_refs, read_source, synthea_dir};
+use integration_tests::{
+    Options, TestServer, counts, current_members, patient_refs, read_source, synthea_dir,
+};
 use serde_json::Value;
 
 /// Types of the generated data that are in the Patient compartment (Group is left out of
@@ -545,18 +547,7 @@ async fn synthea_dataset_exports_every_resource() {
         .iter()
         .find(|g| g["id"] == "BMCHealthNet")
         .unwrap();
-    let members: BTreeSet<String> = group["member"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            m["entity"]["reference"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("Patient/")
-                .to_owned()
-        })
-        .collect();
+    let members = current_members(group);
     assert_eq!(members.len(), 10);
     let got = t.export_counts("/Group/BMCHealthNet/$export", "").await;
     let mut want = BTreeMap::new();

@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use integration_tests::{Options, TestServer, patient_refs, read_ndjson_file, read_source};
+use integration_tests::{
+    Options, TestServer, current_members, patient_refs, read_ndjson_file, read_source,
+};
 use serde_json::Value;
 
 /// smart-fetch 1.0.3's default Observation filter (`category=...`), which it adds when
@@ -235,19 +237,7 @@ async fn smart_fetch_group_export_gets_the_members_compartments() {
         .iter()
         .find(|g| g["id"] == "even-patients")
         .expect("the group");
-    let members: BTreeSet<String> = group["member"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["inactive"] != true && m["period"]["end"].is_null())
-        .map(|m| {
-            m["entity"]["reference"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("Patient/")
-                .to_owned()
-        })
-        .collect();
+    let members = current_members(group);
     assert!(members.len() >= 10);
     // Its whole type list, Group level: the types outside the compartment (if any of its
     // list) are left out with a warning, which it does not stop on.
