@@ -435,23 +435,16 @@ pub fn patient_refs(v: &Value, out: &mut std::collections::BTreeSet<String>) {
 
 /// Reads every resource of an NDJSON folder (plain or gzip), by type.
 pub fn read_source(dir: &Path) -> BTreeMap<String, Vec<Value>> {
+    assert!(dir.is_dir(), "no source folder {}", dir.display());
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Some(text) = read_ndjson_file(&path) else {
-                continue;
-            };
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let v: Value = serde_json::from_str(line).expect("source json");
-                let t = v["resourceType"].as_str().unwrap().to_owned();
-                out.entry(t).or_default().push(v);
-            }
+    for rel in files_under(dir) {
+        let Some(text) = read_ndjson_file(&dir.join(rel)) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).expect("source json");
+            let t = v["resourceType"].as_str().unwrap().to_owned();
+            out.entry(t).or_default().push(v);
         }
     }
     out

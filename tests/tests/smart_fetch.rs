@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use integration_tests::{
-    Options, TestServer, current_members, patient_refs, read_ndjson_file, read_source,
+    Options, TestServer, current_members, files_under, patient_refs, read_ndjson_file, read_source,
 };
 use serde_json::Value;
 
@@ -117,28 +117,23 @@ async fn bulk(bin: &Path, base: &str, args: &[&str], held: &BTreeSet<String>) ->
 /// Every resource smart-fetch wrote, by type and id; each at most once.
 fn written(dir: &Path) -> BTreeMap<String, BTreeMap<String, Value>> {
     let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if name.starts_with('.') || name == "log.ndjson" {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Some(text) = read_ndjson_file(&path) else {
-                continue;
-            };
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let v: Value = serde_json::from_str(line).unwrap();
-                let t = v["resourceType"].as_str().unwrap().to_owned();
-                let id = v["id"].as_str().unwrap().to_owned();
-                let again = out.entry(t.clone()).or_default().insert(id.clone(), v);
-                assert!(again.is_none(), "{t}/{id} written twice ({name})");
-            }
+    for rel in files_under(dir) {
+        // its own bookkeeping: hidden folders and files, and its log
+        let mut parts = rel.split('/');
+        if parts.clone().any(|part| part.starts_with('.'))
+            || parts.next_back() == Some("log.ndjson")
+        {
+            continue;
+        }
+        let Some(text) = read_ndjson_file(&dir.join(&rel)) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let t = v["resourceType"].as_str().unwrap().to_owned();
+            let id = v["id"].as_str().unwrap().to_owned();
+            let again = out.entry(t.clone()).or_default().insert(id.clone(), v);
+            assert!(again.is_none(), "{t}/{id} written twice ({rel})");
         }
     }
     out
