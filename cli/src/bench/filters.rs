@@ -71,12 +71,7 @@ pub(super) async fn run(args: &BenchArgs) -> Result<(), BenchError> {
             for (i, case) in cases.iter().enumerate() {
                 let (secs, manifest) = export(&server, case).await?;
                 times[i].push(secs);
-                kept[i] = manifest["output"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|o| o["count"].as_u64())
-                    .sum();
+                kept[i] = super::exported(&manifest);
             }
         }
         server.stop().await?;

@@ -407,12 +407,7 @@ async fn export(args: &BenchArgs, data: &Path, query: &str) -> Result<Measure, B
     }
     let (seconds, manifest) = server.export(query).await?;
     let peak_rss = server.peak_rss();
-    let exported = manifest["output"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["count"].as_u64())
-        .sum();
+    let exported = exported(&manifest);
     server.stop().await?;
     Ok(Measure {
         seconds,
@@ -427,6 +422,16 @@ async fn run_once(
     url: &str,
 ) -> Result<(f64, serde_json::Value), BenchError> {
     run_request(http, http.get(url), Duration::from_millis(1)).await
+}
+
+/// The resources a manifest lists, over all its output files.
+pub(crate) fn exported(manifest: &serde_json::Value) -> u64 {
+    manifest["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["count"].as_u64())
+        .sum()
 }
 
 /// One export kicked off by `kickoff` (a GET or a POST), its status polled every `poll`:

@@ -899,25 +899,15 @@ mod tests {
 
     /// Temp files left in the temp folder (which may not exist), the owners' lock files
     /// aside.
-    fn temp_files(root: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![root.join(TMP_DIR)];
-        while let Some(d) = stack.pop() {
-            let entries = match std::fs::read_dir(&d) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => panic!("temp folder unreadable: {e}"),
-            };
-            for e in entries.filter_map(Result::ok) {
-                let path = e.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if !path.to_string_lossy().ends_with(LOCK_SUFFIX) {
-                    out.push(path);
-                }
-            }
-        }
-        out
+    fn temp_files(root: &Path) -> Vec<String> {
+        let temp = root.join(TMP_DIR);
+        let mut files = Vec::new();
+        walk(&temp, &temp, &mut files).expect("temp folder readable");
+        files
+            .into_iter()
+            .map(|m| m.key)
+            .filter(|k| !k.ends_with(LOCK_SUFFIX))
+            .collect()
     }
 
     #[tokio::test]

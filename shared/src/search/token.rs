@@ -198,16 +198,11 @@ pub(super) fn codes_of<'v>(dt: Datatype, v: &'v Value, f: &mut dyn FnMut(&'v str
             }
         }
         Datatype::CodeableConcept => {
-            let codings: &[Value] = match v.get("coding") {
-                Some(Value::Array(items)) => items,
-                Some(one) => std::slice::from_ref(one),
-                None => &[],
-            };
-            for c in codings {
-                if let Some(code) = str_field(c, "code") {
-                    f(code);
-                }
-            }
+            // Every coding: `false` goes on to the next.
+            each(v.get("coding"), |c| {
+                codes_of(Datatype::Coding, c, f);
+                false
+            });
         }
         Datatype::Identifier | Datatype::ContactPoint => {
             if let Some(c) = str_field(v, "value") {
@@ -306,7 +301,7 @@ pub(super) fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// Whether `f` holds for the value or, for an array, any of its items.
-pub(super) fn each(v: Option<&Value>, mut f: impl FnMut(&Value) -> bool) -> bool {
+pub(super) fn each<'v>(v: Option<&'v Value>, mut f: impl FnMut(&'v Value) -> bool) -> bool {
     match v {
         Some(Value::Array(items)) => items.iter().any(f),
         Some(v) => f(v),

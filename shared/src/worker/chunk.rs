@@ -296,6 +296,24 @@ fn compiled_filters(job: &Job) -> Result<Arc<TypeFilterSet>, WorkError> {
     Ok(set)
 }
 
+fn part_writer(
+    deps: &WorkerDeps,
+    dir: &str,
+    stem: &str,
+    kind: FileKind,
+    resource_type: impl Into<Option<ResourceType>>,
+) -> PartWriter {
+    PartWriter::new(
+        deps.output.clone(),
+        dir.to_owned(),
+        stem,
+        kind,
+        resource_type,
+        deps.settings.max_file_bytes,
+    )
+    .with_encoding(deps.settings.output_encoding)
+}
+
 /// What every role needs while it runs.
 pub(crate) struct ChunkCtx<'a> {
     pub deps: &'a WorkerDeps,
@@ -318,15 +336,13 @@ impl<'a> ChunkCtx<'a> {
         dir: &'a str,
         lease: &'a dyn Lease,
     ) -> Result<ChunkCtx<'a>, WorkError> {
-        let errors = PartWriter::new(
-            deps.output.clone(),
-            dir.to_owned(),
+        let errors = part_writer(
+            deps,
+            dir,
             "error",
             FileKind::Error,
             ResourceType::OPERATION_OUTCOME,
-            deps.settings.max_file_bytes,
-        )
-        .with_encoding(deps.settings.output_encoding);
+        );
         let filters = if job.request.type_filters.is_empty() {
             None
         } else {
@@ -347,6 +363,16 @@ impl<'a> ChunkCtx<'a> {
 
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.deps.output
+    }
+
+    /// A part writer under this attempt's prefix, cut and encoded as the settings say.
+    pub(crate) fn part_writer(
+        &self,
+        stem: &str,
+        kind: FileKind,
+        resource_type: impl Into<Option<ResourceType>>,
+    ) -> PartWriter {
+        part_writer(self.deps, self.dir, stem, kind, resource_type)
     }
 
     /// A key under this attempt's prefix.
@@ -370,17 +396,7 @@ impl<'a> ChunkCtx<'a> {
         if self.job.plan.partitions > 0 {
             Sink::Map(MapBuffer::new(self.job.plan.partitions))
         } else {
-            Sink::Files(
-                PartWriter::new(
-                    self.deps.output.clone(),
-                    self.dir.to_owned(),
-                    t.as_str(),
-                    FileKind::Output,
-                    t,
-                    self.deps.settings.max_file_bytes,
-                )
-                .with_encoding(self.deps.settings.output_encoding),
-            )
+            Sink::Files(self.part_writer(t.as_str(), FileKind::Output, t))
         }
     }
 

@@ -16,7 +16,6 @@ use tokio_util::io::StreamReader;
 use super::WorkError;
 use super::chunk::{ChunkCtx, Produced};
 use crate::job::{ChunkRole, FileKind};
-use crate::ndjson::PartWriter;
 
 type Lines = Box<dyn AsyncBufRead + Unpin + Send>;
 
@@ -80,15 +79,7 @@ pub(super) async fn reduce(ctx: &mut ChunkCtx<'_>, partition: u32) -> Produced {
             heap.push(Reverse((key, i)));
         }
     }
-    let mut out = PartWriter::new(
-        ctx.store().clone(),
-        ctx.dir.to_owned(),
-        "patients",
-        FileKind::Output,
-        None,
-        ctx.deps.settings.max_file_bytes,
-    )
-    .with_encoding(ctx.deps.settings.output_encoding);
+    let mut out = ctx.part_writer("patients", FileKind::Output, None);
     let mut block_owner: Vec<u8> = Vec::new();
     let mut header: Vec<u8> = Vec::new();
     let mut resources = 0u64;
