@@ -39,8 +39,8 @@ enum Command {
         /// Folder for the job database, the default output and the sample data.
         #[arg(long, env = "FHIR_EXPORT_STATE", default_value = "fhir-export-data")]
         state: PathBuf,
-        /// Base URL clients use to reach this server (for absolute links). Default:
-        /// http://<bound address>.
+        /// URL clients reach this server at, without the FHIR base path: links are built as
+        /// <public-url>/fhir/... Default: http://<bound address>.
         #[arg(long, env = "FHIR_EXPORT_PUBLIC_URL")]
         public_url: Option<String>,
         /// Job store: dynamodb://table (needs the `aws` feature). Default: SQLite in the
