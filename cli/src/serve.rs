@@ -14,7 +14,7 @@ use axum::response::Response;
 use shared::adapters::ndjson_source::NdjsonSource;
 use shared::adapters::retry::retrying;
 use shared::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
-use shared::adapters::target::{StoreUrl, TargetError};
+use shared::adapters::target::{StoreSettings, StoreUrl, TargetError};
 use shared::config::{ConfigError, Env};
 use shared::http::{
     CancelState, FilesState, KickoffState, MetadataState, StatusState, cancel_router, files_router,
@@ -392,13 +392,18 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         tracing::warn!(?faults, "fault injection is on (FHIR_EXPORT_FAULTS)");
     }
     // Faults (when asked for) under the retries, as a real store's hiccups would be.
+    let store_settings = StoreSettings::from_lookup(|k| env.lookup(k));
     let output = wrapped(
-        retrying(faults.store(output_url.open().await?)),
+        retrying(faults.store(output_url.open_with(&store_settings).await?)),
         &config.wrap.output,
     );
     // Temp files of a previous process that died mid-write (they hold patient data) go with
     // the worker pool's first sweep, which runs as the pool starts.
-    check_writable(output.as_ref()).await?;
+    // An account root has no place of its own to probe: each export's container is checked
+    // when the export is planned.
+    if !output_url.container_per_export() {
+        check_writable(output.as_ref()).await?;
+    }
     let source_url = match &config.source {
         Some(url) => StoreUrl::parse(url)?,
         None => {
@@ -416,7 +421,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         _ => None,
     };
     let source: Arc<dyn ResourceSource> = wrapped(
-        Arc::new(NdjsonSource::new(retrying(source_url.open().await?), "")),
+        Arc::new(NdjsonSource::new(
+            retrying(source_url.open_with(&store_settings).await?),
+            "",
+        )),
         &config.wrap.source,
     );
 
@@ -434,8 +442,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let settings =
-        Arc::new(env.settings(&format!("{}{}", public.trim_end_matches('/'), FHIR_PATH))?);
+    let mut settings = env.settings(&format!("{}{}", public.trim_end_matches('/'), FHIR_PATH))?;
+    settings.container_per_export = output_url.container_per_export();
+    let settings = Arc::new(settings);
 
     let max_receives = env.parse::<u32>("FHIR_EXPORT_MAX_RECEIVES")?.unwrap_or(5);
     let mut listener_limits = crate::listener::ListenerLimits::default();

@@ -37,6 +37,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     pub fn get(&self, name: &'static str) -> Option<String> {
+        self.lookup(name)
+    }
+
+    /// As `get`, for a name known only at run time (a family of variables such as `AZURE_*`).
+    pub fn lookup(&self, name: &str) -> Option<String> {
         (self.lookup)(name).filter(|v| !v.trim().is_empty())
     }
 

@@ -14,6 +14,61 @@
 
 use crate::model::{JobId, ResourceType};
 
+/// Azure's rules for container names (3-63 lowercase letters, digits and single hyphens,
+/// starting and ending with a letter or digit), which are also safe as an S3 prefix and a
+/// folder name: a `_container` within them cannot step outside the store.
+pub fn valid_container(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// The container of an export kicked off without `_container` on a store whose top-level
+/// folders are containers it creates (an Azure account): `export-<UTC time>-<job id's first
+/// 8 characters>`, so that an account's containers sort by time and name their export.
+pub fn new_container(at: chrono::DateTime<chrono::Utc>, job: &JobId) -> String {
+    let id = job.as_str();
+    format!(
+        "export-{}-{}",
+        at.format("%Y%m%dt%H%M%S"),
+        id.get(..8).unwrap_or(id)
+    )
+}
+
+/// Whether a container name is one [`new_container`] makes: such a container belongs to its
+/// export and goes when the export's files do.
+pub fn is_new_container(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("export-") else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() == 24
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b't'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+        && b[16..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+/// The container an export's folder lies in when the export made it (see [`new_container`]).
+pub fn created_container(prefix: &str) -> Option<&str> {
+    prefix
+        .split_once('/')
+        .map(|(c, _)| c)
+        .filter(|c| is_new_container(c))
+}
+
+/// Where a chunk-less probe of an export's writability goes: its staging folder.
+pub fn probe_key(prefix: &str) -> String {
+    format!("{}probe", staging_root(prefix))
+}
+
 /// The folder of an export, without a trailing `/`.
 pub fn export_prefix(container: Option<&str>, job: &JobId) -> String {
     match container {
@@ -92,5 +147,42 @@ mod tests {
         );
         assert!(!is_published_name("../Patient-1.ndjson"));
         assert!(!is_published_name("members.json"));
+    }
+
+    #[test]
+    fn containers() {
+        let job = JobId::parse("0123456789abcdef0123456789abcdef").expect("id");
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-07T02:31:15Z")
+            .expect("time")
+            .to_utc();
+        let c = new_container(at, &job);
+        assert_eq!(c, "export-20261207t023115-01234567");
+        assert!(valid_container(&c));
+        assert!(is_new_container(&c));
+        assert_eq!(
+            created_container(&export_prefix(Some(&c), &job)),
+            Some(c.as_str())
+        );
+        assert_eq!(created_container(&export_prefix(Some("mine"), &job)), None);
+        assert_eq!(created_container(job.as_str()), None);
+        for other in ["export-2026", "export-20261207t023115-0123456g", "mine"] {
+            assert!(!is_new_container(other), "{other}");
+        }
+        for ok in ["abc", "a-b-c", "x1", "0ab"] {
+            assert_eq!(valid_container(ok), ok.len() >= 3, "{ok}");
+        }
+        for bad in [
+            "ab",
+            "-ab",
+            "ab-",
+            "a--b",
+            "Abc",
+            "a_b",
+            "a/b",
+            "a.b",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_container(bad), "{bad}");
+        }
     }
 }

@@ -56,6 +56,9 @@ pub struct Settings {
     pub output_encoding: crate::ports::Encoding,
     /// Bounds on a kick-off's filters.
     pub limits: crate::request::Limits,
+    /// Whether an export without `_container` gets a container of its own: the output store
+    /// is an account whose top-level folders are containers (`StoreUrl::container_per_export`).
+    pub container_per_export: bool,
 }
 
 /// The default packing limit as a fraction of the chunk size: below it, what a chunk costs
@@ -87,15 +90,31 @@ impl Settings {
             metadata_ttl: Duration::from_secs(60),
             output_encoding: crate::ports::Encoding::Identity,
             limits: crate::request::Limits::default(),
+            container_per_export: false,
         }
     }
 
     /// `requiresAccessToken` of the manifest.
     pub fn requires_access_token(&self) -> bool {
-        match self.file_access {
+        self.requires_access_token_for(self.file_access)
+    }
+
+    /// `requiresAccessToken` when files are reached by `access`.
+    pub fn requires_access_token_for(&self, access: FileAccess) -> bool {
+        match access {
             FileAccess::SignedUrls => false,
             FileAccess::Redirect => true,
             FileAccess::Served => self.authenticated,
+        }
+    }
+
+    /// How files are reached given whether the output store can sign URLs: a store whose
+    /// credential cannot sign (an Azure SAS token) has its files served by the files route.
+    pub fn file_access_for(&self, store_signs: bool) -> FileAccess {
+        if store_signs {
+            self.file_access
+        } else {
+            FileAccess::Served
         }
     }
 

@@ -41,8 +41,12 @@ pub struct Stack {
     pub work_arn: String,
     pub dead_arn: String,
     pub jobs: Arc<DynamoJobStore>,
+    /// The S3 output bucket's store (unused when `FHIR_EXPORT_OUTPUT` names another store).
     pub output: Arc<S3Store>,
     pub output_bucket: String,
+    /// The store the functions write exports to: `output`, or the store `FHIR_EXPORT_OUTPUT`
+    /// names, opened as the functions open it (`fn_common::store`).
+    pub exports: Arc<dyn ObjectStore>,
     pub source: BTreeMap<String, Vec<Value>>,
     pub stop: CancellationToken,
     pub config: FunctionConfig,
@@ -144,6 +148,13 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
         S3Location::parse(&format!("s3://{output_bucket}/exports/")).unwrap(),
     ));
     let source = Arc::new(NdjsonSource::new(Arc::new(s3), ""));
+    let exports: Arc<dyn ObjectStore> = if vars.contains_key("FHIR_EXPORT_OUTPUT") {
+        fn_common::store(&Env::new(|k| vars.get(k).cloned()), "FHIR_EXPORT_OUTPUT")
+            .await
+            .unwrap()
+    } else {
+        output.clone()
+    };
 
     let kickoff_app = kickoff::app(
         KickoffState {
@@ -155,8 +166,8 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
         },
         &config,
     );
-    let status_app = status::app(jobs.clone(), output.clone(), &config);
-    let cancel_app = cancel::app(jobs.clone(), output.clone(), &config);
+    let status_app = status::app(jobs.clone(), exports.clone(), &config);
+    let cancel_app = cancel::app(jobs.clone(), exports.clone(), &config);
     let apps = Apps {
         kickoff: kickoff_app.clone(),
         status: status_app.clone(),
@@ -190,7 +201,7 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
         deps: WorkerDeps {
             jobs: jobs.clone(),
             queue: Arc::new(work.clone()),
-            output: output.clone(),
+            output: exports.clone(),
             source,
             settings,
         },
@@ -208,6 +219,7 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
         jobs,
         output,
         output_bucket,
+        exports,
         stop,
         config,
         apps,
@@ -352,6 +364,6 @@ impl Stack {
     }
 
     pub async fn objects(&self, prefix: &str) -> usize {
-        self.output.list(prefix).await.unwrap().len()
+        self.exports.list(prefix).await.unwrap().len()
     }
 }

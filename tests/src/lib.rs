@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod aws;
+pub mod azure;
 pub mod wrappers;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub struct TestServer {
 pub struct Options {
     /// NDJSON source folder; `None` generates `patients` patients.
     pub source: Option<PathBuf>,
+    /// A source store URL (`az://...`, `s3://...`), instead of `source`.
+    pub source_url: Option<String>,
     pub patients: u64,
     pub workers: usize,
     pub env: Vec<(String, String)>,
@@ -38,6 +41,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             source: None,
+            source_url: None,
             patients: 30,
             workers: 3,
             env: Vec::new(),
@@ -88,7 +92,10 @@ impl TestServer {
         };
         let mut config = ServeConfig::new(state.path().join("state"));
         config.bind = "127.0.0.1:0".parse().expect("addr");
-        config.source = Some(source.display().to_string());
+        config.source = Some(
+            opts.source_url
+                .unwrap_or_else(|| source.display().to_string()),
+        );
         config.workers = opts.workers;
         config.output = opts.output;
         config.wrap = opts.wrap;

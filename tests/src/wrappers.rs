@@ -148,6 +148,9 @@ impl<W: StoreWrapper> ObjectStore for Wrapped<W> {
     async fn clean_abandoned(&self) -> Result<u64, ObjectError> {
         self.0.inner().clean_abandoned().await
     }
+    async fn prepare_export(&self, prefix: &str, new_container: bool) -> Result<(), ObjectError> {
+        self.0.inner().prepare_export(prefix, new_container).await
+    }
     fn signer(&self) -> Option<&dyn SignedUrls> {
         self.0.inner().signer()
     }

@@ -108,12 +108,59 @@ fn actions(text: &str) -> BTreeSet<String> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("- "))
         .filter(|a| {
-            ["dynamodb:", "sqs:", "s3:", "logs:"]
-                .iter()
-                .any(|p| a.starts_with(p))
+            [
+                "dynamodb:",
+                "sqs:",
+                "s3:",
+                "logs:",
+                "secretsmanager:",
+                "ec2:",
+            ]
+            .iter()
+            .any(|p| a.starts_with(p))
         })
         .map(str::to_owned)
         .collect()
+}
+
+/// The `- !If` items of a block (statements, in a policy): each one's condition and its
+/// lines (the `- !If` line and everything indented deeper).
+fn conditional_items(text: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != "- !If" {
+            continue;
+        }
+        let indent = indent_of(line);
+        let body: Vec<&str> = std::iter::once(*line)
+            .chain(
+                lines[i + 1..]
+                    .iter()
+                    .take_while(|l| l.trim().is_empty() || indent_of(l) > indent)
+                    .copied(),
+            )
+            .collect();
+        let condition = body
+            .get(1)
+            .and_then(|l| l.trim().strip_prefix("- "))
+            .unwrap_or_else(|| panic!("`- !If` without a condition:\n{}", body.join("\n")));
+        out.push((condition.to_owned(), body.join("\n")));
+    }
+    out
+}
+
+/// The conditional statement of `role` that lists `action`: its condition and its text.
+fn conditional_statement(role: &str, action: &str) -> Option<(String, String)> {
+    let mut found: Vec<(String, String)> = conditional_items(&resource(role))
+        .into_iter()
+        .filter(|(_, body)| actions(body).contains(action))
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{role}: {action} in more than one statement"
+    );
+    found.pop()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -331,6 +378,9 @@ fn parameters_conditions_and_outputs() {
         ("PublicUrl", Some("")),
         ("JwtIssuer", Some("")),
         ("JwtAudience", Some("")),
+        ("AzureCredentialSecretArn", Some("")),
+        ("WorkerSubnetIds", Some("")),
+        ("WorkerSecurityGroupIds", Some("")),
         ("SourceUrl", None),
     ] {
         assert_eq!(value_of(&p(name), "Default").as_deref(), default, "{name}");
@@ -338,10 +388,48 @@ fn parameters_conditions_and_outputs() {
     assert!(p("FileAccess").contains("AllowedValues: [redirect, signed]"));
     let output = p("OutputUrl");
     assert!(output.contains("az://") && output.contains("abfss://"));
+    assert!(output.contains("https://account.blob.core.windows.net"));
+    assert!(p("SourceUrl").contains("az://") && p("SourceUrl").contains("abfss://"));
+    // The Azure adapter is part of the build: nothing may say otherwise.
+    for (name, text) in [
+        ("template.yaml", template()),
+        (
+            "docs/deploy.md",
+            std::fs::read_to_string(root().join("docs/deploy.md")).expect("docs/deploy.md"),
+        ),
+    ] {
+        assert!(
+            !text.to_lowercase().contains("part of this build"),
+            "{name} still says the Azure adapter is missing"
+        );
+    }
+    for list in ["WorkerSubnetIds", "WorkerSecurityGroupIds"] {
+        assert_eq!(
+            value_of(&p(list), "Type").as_deref(),
+            Some("CommaDelimitedList"),
+            "{list}"
+        );
+    }
     assert!(
-        output.contains("NOT part of this build"),
-        "say the Azure adapter is missing"
+        value_of(&p("AzureCredentialSecretArn"), "AllowedPattern")
+            .is_some_and(|a| a.contains(":secretsmanager:")),
+        "AzureCredentialSecretArn takes a secret's ARN"
     );
+    // Every parameter is in a group of the console's form.
+    let groups = block(&section("Metadata"), 4, "ParameterGroups").expect("ParameterGroups");
+    let grouped: BTreeSet<String> = groups
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Parameters: ["))
+        .flat_map(|l| l.trim_end_matches(']').split(", "))
+        .map(str::to_owned)
+        .collect();
+    let declared: BTreeSet<String> = params
+        .lines()
+        .filter(|l| indent_of(l) == 2)
+        .filter_map(|l| l.trim().strip_suffix(':'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(grouped, declared, "ParameterGroups");
 
     // Retention: one parameter, seconds and lifecycle days from one mapping row per value.
     let retention = block(&section("Mappings"), 2, "Retention").expect("Retention mapping");
@@ -363,14 +451,40 @@ fn parameters_conditions_and_outputs() {
     }
 
     let conditions = section("Conditions");
-    for c in [
+    let c =
+        |name: &str| block(&conditions, 2, name).unwrap_or_else(|| panic!("no condition {name}"));
+    for name in [
         "UseJwt",
         "HasPublicUrl",
         "HasOutputUrl",
         "UseExternalS3Output",
+        "SourceUrlIsS3",
+        "SourceUrlIsAzure",
+        "HasAzureSecret",
+        "AzureSourceWithSecret",
+        "UseWorkerVpc",
     ] {
-        assert!(block(&conditions, 2, c).is_some(), "no condition {c}");
+        c(name);
     }
+    let azure_source = c("SourceUrlIsAzure");
+    for needle in [
+        "!Split [\"://\", !Ref SourceUrl]], \"az\"]",
+        "!Split [\"://\", !Ref SourceUrl]], \"abfss\"]",
+        "!Split [\".core.windows.net\", !Ref SourceUrl]]",
+    ] {
+        assert!(
+            azure_source.contains(needle),
+            "SourceUrlIsAzure lacks {needle}"
+        );
+    }
+    assert!(c("HasAzureSecret").contains("!Not [!Equals [!Ref AzureCredentialSecretArn, \"\"]]"));
+    assert!(
+        c("AzureSourceWithSecret")
+            .contains("!And [!Condition HasAzureSecret, !Condition SourceUrlIsAzure]")
+    );
+    assert!(
+        c("UseWorkerVpc").contains("!Not [!Equals [!Join [\"\", !Ref WorkerSubnetIds], \"\"]]")
+    );
     let outputs = section("Outputs");
     for o in [
         "ApiBaseUrl",
@@ -416,10 +530,21 @@ fn environment_contract() {
     for (function, vars) in [
         (
             "KickoffFunction",
-            &["FHIR_EXPORT_QUEUE_URL", "FHIR_EXPORT_SOURCE"][..],
+            &[
+                "FHIR_EXPORT_QUEUE_URL",
+                "FHIR_EXPORT_SOURCE",
+                "FHIR_EXPORT_OUTPUT",
+                "FHIR_EXPORT_AZURE_SECRET",
+            ][..],
         ),
-        ("StatusFunction", &["FHIR_EXPORT_OUTPUT"][..]),
-        ("CancelFunction", &["FHIR_EXPORT_OUTPUT"][..]),
+        (
+            "StatusFunction",
+            &["FHIR_EXPORT_OUTPUT", "FHIR_EXPORT_AZURE_SECRET"][..],
+        ),
+        (
+            "CancelFunction",
+            &["FHIR_EXPORT_OUTPUT", "FHIR_EXPORT_AZURE_SECRET"][..],
+        ),
         (
             "WorkerFunction",
             &[
@@ -427,10 +552,18 @@ fn environment_contract() {
                 "FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN",
                 "FHIR_EXPORT_OUTPUT",
                 "FHIR_EXPORT_SOURCE",
+                "FHIR_EXPORT_AZURE_SECRET",
             ][..],
         ),
     ] {
         assert_eq!(env_vars(&resource(function)), set(vars), "{function}");
+        // Every function reads the output URL's form (an Azure account root or not).
+        assert!(
+            resource(function).contains(
+                "FHIR_EXPORT_OUTPUT: !If [HasOutputUrl, !Ref OutputUrl, !Sub \"s3://${OutputBucket}/exports/\"]"
+            ),
+            "{function}"
+        );
     }
     let worker = resource("WorkerFunction");
     assert!(worker.contains("FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN: !GetAtt DeadLetterQueue.Arn"));
@@ -454,11 +587,17 @@ fn each_function_gets_exactly_the_iam_it_calls() {
                 "sqs:SendMessage",
                 "s3:GetObject",
                 "s3:ListBucket",
+                "secretsmanager:GetSecretValue",
             ],
         ),
         (
             "StatusFunction",
-            vec!["dynamodb:GetItem", "dynamodb:Query", "s3:GetObject"],
+            vec![
+                "dynamodb:GetItem",
+                "dynamodb:Query",
+                "s3:GetObject",
+                "secretsmanager:GetSecretValue",
+            ],
         ),
         (
             "CancelFunction",
@@ -468,6 +607,7 @@ fn each_function_gets_exactly_the_iam_it_calls() {
                 "dynamodb:Query",
                 "s3:ListBucket",
                 "s3:DeleteObject",
+                "secretsmanager:GetSecretValue",
             ],
         ),
         (
@@ -490,6 +630,13 @@ fn each_function_gets_exactly_the_iam_it_calls() {
                 "s3:ListBucket",
                 "s3:AbortMultipartUpload",
                 "s3:ListMultipartUploadParts",
+                "secretsmanager:GetSecretValue",
+                "ec2:CreateNetworkInterface",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeSubnets",
+                "ec2:DeleteNetworkInterface",
+                "ec2:AssignPrivateIpAddresses",
+                "ec2:UnassignPrivateIpAddresses",
             ],
         ),
     ];
@@ -511,6 +658,12 @@ fn each_function_gets_exactly_the_iam_it_calls() {
             !r.contains("ManagedPolicyArns"),
             "{role}: no managed policies"
         );
+        // The one wildcard: EC2's Describe actions have no resource-level permissions, and
+        // that statement exists only with the worker in a VPC (`worker_vpc_is_optional`).
+        let r = match conditional_statement(&role, "ec2:CreateNetworkInterface") {
+            Some((_, vpc)) => r.replace(&vpc, ""),
+            None => r,
+        };
         assert!(
             !r.contains("Resource: \"*\"") && !r.contains(":*\n") && !r.contains("Action: \"*\""),
             "{role}: no wildcards"
@@ -595,6 +748,106 @@ fn http_api_routes_payload_2_and_optional_jwt() {
     assert!(authorizer.contains("AuthorizerType: JWT"));
     assert!(resource("HttpApi").contains("ProtocolType: HTTP"));
     assert!(resource("HttpApiStage").contains("StageName: $default"));
+}
+
+#[test]
+fn azure_secret_only_for_the_functions_that_reach_the_account() {
+    // The condition each function's secret depends on: the worker, status (signs links,
+    // streams files) and cancel (deletes files) whenever the secret is set; the kick-off
+    // only to read an Azure source.
+    for (function, role, condition) in [
+        ("KickoffFunction", "KickoffRole", "AzureSourceWithSecret"),
+        ("StatusFunction", "StatusRole", "HasAzureSecret"),
+        ("CancelFunction", "CancelRole", "HasAzureSecret"),
+        ("WorkerFunction", "WorkerRole", "HasAzureSecret"),
+    ] {
+        let f = resource(function);
+        assert!(
+            f.contains(&format!(
+                "FHIR_EXPORT_AZURE_SECRET: !If [{condition}, !Ref AzureCredentialSecretArn, !Ref AWS::NoValue]"
+            )),
+            "{function}: FHIR_EXPORT_AZURE_SECRET under {condition}"
+        );
+        let (cond, statement) = conditional_statement(role, "secretsmanager:GetSecretValue")
+            .unwrap_or_else(|| panic!("{role}: the secret's grant is not conditional"));
+        assert_eq!(cond, condition, "{role}");
+        assert_eq!(
+            actions(&statement),
+            set(&["secretsmanager:GetSecretValue"]),
+            "{role}"
+        );
+        // Exactly the secret: no wildcard, no other resource.
+        let resources: Vec<&str> = statement
+            .lines()
+            .filter(|l| l.trim().starts_with("Resource"))
+            .collect();
+        assert_eq!(
+            resources.iter().map(|l| l.trim()).collect::<Vec<_>>(),
+            ["Resource: !Ref AzureCredentialSecretArn"],
+            "{role}"
+        );
+        assert!(statement.contains("- !Ref AWS::NoValue"), "{role}");
+    }
+    // Nothing else in the template mentions Secrets Manager.
+    let t = template();
+    assert_eq!(t.matches("secretsmanager:GetSecretValue").count(), 4);
+    assert_eq!(t.matches("FHIR_EXPORT_AZURE_SECRET:").count(), 4);
+    // An Azure source has no S3 grants to derive: they exist for an s3:// source only.
+    for role in ["KickoffRole", "WorkerRole"] {
+        for action in ["s3:GetObject", "s3:ListBucket"] {
+            let source = conditional_items(&resource(role))
+                .into_iter()
+                .find(|(_, body)| actions(body).contains(action) && body.contains("SourceUrl"))
+                .unwrap_or_else(|| panic!("{role}: no conditional source grant for {action}"));
+            assert_eq!(source.0, "SourceUrlIsS3", "{role} {action}");
+        }
+    }
+}
+
+#[test]
+fn worker_vpc_is_optional() {
+    let worker = resource("WorkerFunction");
+    let vpc = block(&worker, 6, "VpcConfig").expect("worker VpcConfig");
+    for needle in [
+        "VpcConfig: !If",
+        "- UseWorkerVpc",
+        "- SubnetIds: !Ref WorkerSubnetIds",
+        "SecurityGroupIds: !Ref WorkerSecurityGroupIds",
+        "- !Ref AWS::NoValue",
+    ] {
+        assert!(
+            vpc.contains(needle),
+            "worker VpcConfig lacks `{needle}`:\n{vpc}"
+        );
+    }
+    for function in ["KickoffFunction", "StatusFunction", "CancelFunction"] {
+        assert!(
+            !resource(function).contains("VpcConfig"),
+            "{function} runs outside the VPC (docs/deploy.md)"
+        );
+    }
+    // Lambda attaches the worker through network interfaces its role creates.
+    let (condition, statement) = conditional_statement("WorkerRole", "ec2:CreateNetworkInterface")
+        .expect("the worker's network-interface grant is conditional");
+    assert_eq!(condition, "UseWorkerVpc");
+    assert_eq!(
+        actions(&statement),
+        set(&[
+            "ec2:CreateNetworkInterface",
+            "ec2:DescribeNetworkInterfaces",
+            "ec2:DescribeSubnets",
+            "ec2:DeleteNetworkInterface",
+            "ec2:AssignPrivateIpAddresses",
+            "ec2:UnassignPrivateIpAddresses",
+        ])
+    );
+    for role in ["KickoffRole", "StatusRole", "CancelRole"] {
+        assert!(!resource(role).contains("ec2:"), "{role}");
+    }
+    // Subnets without security groups are refused before anything is created.
+    let rule = block(&section("Rules"), 2, "WorkerSubnetsNeedSecurityGroups").expect("rule");
+    assert!(rule.contains("Fn::EachMemberEquals: [!Ref WorkerSubnetIds, \"\"]"));
+    assert!(rule.contains("Fn::EachMemberEquals: [!Ref WorkerSecurityGroupIds, \"\"]"));
 }
 
 // ------------------------------------------------------------------------------- events

@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::synth::{GenOptions, generate};
 
+#[cfg(feature = "azure")]
+mod azure;
 mod compression;
 mod filters;
 mod latency;
@@ -49,6 +51,10 @@ pub struct BenchArgs {
     /// Measure how long a small export takes while a large one runs, against alone.
     #[arg(long)]
     pub latency: bool,
+    /// Measure exports to Azure Blob Storage (Azurite at `AZURITE_BLOB_STORAGE_URL`) against
+    /// a local folder and a raw upload of the same bytes (needs the `azure` feature).
+    #[arg(long)]
+    pub azure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +102,17 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
     if args.latency {
         latency::run(&args).await?;
         return Ok(Vec::new());
+    }
+    if args.azure {
+        #[cfg(feature = "azure")]
+        {
+            azure::run(&args).await?;
+            return Ok(Vec::new());
+        }
+        #[cfg(not(feature = "azure"))]
+        return Err(BenchError::Protocol(
+            "--azure needs a build with the `azure` feature".into(),
+        ));
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
@@ -324,16 +341,31 @@ impl Server {
         data: &Path,
         env: &[(&str, &str)],
     ) -> Result<Server, BenchError> {
+        Self::start_with_output(args, data, env, None).await
+    }
+
+    /// As `start`, writing exports to `output` (a store URL) instead of the state folder.
+    pub(crate) async fn start_with_output(
+        args: &BenchArgs,
+        data: &Path,
+        env: &[(&str, &str)],
+        output: Option<&str>,
+    ) -> Result<Server, BenchError> {
         let state = args.dir.join("state");
         let _ = std::fs::remove_dir_all(&state);
         let exe = std::env::current_exe()?;
-        let mut child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        command
             .args(["serve", "--bind", "127.0.0.1:0", "--workers"])
             .arg(args.workers.to_string())
             .arg("--source")
             .arg(data)
             .arg("--state")
-            .arg(&state)
+            .arg(&state);
+        if let Some(url) = output {
+            command.args(["--output", url]);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stderr(Stdio::piped())

@@ -4,10 +4,13 @@
 //!
 //! Environment (see `docs/configuration.md`): `FHIR_EXPORT_PUBLIC_URL` (required),
 //! `FHIR_EXPORT_BASE_PATH` (default `/fhir`), `FHIR_EXPORT_TABLE`, `FHIR_EXPORT_QUEUE_URL`,
-//! `FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN`, `FHIR_EXPORT_OUTPUT`, `FHIR_EXPORT_SOURCE`, and the
-//! tuning variables of `shared::config`. Unlike the local server, files default to
+//! `FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN`, `FHIR_EXPORT_OUTPUT`, `FHIR_EXPORT_SOURCE`,
+//! `FHIR_EXPORT_AZURE_SECRET` (feature `azure`: the Azure credential, see [`azure_secret`]),
+//! and the tuning variables of `shared::config`. Unlike the local server, files default to
 //! `redirect` access: API Gateway cannot stream large bodies through a function.
 
+#[cfg(feature = "azure")]
+pub mod azure_secret;
 #[cfg(feature = "http")]
 mod host;
 
@@ -16,7 +19,7 @@ pub use host::{caller_of, host};
 use std::sync::Arc;
 
 use shared::adapters::aws::dynamodb::DynamoJobStore;
-use shared::adapters::target::open_store;
+use shared::adapters::target::{StoreSettings, StoreUrl, open_store_with};
 use shared::config::{ConfigError, Env};
 use shared::ports::{JobStore, ObjectStore};
 use shared::settings::{FileAccess, Settings};
@@ -39,7 +42,27 @@ pub async fn store<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     name: &'static str,
 ) -> Result<Arc<dyn ObjectStore>, Error> {
-    Ok(open_store(&env.require(name)?).await?)
+    let url = env.require(name)?;
+    let settings = store_settings(env, &url).await?;
+    Ok(open_store_with(&url, &settings).await?)
+}
+
+/// The settings a store URL is opened with, from `env`. The Azure credential's secret is read
+/// only for an Azure URL: an S3 or local store must not depend on Secrets Manager (nor need
+/// the permission to read the secret).
+async fn store_settings<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    url: &str,
+) -> Result<StoreSettings, Error> {
+    #[cfg(feature = "azure")]
+    if let Ok(StoreUrl::Azure(_)) = StoreUrl::parse(url) {
+        return Ok(StoreSettings {
+            azure: azure_secret::azure_settings(env).await?,
+        });
+    }
+    #[cfg(not(feature = "azure"))]
+    let _ = url;
+    Ok(StoreSettings::from_lookup(|k| env.lookup(k)))
 }
 
 /// What the status and cancel functions are built from: their configuration, the job table
@@ -86,6 +109,18 @@ impl FunctionConfig {
             settings.file_access = FileAccess::Redirect;
         }
         settings.authenticated = true;
+        // Only the URL's form matters here (an Azure account root), so every function reads
+        // it the same way whatever adapters it links.
+        settings.container_per_export = match env.get("FHIR_EXPORT_OUTPUT") {
+            Some(url) => StoreUrl::parse(&url)
+                .map_err(|e| ConfigError::Invalid {
+                    name: "FHIR_EXPORT_OUTPUT",
+                    value: url.clone(),
+                    reason: e.to_string(),
+                })?
+                .container_per_export(),
+            None => false,
+        };
         Ok(FunctionConfig {
             settings,
             base_path,

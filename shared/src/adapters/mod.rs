@@ -3,6 +3,7 @@
 
 #[cfg(any(feature = "dynamodb", feature = "sqs", feature = "s3"))]
 pub mod aws;
+pub mod azure;
 pub mod faults;
 pub mod local_fs;
 pub mod ndjson_source;

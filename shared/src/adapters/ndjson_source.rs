@@ -60,6 +60,7 @@ fn source_err(e: ObjectError) -> SourceError {
             object: key,
             reason,
         },
+        ObjectError::Access(fault) => SourceError::Access(fault),
         other => SourceError::Backend(Box::new(other)),
     }
 }

@@ -169,6 +169,14 @@ impl<P: CallPolicy> ObjectStore for Guarded<P> {
             .await
     }
 
+    async fn prepare_export(&self, prefix: &str, new_container: bool) -> Result<(), ObjectError> {
+        self.policy
+            .around("prepare_export", prefix, || {
+                self.inner.prepare_export(prefix, new_container)
+            })
+            .await
+    }
+
     fn signer(&self) -> Option<&dyn SignedUrls> {
         self.inner.signer()
     }

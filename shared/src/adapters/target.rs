@@ -1,10 +1,13 @@
 //! Object stores named by URL, the way the command line and the functions' environment name
-//! them: `file:///path` (or a plain path), `s3://bucket/prefix`; `az://` and `abfss://` are
-//! recognised and refused until the Azure adapter is part of the build.
+//! them: `file:///path` (or a plain path), `s3://bucket/prefix`, and Azure's `az://container/prefix`,
+//! `https://account.blob.core.windows.net/container/prefix`,
+//! `abfss://filesystem@account.dfs.core.windows.net/prefix` (see [`super::azure::location`]).
+//! Every build parses every form; opening one needs its adapter's feature.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::azure::AzureLocation;
 use super::local_fs::LocalFsStore;
 use crate::ports::{ObjectError, ObjectStore};
 
@@ -28,6 +31,32 @@ pub enum StoreUrl {
     Local(PathBuf),
     #[cfg(feature = "s3")]
     S3(super::aws::s3::S3Location),
+    Azure(AzureLocation),
+}
+
+/// Credentials and endpoints of the stores that take them from settings rather than from a
+/// shared SDK configuration: Azure's `AZURE_*` variables, from a host's environment (or, on
+/// AWS, from a secret).
+#[derive(Debug, Clone, Default)]
+pub struct StoreSettings {
+    #[cfg(feature = "azure")]
+    pub azure: super::azure::AzureSettings,
+}
+
+impl StoreSettings {
+    /// From a host's view of its environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        #[cfg(not(feature = "azure"))]
+        let _ = lookup;
+        StoreSettings {
+            #[cfg(feature = "azure")]
+            azure: super::azure::AzureSettings::from_lookup(lookup),
+        }
+    }
+
+    pub fn from_env() -> Self {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
 }
 
 impl StoreUrl {
@@ -51,23 +80,42 @@ impl StoreUrl {
                 reason: "this build has no S3 adapter (feature `s3`)",
             });
         }
-        if url.starts_with("az://") || url.starts_with("abfss://") {
-            return Err(TargetError::Unsupported {
-                url: url.to_owned(),
-                reason: "the Azure Blob Storage / ADLS Gen2 adapter is not part of this build yet",
+        if AzureLocation::is_azure_url(url) {
+            return AzureLocation::parse(url).map(StoreUrl::Azure).map_err(|e| {
+                TargetError::Invalid {
+                    // A URL with a query may carry a SAS: never repeated.
+                    url: url.split(['?', '#']).next().unwrap_or("").to_owned(),
+                    reason: e.to_string(),
+                }
             });
         }
         if url.contains("://") {
             return Err(TargetError::Unsupported {
                 url: url.to_owned(),
-                reason: "unknown scheme (file://, s3://)",
+                reason: "unknown scheme (file://, s3://, az://, abfss://, https://<account>.blob.core.windows.net)",
             });
         }
         Ok(StoreUrl::Local(PathBuf::from(url)))
     }
 
-    /// Opens the store; AWS configuration is loaded from the environment when needed.
+    /// Whether exports without `_container` get a container of their own: an Azure
+    /// account root.
+    pub fn container_per_export(&self) -> bool {
+        matches!(self, StoreUrl::Azure(l) if l.is_account_root())
+    }
+
+    /// Opens the store with settings from the process environment.
     pub async fn open(&self) -> Result<Arc<dyn ObjectStore>, TargetError> {
+        self.open_with(&StoreSettings::from_env()).await
+    }
+
+    /// Opens the store; AWS configuration is loaded from the environment when needed.
+    pub async fn open_with(
+        &self,
+        settings: &StoreSettings,
+    ) -> Result<Arc<dyn ObjectStore>, TargetError> {
+        #[cfg(not(feature = "azure"))]
+        let _ = settings;
         match self {
             StoreUrl::Local(path) => LocalFsStore::new(path)
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
@@ -83,6 +131,20 @@ impl StoreUrl {
                     location.clone(),
                 )))
             }
+            #[cfg(feature = "azure")]
+            StoreUrl::Azure(location) => {
+                super::azure::AzureStore::open(location.clone(), &settings.azure)
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+                    .map_err(|e| TargetError::Invalid {
+                        url: location.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
+            #[cfg(not(feature = "azure"))]
+            StoreUrl::Azure(location) => Err(TargetError::Unsupported {
+                url: location.to_string(),
+                reason: "this build has no Azure adapter (feature `azure`)",
+            }),
         }
     }
 }
@@ -90,7 +152,17 @@ impl StoreUrl {
 /// Parses and opens a store URL; the store's transient failures are retried
 /// ([`super::retry`]).
 pub async fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, TargetError> {
-    Ok(super::retry::retrying(StoreUrl::parse(url)?.open().await?))
+    open_store_with(url, &StoreSettings::from_env()).await
+}
+
+/// As [`open_store`], with the given store settings.
+pub async fn open_store_with(
+    url: &str,
+    settings: &StoreSettings,
+) -> Result<Arc<dyn ObjectStore>, TargetError> {
+    Ok(super::retry::retrying(
+        StoreUrl::parse(url)?.open_with(settings).await?,
+    ))
 }
 
 #[cfg(test)]
@@ -108,13 +180,18 @@ mod tests {
             Some(StoreUrl::Local("out".into()))
         );
         assert!(matches!(
-            StoreUrl::parse("az://c/p"),
-            Err(TargetError::Unsupported { .. })
+            StoreUrl::parse("az://exports/p"),
+            Ok(StoreUrl::Azure(l)) if l.container.as_deref() == Some("exports")
         ));
-        assert!(matches!(
-            StoreUrl::parse("abfss://fs@acct.dfs.core.windows.net/p"),
-            Err(TargetError::Unsupported { .. })
-        ));
+        let lake = StoreUrl::parse("abfss://lake@acct1.dfs.core.windows.net/p").expect("abfss");
+        assert!(matches!(&lake, StoreUrl::Azure(l) if l.dfs));
+        assert!(!lake.container_per_export());
+        let account = StoreUrl::parse("https://acct1.blob.core.windows.net").expect("account");
+        assert!(account.container_per_export());
+        match StoreUrl::parse("az://Bad/p?sig=SECRET") {
+            Err(TargetError::Invalid { url, .. }) => assert!(!url.contains("SECRET")),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             StoreUrl::parse("ftp://x"),
             Err(TargetError::Unsupported { .. })

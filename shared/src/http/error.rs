@@ -61,8 +61,10 @@ impl ApiError {
             ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyRejected(s) => *s,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Object(ObjectError::Refused { .. })
-            | ApiError::Source(SourceError::Refused { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Object(ObjectError::Refused { .. } | ObjectError::Access(_))
+            | ApiError::Source(SourceError::Refused { .. } | SourceError::Access(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ApiError::Store(_) | ApiError::Queue(_) | ApiError::Object(_) | ApiError::Source(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -103,6 +105,14 @@ impl ApiError {
             ApiError::Object(ObjectError::Refused { reason, .. }) => Issue::error(
                 IssueCode::Exception,
                 format!("the output store refuses the operation: {reason}"),
+            ),
+            ApiError::Object(ObjectError::Access(fault)) => Issue::error(
+                IssueCode::Exception,
+                format!("the output store refuses the service: {fault}"),
+            ),
+            ApiError::Source(SourceError::Access(fault)) => Issue::error(
+                IssueCode::Exception,
+                format!("the data source refuses the service: {fault}"),
             ),
             ApiError::Source(SourceError::Refused { reason, .. }) => Issue::error(
                 IssueCode::Exception,

@@ -166,8 +166,16 @@ async fn kickoff(
     }
 
     let id = JobId::new();
+    // On a store whose top-level folders are containers (an Azure account), an export
+    // without `_container` gets a container of its own.
+    let container = request.container.clone().or_else(|| {
+        state
+            .settings
+            .container_per_export
+            .then(|| layout::new_container(now, &id))
+    });
     let job = Job {
-        output_prefix: layout::export_prefix(request.container.as_deref(), &id),
+        output_prefix: layout::export_prefix(container.as_deref(), &id),
         id,
         owner: caller.0,
         state: JobState::Accepted,

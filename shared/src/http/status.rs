@@ -177,11 +177,14 @@ async fn manifest_response(
     next: Option<String>,
 ) -> Result<Response, ApiError> {
     let urls = file_urls(state, job, files).await?;
+    let access = state
+        .settings
+        .file_access_for(state.output.signer().is_some());
     let body = manifest(
         job,
         files,
         &urls,
-        state.settings.requires_access_token(),
+        state.settings.requires_access_token_for(access),
         next,
     );
     let mut resp = axum::Json(body).into_response();

@@ -12,8 +12,8 @@ mod source;
 
 pub use job_store::{ChunkCompletion, JobStore, Naming, StoreError};
 pub use object_store::{
-    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, Refusal, SignedUrls,
-    validate_key,
+    AccessFault, AccessProblem, ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore,
+    ObjectWriter, Refusal, SignedUrls, validate_key,
 };
 pub use queue::{Delivery, QueueError, WorkQueue};
 pub use source::{Fault, Origin, RecordBatch, RecordReader, ResourceSource, Run, SourceError};

@@ -36,6 +36,11 @@ pub enum ObjectError {
         #[source]
         source: BoxError,
     },
+    /// The account behind the store refuses the service's credential, or the container the
+    /// store names does not exist: a deployment fault that no retry mends, said in words
+    /// that name the account, the container and what is missing (never a response body).
+    #[error("{0}")]
+    Access(AccessFault),
     #[error("object store failed on `{key}`")]
     Backend {
         key: String,
@@ -59,6 +64,44 @@ impl std::fmt::Display for Refusal {
             Refusal::ReadOnly => "the store is read-only",
             Refusal::StorageFull => "no space left on the store",
         })
+    }
+}
+
+/// Which account and container refuse what, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessFault {
+    /// The account or bucket (`storage account `x``).
+    pub account: String,
+    pub container: String,
+    pub problem: AccessProblem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessProblem {
+    ContainerNotFound,
+    /// The credential is valid but may not do `operation` (`write blobs`); `needs` says what
+    /// grants it.
+    Forbidden {
+        operation: &'static str,
+        needs: &'static str,
+    },
+    /// The account does not accept the request: its credential (a wrong key, an expired SAS or
+    /// token), or its network address (a firewall rule).
+    CredentialRejected,
+}
+
+impl std::fmt::Display for AccessFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, container `{}`: ", self.account, self.container)?;
+        match &self.problem {
+            AccessProblem::ContainerNotFound => f.write_str("the container does not exist"),
+            AccessProblem::Forbidden { operation, needs } => {
+                write!(f, "the credential may not {operation}; it needs {needs}")
+            }
+            AccessProblem::CredentialRejected => f.write_str(
+                "the account rejects the credential (a wrong account key, an expired SAS or token) or the address the request comes from (a firewall rule)",
+            ),
+        }
     }
 }
 
@@ -167,6 +210,18 @@ pub trait ObjectStore: Send + Sync {
     /// when a server starts and by every sweep.
     async fn clean_abandoned(&self) -> Result<u64, ObjectError> {
         Ok(0)
+    }
+
+    /// Makes sure an export can be written under `prefix` (its folder, no trailing `/`)
+    /// before any work is spent on it: creates the container the prefix starts with when
+    /// `new_container` and the store is one whose top-level folders are containers (an Azure
+    /// account), then writes and deletes a small object in the export's staging folder. A
+    /// store that will not take the export answers `Access` or `Refused` here, at once.
+    async fn prepare_export(&self, prefix: &str, new_container: bool) -> Result<(), ObjectError> {
+        let _ = new_container;
+        let probe = crate::layout::probe_key(prefix);
+        self.put(&probe, Bytes::from_static(b"probe")).await?;
+        self.delete(&probe).await
     }
 
     /// The signed-URL ability, where the backend has one.

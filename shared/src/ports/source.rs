@@ -31,6 +31,9 @@ pub enum SourceError {
         object: String,
         reason: crate::ports::Refusal,
     },
+    /// The store the source reads refuses the service, or its container is missing.
+    #[error("{0}")]
+    Access(crate::ports::AccessFault),
     #[error("source failed")]
     Backend(#[source] BoxError),
 }

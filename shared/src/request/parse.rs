@@ -215,17 +215,6 @@ fn instant(name: &str, value: &str) -> Result<DateTime<Utc>, KickoffError> {
     parse_instant(value).map_err(|e| invalid(name, e.to_string()))
 }
 
-/// Azure container rules, which are also safe as an S3 prefix and a folder name.
-fn valid_container(name: &str) -> bool {
-    (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--")
-}
-
 impl Builder {
     /// Refuses under strict handling; records and skips under lenient handling.
     fn unsupported(&mut self, name: &str, message: String) -> Result<(), KickoffError> {
@@ -346,7 +335,7 @@ impl Builder {
             }
             "_container" => {
                 let v = single(p)?;
-                if !valid_container(v) {
+                if !crate::layout::valid_container(v) {
                     return Err(invalid(
                         name,
                         format!(

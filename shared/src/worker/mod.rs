@@ -84,6 +84,9 @@ impl From<ObjectError> for WorkError {
             } => WorkError::Permanent(format!(
                 "the output store refused to write `{key}`: {reason} ({source})"
             )),
+            ObjectError::Access(fault) => {
+                WorkError::Permanent(format!("the output store refuses the export: {fault}"))
+            }
             other => WorkError::Retryable(Box::new(other)),
         }
     }
@@ -100,6 +103,9 @@ impl From<SourceError> for WorkError {
             }
             SourceError::Refused { object, reason } => {
                 WorkError::Permanent(format!("source object `{object}` cannot be read: {reason}"))
+            }
+            SourceError::Access(fault) => {
+                WorkError::Permanent(format!("the data source refuses the service: {fault}"))
             }
             other => WorkError::Retryable(Box::new(other)),
         }

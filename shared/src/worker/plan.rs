@@ -38,6 +38,13 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
         return redeliver(deps, id).await;
     };
 
+    // A store that will not take the export fails it now, in words, before any chunk runs
+    // (rather than each chunk failing and being retried until the job stalls).
+    let new_container =
+        job.request.container.is_none() && layout::created_container(&job.output_prefix).is_some();
+    deps.output
+        .prepare_export(&job.output_prefix, new_container)
+        .await?;
     let mut notes: Vec<Issue> = job.request.ignored.clone();
     if let Some(patients) = patient_list(deps, &job).await? {
         tracing::info!(job_id = %id, patients = patients.len(), "patients resolved");
