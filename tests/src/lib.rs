@@ -16,6 +16,21 @@ use reqwest::header::{ACCEPT, HeaderMap};
 use serde_json::Value;
 use tempfile::TempDir;
 
+/// Types of the generated data that are in the Patient compartment (Group is left out of
+/// patient-level exports unless asked for).
+pub const COMPARTMENT_TYPES: &[&str] = &[
+    "AllergyIntolerance",
+    "Condition",
+    "DiagnosticReport",
+    "Encounter",
+    "Immunization",
+    "MedicationRequest",
+    "Observation",
+    "Patient",
+    "Procedure",
+    "Provenance",
+];
+
 pub struct TestServer {
     pub server: RunningServer,
     pub base: String,

@@ -19,7 +19,7 @@ use integration_tests::azure::{
 };
 use integration_tests::wrappers::SlowSource;
 use integration_tests::{
-    Options, TestServer, current_members, file_names, patient_refs, read_source,
+    COMPARTMENT_TYPES, Options, TestServer, current_members, file_names, patient_refs, read_source,
 };
 use serde_json::Value;
 use shared::adapters::azure::AzureStore;
@@ -27,21 +27,6 @@ use shared::job::{ReadSpec, SourcePiece};
 use shared::layout;
 use shared::model::{JobId, LogicalId, ResourceType};
 use shared::ports::{ObjectMeta, ObjectStore, RecordReader, ResourceSource, SourceError};
-
-/// Types of the generated data that are in the Patient compartment (Group is left out of
-/// patient-level exports unless asked for).
-const COMPARTMENT_TYPES: &[&str] = &[
-    "AllergyIntolerance",
-    "Condition",
-    "DiagnosticReport",
-    "Encounter",
-    "Immunization",
-    "MedicationRequest",
-    "Observation",
-    "Patient",
-    "Procedure",
-    "Provenance",
-];
 
 /// A server exporting to `output` on Azurite (its key, plus `env`).
 async fn server(url: &str, output: &str, patients: u64, env: &[(&str, &str)]) -> TestServer {

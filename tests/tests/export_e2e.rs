@@ -6,24 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fhir_export::synth;
 use integration_tests::{
-    Options, TestServer, counts, current_members, patient_refs, read_source, synthea_dir,
+    COMPARTMENT_TYPES, Options, TestServer, counts, current_members, patient_refs, read_source,
+    synthea_dir,
 };
 use serde_json::Value;
-
-/// Types of the generated data that are in the Patient compartment (Group is left out of
-/// patient-level exports unless asked for).
-const COMPARTMENT_TYPES: &[&str] = &[
-    "AllergyIntolerance",
-    "Condition",
-    "DiagnosticReport",
-    "Encounter",
-    "Immunization",
-    "MedicationRequest",
-    "Observation",
-    "Patient",
-    "Procedure",
-    "Provenance",
-];
 
 /// Independent expectation: per type, resources that are the patient or reference it.
 fn expected_for_patients(
