@@ -391,6 +391,33 @@ fn first_page() -> u32 {
     1
 }
 
+/// Applies `change` to the current job with compare-and-set, re-reading on conflict: the one
+/// way every process (kick-off, cancel, the worker's steps) changes a job. `change`
+/// returns `None` to leave the job alone. Returns the job as written, or `None`.
+pub async fn update_job(
+    jobs: &dyn crate::ports::JobStore,
+    id: &JobId,
+    mut change: impl FnMut(&Job) -> Option<Job>,
+) -> Result<Option<Job>, crate::ports::StoreError> {
+    for _ in 0..16 {
+        let Some(job) = jobs.get(id).await? else {
+            return Ok(None);
+        };
+        let Some(next) = change(&job) else {
+            return Ok(None);
+        };
+        match jobs.update(&next, job.version).await {
+            Ok(()) => return Ok(Some(next)),
+            Err(crate::ports::StoreError::Conflict) => continue,
+            Err(crate::ports::StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(crate::ports::StoreError::Backend(
+        "too many version conflicts updating a job".into(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

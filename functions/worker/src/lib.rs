@@ -8,7 +8,6 @@
 //! already failed its job and is dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::Value;
@@ -16,7 +15,7 @@ use shared::adapters::aws::sqs::SqsQueue;
 use shared::adapters::ndjson_source::NdjsonSource;
 use shared::config::Env;
 use shared::worker::{
-    MessageLease, WorkError, WorkerDeps, handle_dead_letter, handle_message, sweep,
+    MessageLease, Settled, WorkerDeps, handle_dead_letter, handle_message, settle, sweep,
 };
 
 pub use fn_common::Error;
@@ -98,7 +97,7 @@ impl Worker {
             return match handle_dead_letter(&self.deps, body).await {
                 Ok(()) => true,
                 Err(e) => {
-                    shared::worker::runner::log_failure("dead letter not handled; will retry", &e);
+                    shared::worker::log_failure("dead letter not handled; will retry", &e);
                     false
                 }
             };
@@ -112,22 +111,12 @@ impl Worker {
             receipt: receipt.clone(),
             visibility: self.deps.settings.visibility_timeout,
         };
-        match handle_message(&self.deps, body, &lease).await {
-            Ok(()) | Err(WorkError::Permanent(_)) => true,
-            Err(e) => {
-                shared::worker::runner::log_failure("message failed; it will be retried", &e);
-                let receives: u32 = record
-                    .attributes
-                    .get("ApproximateReceiveCount")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1);
-                let delay = Duration::from_secs(1u64 << receives.saturating_sub(1).min(6))
-                    .min(self.deps.settings.visibility_timeout);
-                if let Err(e) = self.deps.queue.extend(&receipt, delay).await {
-                    shared::worker::runner::log_failure("could not schedule the retry", &e);
-                }
-                false
-            }
-        }
+        let receives: u32 = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        let outcome = handle_message(&self.deps, body, &lease).await;
+        settle(&self.deps, outcome, &receipt, receives).await == Settled::Done
     }
 }

@@ -7,8 +7,9 @@ use axum::response::{IntoResponse, Response};
 use super::error::{ApiError, outcome_response};
 use super::{Caller, CancelState, owned_job};
 use crate::job::JobState;
+use crate::job::update_job;
 use crate::outcome::{Issue, single};
-use crate::worker::{after, delete_export, update_job};
+use crate::worker::{after, delete_export};
 
 pub(super) async fn cancel(
     State(state): State<CancelState>,

@@ -4,7 +4,8 @@
 //! finalizer that died half-way is safely repeated.
 
 use super::publish::{publish, publishes};
-use super::{WorkError, WorkerDeps, after, now, update_job};
+use super::{WorkError, WorkerDeps, after, now};
+use crate::job::update_job;
 use crate::job::{FileKind, JobState, OutputFile};
 use crate::layout;
 use crate::model::JobId;

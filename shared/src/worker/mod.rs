@@ -5,6 +5,7 @@
 //! recorded; the job is published by whoever wins the compare-and-set to `Finalizing`.
 
 mod chunk;
+mod context;
 mod dead_letter;
 mod finalize;
 pub mod messages;
@@ -15,6 +16,7 @@ mod recovery;
 mod reduce;
 pub mod runner;
 mod select;
+pub mod settle;
 mod sinks;
 mod watch;
 
@@ -27,8 +29,9 @@ use chrono::{DateTime, Utc};
 pub use dead_letter::handle_dead_letter;
 pub use messages::WorkMessage;
 pub use recovery::{SweepReport, sweep};
+pub use settle::{Settled, log_failure, settle};
 
-use crate::job::{Job, JobState};
+use crate::job::{Job, JobState, update_job};
 use crate::model::JobId;
 use crate::ports::{
     BoxError, JobStore, ObjectError, ObjectStore, QueueError, ResourceSource, SourceError,
@@ -169,32 +172,6 @@ pub(crate) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Applies `change` to the current job with compare-and-set, re-reading on conflict. `change`
-/// returns `None` to leave the job alone. Returns the job as written, or `None`.
-pub(crate) async fn update_job(
-    jobs: &dyn JobStore,
-    id: &JobId,
-    mut change: impl FnMut(&Job) -> Option<Job>,
-) -> Result<Option<Job>, StoreError> {
-    for _ in 0..16 {
-        let Some(job) = jobs.get(id).await? else {
-            return Ok(None);
-        };
-        let Some(next) = change(&job) else {
-            return Ok(None);
-        };
-        match jobs.update(&next, job.version).await {
-            Ok(()) => return Ok(Some(next)),
-            Err(StoreError::Conflict) => continue,
-            Err(StoreError::NotFound) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(StoreError::Backend(
-        "too many version conflicts updating a job".into(),
-    ))
-}
-
 /// Deletes everything of an export from the output store: its folder and its staging
 /// folder. Returns how many objects went.
 pub async fn delete_export(output: &dyn ObjectStore, prefix: &str) -> Result<u64, ObjectError> {
@@ -238,7 +215,7 @@ pub async fn fail_job(deps: &WorkerDeps, id: &JobId, reason: &str) -> Result<(),
         // The failure stands whether or not its files can be removed now; the expiry sweep
         // (and the bucket's lifecycle rule) remove them later.
         if let Err(e) = delete_export(deps.output.as_ref(), &job.output_prefix).await {
-            runner::log_failure("files of a failed export not deleted yet", &e);
+            log_failure("files of a failed export not deleted yet", &e);
         }
     }
     Ok(())

@@ -8,9 +8,10 @@
 
 use bytes::Bytes;
 
-use super::{WorkError, WorkMessage, WorkerDeps, clean_if_stopped, now, update_job};
+use super::{WorkError, WorkMessage, WorkerDeps, clean_if_stopped, now};
 use crate::compartment::in_patient_compartment;
 use crate::group::current_members;
+use crate::job::update_job;
 use crate::job::{
     ChunkRole, ChunkSpec, FileKind, Job, JobPlan, JobState, OutputFile, PackedRead, ProvenanceMode,
     ReadSpec, SourcePiece,

@@ -17,7 +17,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio_util::io::StreamReader;
 
 use super::WorkError;
-use super::chunk::{ChunkCtx, Consumer, Produced};
+use super::context::{ChunkCtx, Consumer, Produced};
 use super::select::Kept;
 use super::sinks::write_sorted;
 use crate::job::{ChunkRecord, ChunkRole, FileKind, ProvenanceMode};

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{WorkError, WorkMessage, WorkerDeps, after, fail_job, update_job};
+use super::{WorkError, WorkMessage, WorkerDeps, after, fail_job};
+use crate::job::update_job;
 use crate::job::{Job, JobState};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +110,7 @@ pub async fn sweep(deps: &WorkerDeps, now: DateTime<Utc>) -> Result<SweepReport,
     match deps.output.clean_abandoned().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(files = n, "temporary files of dead processes removed"),
-        Err(e) => super::runner::log_failure("temporary files of dead processes not removed", &e),
+        Err(e) => super::log_failure("temporary files of dead processes not removed", &e),
     }
     for job in deps.jobs.expired(now).await? {
         if job.state.is_active() && after(job.updated_at, deps.settings.stall_timeout) > now {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
 use super::WorkError;
-use super::chunk::{ChunkCtx, Produced};
+use super::context::{ChunkCtx, Produced};
 use crate::job::{ChunkRole, FileKind};
 
 type Lines = Box<dyn AsyncBufRead + Unpin + Send>;

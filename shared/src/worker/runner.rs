@@ -8,6 +8,7 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::settle::{Settled, log_failure, settle};
 use super::{MessageLease, WorkError, WorkerDeps, handle_dead_letter, handle_message, sweep};
 use crate::ports::{QueueError, WorkQueue};
 
@@ -76,12 +77,6 @@ pub fn spawn_pool(
     handles
 }
 
-/// How soon a message that failed with a retryable error is tried again.
-fn retry_delay(receive_count: u32, visibility: Duration) -> Duration {
-    let secs = 1u64 << receive_count.saturating_sub(1).min(6);
-    Duration::from_secs(secs).min(visibility)
-}
-
 async fn work_loop(n: usize, deps: WorkerDeps, wait: Duration, shutdown: CancellationToken) {
     tracing::debug!(worker = n, "worker started");
     loop {
@@ -119,19 +114,10 @@ async fn work_loop(n: usize, deps: WorkerDeps, wait: Duration, shutdown: Cancell
                 _ = shutdown.cancelled() => return,
                 r = handled => r,
             };
-            match outcome {
-                Ok(()) | Err(WorkError::Permanent(_)) => {
-                    match deps.queue.delete(&d.receipt).await {
-                        Ok(()) | Err(QueueError::InvalidReceipt) => {}
-                        Err(e) => log_failure("ack failed", &e),
-                    }
-                }
-                Err(e) => {
-                    log_failure("message failed; it will be retried", &e);
-                    let delay = retry_delay(d.receive_count, deps.settings.visibility_timeout);
-                    if let Err(e) = deps.queue.extend(&d.receipt, delay).await {
-                        log_failure("could not schedule the retry", &e);
-                    }
+            if settle(&deps, outcome, &d.receipt, d.receive_count).await == Settled::Done {
+                match deps.queue.delete(&d.receipt).await {
+                    Ok(()) | Err(QueueError::InvalidReceipt) => {}
+                    Err(e) => log_failure("ack failed", &e),
                 }
             }
         }
@@ -177,24 +163,6 @@ async fn dead_letter_loop(
                 Err(e) => log_failure("dead letter not handled; will retry", &e),
             }
         }
-    }
-}
-
-/// Logs an error once with its whole cause chain.
-pub fn log_failure(what: &str, e: &(dyn std::error::Error + 'static)) {
-    tracing::error!(error = %crate::error_chain(e), "{what}");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delay_backs_off_and_is_capped() {
-        let vt = Duration::from_secs(20);
-        assert_eq!(retry_delay(1, vt), Duration::from_secs(1));
-        assert_eq!(retry_delay(3, vt), Duration::from_secs(4));
-        assert_eq!(retry_delay(10, vt), vt);
     }
 }
 
