@@ -11,10 +11,9 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use shared::adapters::ndjson_source::NdjsonSource;
 use shared::adapters::retry::retrying;
 use shared::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
-use shared::adapters::target::{StoreSettings, StoreUrl, TargetError};
+use shared::adapters::target::{StoreSettings, StoreUrl, TargetError, open_source};
 use shared::config::{ConfigError, Env};
 use shared::http::{
     CancelState, FilesState, KickoffState, MetadataState, StatusState, cancel_router, files_router,
@@ -421,10 +420,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         _ => None,
     };
     let source: Arc<dyn ResourceSource> = wrapped(
-        Arc::new(NdjsonSource::new(
-            retrying(source_url.open_with(&store_settings).await?),
-            "",
-        )),
+        open_source(&source_url, &store_settings).await?,
         &config.wrap.source,
     );
 

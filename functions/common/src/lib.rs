@@ -19,9 +19,9 @@ pub use host::{caller_of, host};
 use std::sync::Arc;
 
 use shared::adapters::aws::dynamodb::DynamoJobStore;
-use shared::adapters::target::{StoreSettings, StoreUrl, open_store_with};
+use shared::adapters::target::{StoreSettings, StoreUrl, open_source, open_store_with};
 use shared::config::{ConfigError, Env};
-use shared::ports::{JobStore, ObjectStore};
+use shared::ports::{JobStore, ObjectStore, ResourceSource};
 use shared::settings::{FileAccess, Settings};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -45,6 +45,15 @@ pub async fn store<F: Fn(&str) -> Option<String>>(
     let url = env.require(name)?;
     let settings = store_settings(env, &url).await?;
     Ok(open_store_with(&url, &settings).await?)
+}
+
+/// The resource source named by `FHIR_EXPORT_SOURCE`.
+pub async fn source<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Arc<dyn ResourceSource>, Error> {
+    let url = env.require("FHIR_EXPORT_SOURCE")?;
+    let settings = store_settings(env, &url).await?;
+    Ok(open_source(&StoreUrl::parse(&url)?, &settings).await?)
 }
 
 /// The settings a store URL is opened with, from `env`. The Azure credential's secret is read

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::Router;
 use fn_common::{FunctionConfig, host};
 use shared::adapters::aws::sqs::SqsQueue;
-use shared::adapters::ndjson_source::NdjsonSource;
 use shared::config::Env;
 use shared::http::{KickoffState, MetadataState, kickoff_router, metadata_router};
 use shared::request::Capabilities;
@@ -23,10 +22,7 @@ pub async fn app_from_env() -> Result<Router, Error> {
     let state = KickoffState {
         jobs: fn_common::job_store(&env, &aws)?,
         queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
-        source: Arc::new(NdjsonSource::new(
-            fn_common::store(&env, "FHIR_EXPORT_SOURCE").await?,
-            "",
-        )),
+        source: fn_common::source(&env).await?,
         settings: Arc::new(config.settings.clone()),
         caps: Capabilities::CURRENT,
     };

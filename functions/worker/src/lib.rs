@@ -12,7 +12,6 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::Value;
 use shared::adapters::aws::sqs::SqsQueue;
-use shared::adapters::ndjson_source::NdjsonSource;
 use shared::config::Env;
 use shared::worker::{
     MessageLease, Settled, WorkerDeps, handle_dead_letter, handle_message, settle, sweep,
@@ -35,10 +34,7 @@ impl Worker {
             jobs: fn_common::job_store(&env, &aws)?,
             queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
             output: fn_common::store(&env, "FHIR_EXPORT_OUTPUT").await?,
-            source: Arc::new(NdjsonSource::new(
-                fn_common::store(&env, "FHIR_EXPORT_SOURCE").await?,
-                "",
-            )),
+            source: fn_common::source(&env).await?,
             settings: Arc::new(config.settings),
         };
         Ok(Worker {

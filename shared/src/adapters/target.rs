@@ -149,6 +149,17 @@ impl StoreUrl {
     }
 }
 
+/// The resource source a URL names, the one place a source is chosen by its URL: today the
+/// NDJSON files in the store it names (a folder, a bucket, a container), read through the
+/// retry layer.
+pub async fn open_source(
+    url: &StoreUrl,
+    settings: &StoreSettings,
+) -> Result<Arc<dyn crate::ports::ResourceSource>, TargetError> {
+    let store = super::retry::retrying(url.open_with(settings).await?);
+    Ok(Arc::new(super::ndjson_source::NdjsonSource::new(store, "")))
+}
+
 /// Parses and opens a store URL; the store's transient failures are retried
 /// ([`super::retry`]).
 pub async fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, TargetError> {
