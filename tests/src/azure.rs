@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use shared::adapters::azure::settings::{EMULATOR_ACCOUNT, EMULATOR_KEY};
+use shared::adapters::azure::settings::{EMULATOR_ACCOUNT, EMULATOR_KEY, emulator_variables};
 use shared::adapters::azure::{AzureLocation, AzureSettings, AzureStore};
 use shared::ports::{AccessProblem, ObjectError};
 
@@ -25,18 +25,15 @@ pub async fn azurite() -> Option<String> {
 
 /// The settings that reach Azurite: its account and published key.
 pub fn emulator(url: &str) -> AzureSettings {
-    AzureSettings::from_pairs([
-        ("AZURE_STORAGE_USE_EMULATOR", "true"),
-        ("AZURITE_BLOB_STORAGE_URL", url),
-    ])
+    AzureSettings::emulator(url)
 }
 
 /// The variables a server (or a function) needs to reach Azurite, for `Options::env`.
 pub fn emulator_env(url: &str) -> Vec<(String, String)> {
-    vec![
-        ("AZURE_STORAGE_USE_EMULATOR".to_owned(), "true".to_owned()),
-        ("AZURITE_BLOB_STORAGE_URL".to_owned(), url.to_owned()),
-    ]
+    emulator_variables(url)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 /// A store at the root of Azurite's account.

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use shared::adapters::azure::settings::emulator_variables;
 use shared::adapters::azure::{AzureLocation, AzureSettings, AzureStore};
 use shared::ports::ObjectStore;
 
@@ -25,17 +26,11 @@ struct Round {
     to_folder: f64,
 }
 
-fn emulator(url: &str) -> AzureSettings {
-    AzureSettings::from_pairs([
-        ("AZURE_STORAGE_USE_EMULATOR", "true"),
-        ("AZURITE_BLOB_STORAGE_URL", url),
-    ])
-}
-
 fn store(url: &str, location: &str) -> Result<AzureStore, BenchError> {
     let location =
         AzureLocation::parse(location).map_err(|e| BenchError::Protocol(e.to_string()))?;
-    AzureStore::open(location, &emulator(url)).map_err(|e| BenchError::Protocol(e.to_string()))
+    AzureStore::open(location, &AzureSettings::emulator(url))
+        .map_err(|e| BenchError::Protocol(e.to_string()))
 }
 
 fn failed(e: impl std::fmt::Display) -> BenchError {
@@ -148,10 +143,8 @@ async fn export(
     azurite: &str,
     output: Option<&str>,
 ) -> Result<f64, BenchError> {
-    let env = [
-        ("AZURE_STORAGE_USE_EMULATOR", "true"),
-        ("AZURITE_BLOB_STORAGE_URL", azurite),
-    ];
+    let vars = emulator_variables(azurite);
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Server::start_with_output(args, data, &env, output).await?;
     if !args.cold {
         server.export("").await?;

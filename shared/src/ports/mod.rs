@@ -13,7 +13,7 @@ mod source;
 pub use job_store::{ChunkCompletion, JobStore, Naming, StoreError};
 pub use object_store::{
     AccessFault, AccessProblem, ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore,
-    ObjectWriter, Refusal, SignedUrls, validate_key,
+    ObjectWriter, Refusal, SignedUrls, validate_key, write_probe,
 };
 pub use queue::{Delivery, QueueError, WorkQueue};
 pub use source::{Fault, Origin, RecordBatch, RecordReader, ResourceSource, Run, SourceError};

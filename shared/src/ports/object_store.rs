@@ -219,15 +219,24 @@ pub trait ObjectStore: Send + Sync {
     /// store that will not take the export answers `Access` or `Refused` here, at once.
     async fn prepare_export(&self, prefix: &str, new_container: bool) -> Result<(), ObjectError> {
         let _ = new_container;
-        let probe = crate::layout::probe_key(prefix);
-        self.put(&probe, Bytes::from_static(b"probe")).await?;
-        self.delete(&probe).await
+        write_probe(self, prefix).await
     }
 
     /// The signed-URL ability, where the backend has one.
     fn signer(&self) -> Option<&dyn SignedUrls> {
         None
     }
+}
+
+/// Writes and deletes a small object in an export's staging folder: what
+/// [`ObjectStore::prepare_export`] checks once the export's container exists.
+pub async fn write_probe<S: ObjectStore + ?Sized>(
+    store: &S,
+    prefix: &str,
+) -> Result<(), ObjectError> {
+    let probe = crate::layout::probe_key(prefix);
+    store.put(&probe, Bytes::from_static(b"probe")).await?;
+    store.delete(&probe).await
 }
 
 /// Optional ability: short-lived URLs a client can fetch directly from the store.

@@ -37,6 +37,15 @@ pub const EMULATOR_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const EMULATOR_URL: &str = "http://127.0.0.1:10000";
 
+/// The variables that reach Azurite at `url` (its account and published key), for a process's
+/// environment.
+pub fn emulator_variables(url: &str) -> [(&'static str, String); 2] {
+    [
+        ("AZURE_STORAGE_USE_EMULATOR", "true".to_owned()),
+        ("AZURITE_BLOB_STORAGE_URL", url.to_owned()),
+    ]
+}
+
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AzureSettings {
     values: BTreeMap<String, String>,
@@ -65,6 +74,11 @@ impl AzureSettings {
 
     pub fn from_env() -> Self {
         Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The settings that reach Azurite at `url`.
+    pub fn emulator(url: &str) -> Self {
+        Self::from_pairs(emulator_variables(url))
     }
 
     /// Settings from name/value pairs (a secret's JSON object); names are the variables'.

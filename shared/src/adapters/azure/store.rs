@@ -36,7 +36,7 @@ use super::writer::AzureWriter;
 use crate::layout;
 use crate::ports::{
     AccessFault, AccessProblem, ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore,
-    ObjectWriter, SignedUrls, validate_key,
+    ObjectWriter, SignedUrls, validate_key, write_probe,
 };
 
 /// Deletes and copies sent at once.
@@ -671,9 +671,7 @@ impl ObjectStore for AzureStore {
         {
             self.create_container(container).await?;
         }
-        let probe = layout::probe_key(prefix);
-        self.put(&probe, Bytes::from_static(b"probe")).await?;
-        self.delete(&probe).await
+        write_probe(self, prefix).await
     }
 
     fn signer(&self) -> Option<&dyn SignedUrls> {
