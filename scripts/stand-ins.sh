@@ -10,6 +10,8 @@
 #   AZURITE_BLOB_STORAGE_URL   http://127.0.0.1:PORT of Azurite's Blob service (account
 #                              devstoreaccount1, the emulator's published key)
 #   FHIR_EXPORT_SMART_FETCH   the smart-fetch command
+#   FHIR_EXPORT_HFS_BIN, FHIR_EXPORT_HFS_DATA_DIR   the Helios FHIR Server binary and its data
+#                              folder (scripts/install-helios.sh); tests start their own servers
 set -euo pipefail
 
 CACHE="${FHIR_EXPORT_CACHE:-$HOME/.cache/fhir-export}"
@@ -44,6 +46,13 @@ if [ ! -f "$AZURITE_MAIN" ]; then
     rm -rf "$AZURITE_DIR"
     npm install --silent --no-audit --no-fund --prefix "$AZURITE_DIR" "azurite@$AZURITE_VERSION" >&2
 fi
+
+# The upstream FHIR server: a ~22-minute build the first time, cached after. A failed install
+# stops here, so the tests that need it fail rather than skip.
+HELIOS_PATHS=$(bash scripts/install-helios.sh)
+FHIR_EXPORT_HFS_BIN=$(printf '%s\n' "$HELIOS_PATHS" | sed -n 's/^HFS_BIN=//p')
+FHIR_EXPORT_HFS_DATA_DIR=$(printf '%s\n' "$HELIOS_PATHS" | sed -n 's/^HFS_DATA_DIR=//p')
+export FHIR_EXPORT_HFS_BIN FHIR_EXPORT_HFS_DATA_DIR
 
 MOTO_PORT=$(free_port)
 MOTO_LOG="${TMPDIR:-/tmp}/fhir-export-moto-$MOTO_PORT.log"

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use shared::adapters::retry::retrying;
 use shared::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
-use shared::adapters::target::{StoreSettings, StoreUrl, TargetError, open_source};
+use shared::adapters::target::{SourceUrl, StoreSettings, StoreUrl, TargetError, open_source};
 use shared::config::{ConfigError, Env};
 use shared::http::{
     CancelState, FilesState, KickoffState, MetadataState, StatusState, cancel_router, files_router,
@@ -391,7 +391,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         tracing::warn!(?faults, "fault injection is on (FHIR_EXPORT_FAULTS)");
     }
     // Faults (when asked for) under the retries, as a real store's hiccups would be.
-    let store_settings = StoreSettings::from_lookup(|k| env.lookup(k));
+    let store_settings = StoreSettings::try_from_lookup(|k| env.lookup(k))?;
     let output = wrapped(
         retrying(faults.store(output_url.open_with(&store_settings).await?)),
         &config.wrap.output,
@@ -404,21 +404,17 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         check_writable(output.as_ref()).await?;
     }
     let source_url = match &config.source {
-        Some(url) => StoreUrl::parse(url)?,
+        Some(url) => SourceUrl::parse(url)?,
         None => {
             let dir = config.state.join("sample-data");
             let d = dir.clone();
             tokio::task::spawn_blocking(move || ensure_sample_data(&d))
                 .await
                 .map_err(|e| ServeError::Sample(std::io::Error::other(e)))??;
-            StoreUrl::Local(dir)
+            SourceUrl::Files(StoreUrl::Local(dir))
         }
     };
-    let source_dir = match &source_url {
-        StoreUrl::Local(dir) => Some(dir.clone()),
-        #[allow(unreachable_patterns)]
-        _ => None,
-    };
+    let source_dir = source_url.local_dir().map(|d| d.to_path_buf());
     let source: Arc<dyn ResourceSource> = wrapped(
         open_source(&source_url, &store_settings).await?,
         &config.wrap.source,

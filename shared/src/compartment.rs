@@ -211,6 +211,12 @@ fn entry(t: ResourceType) -> Option<&'static [CompartmentParam]> {
         .map(|i| PATIENT_COMPARTMENT[i].1)
 }
 
+/// The search parameters that link resources of `t` to a patient (none outside the
+/// compartment).
+pub fn compartment_params(t: ResourceType) -> &'static [CompartmentParam] {
+    entry(t).unwrap_or(&[])
+}
+
 /// Whether resources of this type can be in a Patient compartment.
 pub fn in_patient_compartment(t: ResourceType) -> bool {
     entry(t).is_some()

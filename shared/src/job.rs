@@ -161,6 +161,11 @@ pub struct JobPlan {
     /// message (again, after a crash between recording the plan and sending them) sends them.
     #[serde(default)]
     pub dispatched: bool,
+    /// The plan wrote the export's patients to `members.json` (a Group, `patient`, or a
+    /// Patient-level export from a source that reads by patient): chunks take their scope
+    /// from it.
+    #[serde(default)]
+    pub members_listed: bool,
 }
 
 impl JobPlan {
@@ -221,6 +226,9 @@ pub struct ChunkSpec {
     /// one (see `plan`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packed: Vec<PackedRead>,
+    /// The patients whose resources this chunk keeps (see [`SourcePiece::owners`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owners: Option<Vec<String>>,
 }
 
 /// A type a chunk reads after its own.
@@ -260,14 +268,39 @@ pub enum ChunkRole {
     ProvenanceSelect,
     /// Merge one partition of every map output into patient blocks.
     Reduce { partition: u32 },
+    /// Write what the source reports deleted since `_since`, as transaction Bundles of
+    /// `DELETE` entries, to the manifest's `deleted` files.
+    Deletions,
 }
 
-/// What a source reads for one chunk. Sources add variants as they need them.
+/// What a source reads for one chunk, in the source's own terms: the domain stores it with
+/// the chunk and hands it back to the source that planned it, never looking inside. A chunk
+/// that reads several pieces of one type reads their parts one after the other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ReadSpec {
-    /// Byte ranges of NDJSON objects; a line belongs to the range its first byte is in.
-    Files { ranges: Vec<FileRange> },
+pub struct ReadSpec {
+    pub parts: Vec<serde_json::Value>,
+}
+
+impl ReadSpec {
+    /// A spec of the source's own parts.
+    pub fn of<T: Serialize>(parts: &[T]) -> Result<ReadSpec, serde_json::Error> {
+        Ok(ReadSpec {
+            parts: parts
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The parts, read back as the source that wrote them.
+    pub fn parts_as<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, serde_json::Error> {
+        self.parts.iter().map(|p| T::deserialize(p)).collect()
+    }
+
+    /// Appends `other`'s parts (two pieces of one type read by one chunk).
+    pub fn extend(&mut self, other: ReadSpec) {
+        self.parts.extend(other.parts);
+    }
 }
 
 /// A source's unit of reading, as its planner cuts it.
@@ -277,18 +310,10 @@ pub struct SourcePiece {
     pub read: ReadSpec,
     /// Estimated bytes to read, for sizing.
     pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileRange {
-    /// Object key, relative to the source root.
-    pub object: String,
-    pub start: u64,
-    /// Exclusive end; `None` reads to the end of the object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end: Option<u64>,
-    #[serde(default)]
-    pub gzip: bool,
+    /// The patients whose compartments the piece reads, when the source reads by patient: the
+    /// chunk then keeps only the resources these patients own (a resource in several exported
+    /// patients' compartments is read by each of their pieces and written by its owner's).
+    pub owners: Option<Vec<String>>,
 }
 
 /// What a staged file is for.
@@ -305,11 +330,13 @@ pub enum FileKind {
     Refs,
     /// Sorted `target\trecorded\tProvenance-id` lines.
     ProvenanceIndex,
+    /// Published in the manifest's `deleted`: transaction Bundles of `DELETE` entries.
+    Deleted,
 }
 
 impl FileKind {
     pub fn is_published(&self) -> bool {
-        matches!(self, FileKind::Output | FileKind::Error)
+        matches!(self, FileKind::Output | FileKind::Error | FileKind::Deleted)
     }
 }
 

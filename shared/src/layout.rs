@@ -110,10 +110,18 @@ pub fn error_name(n: usize) -> String {
     format!("error/OperationOutcome-{n}.ndjson")
 }
 
+/// Name of the `n`-th file of the manifest's `deleted` (transaction Bundles).
+pub fn deleted_name(n: usize) -> String {
+    format!("deleted/Bundle-{n}.ndjson")
+}
+
 /// Whether `name` (relative to the export folder) is a published file name, which is all the
 /// files route may serve.
 pub fn is_published_name(name: &str) -> bool {
-    let file = name.strip_prefix("error/").unwrap_or(name);
+    let file = name
+        .strip_prefix("error/")
+        .or_else(|| name.strip_prefix("deleted/"))
+        .unwrap_or(name);
     !file.contains('/')
         && !file.starts_with('.')
         && file.ends_with(".ndjson")
@@ -133,6 +141,8 @@ mod tests {
         assert_eq!(output_name(ResourceType::PATIENT, 2), "Patient-2.ndjson");
         assert!(is_published_name("Patient-2.ndjson"));
         assert!(is_published_name(&error_name(1)));
+        assert!(is_published_name(&deleted_name(2)));
+        assert!(!is_published_name("deleted/x/Bundle-1.ndjson"));
         assert!(!is_published_name(".staging/000001/x/Patient-1.ndjson"));
         assert!(!is_published_name(".staging/000001.x.Patient-1.ndjson"));
         assert_eq!(

@@ -22,6 +22,7 @@ pub fn manifest(
     let url = |name: &str| urls.get(name).cloned().unwrap_or_default();
     let mut output = Vec::new();
     let mut error = Vec::new();
+    let mut deleted = Vec::new();
     for f in files {
         let mut item = json!({ "url": url(&f.name), "count": f.count });
         match (f.kind, organized) {
@@ -37,6 +38,7 @@ pub fn manifest(
         }
         match f.kind {
             FileKind::Error => error.push(item),
+            FileKind::Deleted => deleted.push(item),
             _ => output.push(item),
         }
     }
@@ -45,7 +47,7 @@ pub fn manifest(
         "request": job.request.request_url,
         "requiresAccessToken": requires_access_token,
         "output": output,
-        "deleted": [],
+        "deleted": deleted,
         "error": error,
     });
     if let Some(t) = organized {

@@ -4,6 +4,8 @@
 
 pub mod aws;
 pub mod azure;
+pub mod helios;
+pub mod proxy;
 pub mod wrappers;
 
 use std::collections::BTreeMap;

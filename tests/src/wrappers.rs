@@ -11,12 +11,66 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
-use shared::job::{ReadSpec, SourcePiece};
+use shared::job::ReadSpec;
 use shared::model::{LogicalId, ResourceType};
 use shared::ports::{
-    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, Origin, RecordBatch,
-    RecordReader, ResourceSource, SignedUrls, SourceError,
+    ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore, ObjectWriter, Origin, ReadCriteria,
+    RecordBatch, RecordReader, ResourceSource, SignedUrls, SourceError, SourcePlan,
 };
+
+/// A source that defers to another but where it says otherwise: implement `inner` (and
+/// `open` to change the readers); [`Wrapped`] makes it a `ResourceSource` that forwards
+/// every other call, so a new port method cannot be forgotten by one wrapper.
+#[async_trait]
+pub trait SourceWrapper: Send + Sync {
+    fn inner(&self) -> &Arc<dyn ResourceSource>;
+
+    async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
+        self.inner().open(read).await
+    }
+}
+
+#[async_trait]
+impl<W: SourceWrapper> ResourceSource for Wrapped<W> {
+    async fn plan(&self, criteria: &ReadCriteria<'_>) -> Result<SourcePlan, SourceError> {
+        self.0.inner().plan(criteria).await
+    }
+    async fn patients(
+        &self,
+        transaction_time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Vec<String>>, SourceError> {
+        self.0.inner().patients(transaction_time).await
+    }
+    async fn plan_deletions(&self, criteria: &ReadCriteria<'_>) -> Result<SourcePlan, SourceError> {
+        self.0.inner().plan_deletions(criteria).await
+    }
+    async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
+        self.0.inner().types().await
+    }
+    async fn missing_types(
+        &self,
+        missing: &[ResourceType],
+        strict: bool,
+    ) -> Result<Vec<String>, SourceError> {
+        self.0.inner().missing_types(missing, strict).await
+    }
+    async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
+        self.0.open(read).await
+    }
+    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
+        self.0.inner().read(t, id).await
+    }
+    async fn existing(
+        &self,
+        t: ResourceType,
+        ids: &[LogicalId],
+    ) -> Result<HashSet<LogicalId>, SourceError> {
+        self.0.inner().existing(t, ids).await
+    }
+    fn describe(&self) -> String {
+        self.0.inner().describe()
+    }
+}
 
 /// A source whose readers wait `delay` before each batch, so that a chunk takes many
 /// batches' time, and count the batches they hand out.
@@ -48,16 +102,9 @@ impl RecordReader for SlowReader {
 }
 
 #[async_trait]
-impl ResourceSource for SlowSource {
-    async fn plan(
-        &self,
-        types: &[ResourceType],
-        chunk_bytes: u64,
-    ) -> Result<Vec<SourcePiece>, SourceError> {
-        self.inner.plan(types, chunk_bytes).await
-    }
-    async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
-        self.inner.types().await
+impl SourceWrapper for SlowSource {
+    fn inner(&self) -> &Arc<dyn ResourceSource> {
+        &self.inner
     }
     async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
         Ok(Box::new(SlowReader {
@@ -65,19 +112,6 @@ impl ResourceSource for SlowSource {
             delay: self.delay,
             batches: self.batches.clone(),
         }))
-    }
-    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
-        self.inner.read(t, id).await
-    }
-    async fn existing(
-        &self,
-        t: ResourceType,
-        ids: &[LogicalId],
-    ) -> Result<HashSet<LogicalId>, SourceError> {
-        self.inner.existing(t, ids).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
 }
 
@@ -101,7 +135,7 @@ pub trait StoreWrapper: Send + Sync + 'static {
     }
 }
 
-/// The `ObjectStore` of a [`StoreWrapper`].
+/// The `ObjectStore` of a [`StoreWrapper`], the `ResourceSource` of a [`SourceWrapper`].
 pub struct Wrapped<W>(pub W);
 
 #[async_trait]

@@ -14,7 +14,7 @@ use shared::adapters::aws::s3::{S3Location, S3Store};
 use shared::adapters::aws::sdk_config;
 use shared::adapters::ndjson_source::NdjsonSource;
 use shared::model::ResourceType;
-use shared::ports::{ObjectError, ObjectStore, RecordBatch, ResourceSource};
+use shared::ports::{ObjectError, ObjectStore, ReadCriteria, RecordBatch, ResourceSource};
 use shared::testkit;
 
 const MIB: usize = 1024 * 1024;
@@ -337,10 +337,16 @@ async fn ndjson_source_reads_every_line_once() {
         vec![observation, ResourceType::PATIENT]
     );
     for chunk_bytes in [1u64, 7, 50, 333, 1000, 100_000] {
+        let types = [ResourceType::PATIENT, observation];
         let pieces = source
-            .plan(&[ResourceType::PATIENT, observation], chunk_bytes)
+            .plan(&ReadCriteria::everything(
+                &types,
+                chunk_bytes,
+                chrono::Utc::now(),
+            ))
             .await
-            .unwrap();
+            .unwrap()
+            .pieces;
         let mut patients = Vec::new();
         let mut observations = Vec::new();
         for piece in &pieces {

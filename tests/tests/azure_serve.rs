@@ -17,15 +17,15 @@ use integration_tests::azure::{
     account_store, azurite, container_exists, container_name, container_sas, emulator_env,
     new_container, sas_env,
 };
-use integration_tests::wrappers::SlowSource;
+use integration_tests::wrappers::{SlowSource, SourceWrapper, Wrapped};
 use integration_tests::{
     COMPARTMENT_TYPES, Options, TestServer, current_members, file_names, patient_refs, read_source,
 };
 use serde_json::Value;
 use shared::adapters::azure::AzureStore;
-use shared::job::{ReadSpec, SourcePiece};
+use shared::job::ReadSpec;
 use shared::layout;
-use shared::model::{JobId, LogicalId, ResourceType};
+use shared::model::JobId;
 use shared::ports::{ObjectMeta, ObjectStore, RecordReader, ResourceSource, SourceError};
 
 /// A server exporting to `output` on Azurite (its key, plus `env`).
@@ -439,11 +439,11 @@ async fn cancel_mid_export(user_container: bool) {
     }
     .env("FHIR_EXPORT_CHUNK_BYTES", "3000000");
     opts.wrap.source = Some(Wrap::new(move |inner| {
-        Arc::new(SlowSource {
+        Arc::new(Wrapped(SlowSource {
             inner,
             delay: Duration::from_millis(100),
             batches: counted.clone(),
-        })
+        }))
     }));
     let t = TestServer::start(opts).await;
     let query = match &mine {
@@ -712,35 +712,15 @@ struct FailsOnce {
 }
 
 #[async_trait]
-impl ResourceSource for FailsOnce {
-    async fn plan(
-        &self,
-        types: &[ResourceType],
-        chunk_bytes: u64,
-    ) -> Result<Vec<SourcePiece>, SourceError> {
-        self.inner.plan(types, chunk_bytes).await
-    }
-    async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
-        self.inner.types().await
+impl SourceWrapper for FailsOnce {
+    fn inner(&self) -> &Arc<dyn ResourceSource> {
+        &self.inner
     }
     async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
         if self.opened.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err(SourceError::Backend("a transient hiccup".into()));
         }
         self.inner.open(read).await
-    }
-    async fn read(&self, t: ResourceType, id: &LogicalId) -> Result<Option<Value>, SourceError> {
-        self.inner.read(t, id).await
-    }
-    async fn existing(
-        &self,
-        t: ResourceType,
-        ids: &[LogicalId],
-    ) -> Result<std::collections::HashSet<LogicalId>, SourceError> {
-        self.inner.existing(t, ids).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
 }
 
@@ -756,10 +736,10 @@ async fn a_chunk_retried_at_the_account_root_still_completes_the_export() {
     };
     let counter = opened.clone();
     opts.wrap.source = Some(Wrap::new(move |inner| {
-        Arc::new(FailsOnce {
+        Arc::new(Wrapped(FailsOnce {
             inner,
             opened: counter.clone(),
-        })
+        }))
     }));
     let t = TestServer::start(opts).await;
     let source = read_source(t.source_dir());

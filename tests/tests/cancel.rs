@@ -158,11 +158,11 @@ async fn cancel_mid_export(s3: bool) {
     // end, however loaded the machine.
     .env("FHIR_EXPORT_CHUNK_BYTES", "3000000");
     opts.wrap.source = Some(Wrap::new(move |inner| {
-        Arc::new(SlowSource {
+        Arc::new(Wrapped(SlowSource {
             inner,
             delay: Duration::from_millis(100),
             batches: counted.clone(),
-        })
+        }))
     }));
     let t = out.server(opts).await;
     let url = t.start_export("/$export", "_type=Observation").await;

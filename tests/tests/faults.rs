@@ -424,11 +424,11 @@ async fn a_small_export_is_not_held_up_by_a_large_one() {
     .env("FHIR_EXPORT_CHUNK_BYTES", "30000")
     .env("FHIR_EXPORT_PACK_BYTES", "0");
     opts.wrap.source = Some(Wrap::new(|inner| {
-        Arc::new(SlowSource {
+        Arc::new(Wrapped(SlowSource {
             inner,
             delay: Duration::from_millis(5),
             batches: Default::default(),
-        })
+        }))
     }));
     let t = TestServer::start(opts).await;
     let large = t.start_export("/$export", "").await;

@@ -390,6 +390,12 @@ fn parameters_conditions_and_outputs() {
     assert!(output.contains("az://") && output.contains("abfss://"));
     assert!(output.contains("https://account.blob.core.windows.net"));
     assert!(p("SourceUrl").contains("az://") && p("SourceUrl").contains("abfss://"));
+    // A FHIR server's base URL is a source too (docs/fhir-server.md).
+    assert!(
+        value_of(&p("SourceUrl"), "AllowedPattern")
+            .is_some_and(|a| a.contains("|^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^/?#@]+)*$")),
+        "SourceUrl takes a FHIR server's https:// base"
+    );
     // The Azure adapter is part of the build: nothing may say otherwise.
     for (name, text) in [
         ("template.yaml", template()),

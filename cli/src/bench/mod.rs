@@ -22,6 +22,8 @@ mod azure;
 mod compression;
 mod filters;
 mod latency;
+#[cfg(feature = "fhir-server")]
+mod upstream;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -55,6 +57,12 @@ pub struct BenchArgs {
     /// a local folder and a raw upload of the same bytes (needs the `azure` feature).
     #[arg(long)]
     pub azure: bool,
+    /// Measure exports from a FHIR server (its base URL; a Helios FHIR Server, say): the
+    /// dataset is loaded into it, then our export through the upstream source (1, 2 and 4
+    /// workers) is timed against one client paging every type, and against the server's own
+    /// `$export` when it has one (needs the `fhir-server` feature).
+    #[arg(long, value_name = "URL")]
+    pub fhir_server: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +110,17 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
     if args.latency {
         latency::run(&args).await?;
         return Ok(Vec::new());
+    }
+    if let Some(url) = &args.fhir_server {
+        #[cfg(feature = "fhir-server")]
+        {
+            upstream::run(&args, url).await?;
+            return Ok(Vec::new());
+        }
+        #[cfg(not(feature = "fhir-server"))]
+        return Err(BenchError::Protocol(format!(
+            "--fhir-server {url} needs a build with the `fhir-server` feature"
+        )));
     }
     if args.azure {
         #[cfg(feature = "azure")]
@@ -351,15 +370,26 @@ impl Server {
         env: &[(&str, &str)],
         output: Option<&str>,
     ) -> Result<Server, BenchError> {
+        Self::start_on(args, data.as_os_str(), args.workers, env, output).await
+    }
+
+    /// A server on `source` (a folder or a source URL) with `workers` workers.
+    pub(crate) async fn start_on(
+        args: &BenchArgs,
+        source: &std::ffi::OsStr,
+        workers: u16,
+        env: &[(&str, &str)],
+        output: Option<&str>,
+    ) -> Result<Server, BenchError> {
         let state = args.dir.join("state");
         let _ = std::fs::remove_dir_all(&state);
         let exe = std::env::current_exe()?;
         let mut command = tokio::process::Command::new(exe);
         command
             .args(["serve", "--bind", "127.0.0.1:0", "--workers"])
-            .arg(args.workers.to_string())
+            .arg(workers.to_string())
             .arg("--source")
-            .arg(data)
+            .arg(source)
             .arg("--state")
             .arg(&state);
         if let Some(url) = output {

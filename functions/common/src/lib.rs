@@ -6,6 +6,8 @@
 //! `FHIR_EXPORT_BASE_PATH` (default `/fhir`), `FHIR_EXPORT_TABLE`, `FHIR_EXPORT_QUEUE_URL`,
 //! `FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN`, `FHIR_EXPORT_OUTPUT`, `FHIR_EXPORT_SOURCE`,
 //! `FHIR_EXPORT_AZURE_SECRET` (feature `azure`: the Azure credential, see [`azure_secret`]),
+//! `FHIR_EXPORT_UPSTREAM_SECRET` (feature `fhir-server`: the upstream FHIR server's
+//! credential, see [`secret`]),
 //! and the tuning variables of `shared::config`. Unlike the local server, files default to
 //! `redirect` access: API Gateway cannot stream large bodies through a function.
 
@@ -13,13 +15,15 @@
 pub mod azure_secret;
 #[cfg(feature = "http")]
 mod host;
+#[cfg(feature = "secrets")]
+pub mod secret;
 
 #[cfg(feature = "http")]
 pub use host::{caller_of, host};
 use std::sync::Arc;
 
 use shared::adapters::aws::dynamodb::DynamoJobStore;
-use shared::adapters::target::{StoreSettings, StoreUrl, open_source, open_store_with};
+use shared::adapters::target::{SourceUrl, StoreSettings, StoreUrl, open_source, open_store_with};
 use shared::config::{ConfigError, Env};
 use shared::ports::{JobStore, ObjectStore, ResourceSource};
 use shared::settings::{FileAccess, Settings};
@@ -53,8 +57,21 @@ pub async fn source<F: Fn(&str) -> Option<String>>(
 ) -> Result<Arc<dyn ResourceSource>, Error> {
     let url = env.require("FHIR_EXPORT_SOURCE")?;
     let settings = store_settings(env, &url).await?;
-    Ok(open_source(&StoreUrl::parse(&url)?, &settings).await?)
+    Ok(open_source(&SourceUrl::parse(&url)?, &settings).await?)
 }
+
+/// The variable naming the upstream FHIR server's secret.
+#[cfg(feature = "fhir-server")]
+pub const UPSTREAM_SECRET: &str = "FHIR_EXPORT_UPSTREAM_SECRET";
+
+/// The upstream's secret: a JSON object of `FHIR_EXPORT_UPSTREAM_*` variables (a token, or a
+/// SMART client id and private key), which override the environment's.
+#[cfg(feature = "fhir-server")]
+pub const UPSTREAM_KIND: secret::SecretKind = secret::SecretKind {
+    variable: UPSTREAM_SECRET,
+    names: shared::adapters::fhir_server::VARIABLES,
+    family: "FHIR_EXPORT_UPSTREAM_*",
+};
 
 /// The settings a store URL is opened with, from `env`. The Azure credential's secret is read
 /// only for an Azure URL: an S3 or local store must not depend on Secrets Manager (nor need
@@ -63,15 +80,30 @@ async fn store_settings<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
     url: &str,
 ) -> Result<StoreSettings, Error> {
+    #[cfg(feature = "fhir-server")]
+    if let Ok(SourceUrl::FhirServer(_)) = SourceUrl::parse(url)
+        && let Some(id) = env.get(UPSTREAM_SECRET)
+    {
+        let pairs = secret::cached_pairs(id.trim(), UPSTREAM_KIND).await?;
+        let overlay: std::collections::HashMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_uppercase(), v))
+            .collect();
+        return Ok(StoreSettings::try_from_lookup(|k| {
+            overlay.get(k).cloned().or_else(|| env.lookup(k))
+        })?);
+    }
+    let settings = StoreSettings::try_from_lookup(|k| env.lookup(k))?;
     #[cfg(feature = "azure")]
     if let Ok(StoreUrl::Azure(_)) = StoreUrl::parse(url) {
         return Ok(StoreSettings {
             azure: azure_secret::azure_settings(env).await?,
+            ..settings
         });
     }
     #[cfg(not(feature = "azure"))]
     let _ = url;
-    Ok(StoreSettings::from_lookup(|k| env.lookup(k)))
+    Ok(settings)
 }
 
 /// What the status and cancel functions are built from: their configuration, the job table

@@ -5,6 +5,8 @@
 pub mod aws;
 pub mod azure;
 pub mod faults;
+#[cfg(feature = "fhir-server")]
+pub mod fhir_server;
 pub mod local_fs;
 pub mod ndjson_source;
 pub mod retry;

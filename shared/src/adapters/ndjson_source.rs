@@ -23,13 +23,33 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
-use crate::job::{FileRange, ReadSpec, SourcePiece};
+use serde::{Deserialize, Serialize};
+
+use crate::job::{ReadSpec, SourcePiece};
 use crate::model::{LogicalId, ResourceType};
 use crate::ndjson::read_head;
 use crate::ports::{
-    ByteStream, ObjectError, ObjectStore, Origin, RecordBatch, RecordReader, ResourceSource,
-    SourceError,
+    ByteStream, ObjectError, ObjectStore, Origin, ReadCriteria, RecordBatch, RecordReader,
+    ResourceSource, SourceError, SourcePlan,
 };
+
+/// This source's read spec part: a byte range of an NDJSON object; a line belongs to the
+/// range its first byte is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRange {
+    /// Object key, relative to the source root.
+    pub object: String,
+    pub start: u64,
+    /// Exclusive end; `None` reads to the end of the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u64>,
+    #[serde(default)]
+    pub gzip: bool,
+}
+
+fn spec_err(e: serde_json::Error) -> SourceError {
+    SourceError::Backend(Box::new(e))
+}
 
 /// A batch is handed on once it holds this many bytes or records.
 const BATCH_BYTES: usize = 512 * 1024;
@@ -153,14 +173,15 @@ impl NdjsonSource {
 
 #[async_trait]
 impl ResourceSource for NdjsonSource {
-    async fn plan(
-        &self,
-        types: &[ResourceType],
-        chunk_bytes: u64,
-    ) -> Result<Vec<SourcePiece>, SourceError> {
+    /// Applies none of the criteria: an NDJSON file has no index by `meta.lastUpdated`, by
+    /// patient or by anything a `_typeFilter` names, so every piece is read whole and the
+    /// worker selects.
+    async fn plan(&self, criteria: &ReadCriteria<'_>) -> Result<SourcePlan, SourceError> {
+        let types = criteria.types;
+        let chunk_bytes = criteria.chunk_bytes;
         if types.is_empty() {
             // Nothing to list the store for (a plan asks for index types it may not need).
-            return Ok(Vec::new());
+            return Ok(SourcePlan::default());
         }
         let chunk_bytes = chunk_bytes.max(1);
         let mut by_type: BTreeMap<ResourceType, Vec<SourceFile>> = BTreeMap::new();
@@ -173,18 +194,19 @@ impl ResourceSource for NdjsonSource {
         for (resource_type, files) in by_type {
             let mut ranges: Vec<FileRange> = Vec::new();
             let mut weight = 0u64;
-            let mut flush = |ranges: &mut Vec<FileRange>, weight: &mut u64| {
-                if !ranges.is_empty() {
-                    chunks.push(SourcePiece {
-                        resource_type,
-                        read: ReadSpec::Files {
-                            ranges: std::mem::take(ranges),
-                        },
-                        bytes: *weight,
-                    });
-                }
-                *weight = 0;
-            };
+            let mut flush =
+                |ranges: &mut Vec<FileRange>, weight: &mut u64| -> Result<(), SourceError> {
+                    if !ranges.is_empty() {
+                        chunks.push(SourcePiece {
+                            resource_type,
+                            read: ReadSpec::of(&std::mem::take(ranges)).map_err(spec_err)?,
+                            bytes: *weight,
+                            owners: None,
+                        });
+                    }
+                    *weight = 0;
+                    Ok(())
+                };
             for f in files {
                 let object = self.relative(&f.key).to_owned();
                 let pieces: Vec<(FileRange, u64)> = if f.gzip {
@@ -218,15 +240,18 @@ impl ResourceSource for NdjsonSource {
                 };
                 for (range, w) in pieces {
                     if !ranges.is_empty() && weight + w > chunk_bytes {
-                        flush(&mut ranges, &mut weight);
+                        flush(&mut ranges, &mut weight)?;
                     }
                     ranges.push(range);
                     weight += w;
                 }
             }
-            flush(&mut ranges, &mut weight);
+            flush(&mut ranges, &mut weight)?;
         }
-        Ok(chunks)
+        Ok(SourcePlan {
+            pieces: chunks,
+            ..SourcePlan::default()
+        })
     }
 
     async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
@@ -242,11 +267,11 @@ impl ResourceSource for NdjsonSource {
     }
 
     async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError> {
-        let ReadSpec::Files { ranges } = read;
+        let ranges: Vec<FileRange> = read.parts_as().map_err(spec_err)?;
         Ok(Box::new(NdjsonReader {
             store: self.store.clone(),
             prefix: self.prefix.clone(),
-            ranges: ranges.clone(),
+            ranges,
             next_range: 0,
             open: None,
             line_bases: HashMap::new(),
@@ -638,9 +663,9 @@ impl RecordReader for NdjsonReader {
                 continue;
             }
             let origin = Origin {
-                range: open.index,
+                part: open.index,
                 offset: open.pos,
-                line_in_range: open.line + 1,
+                line: open.line + 1,
             };
             let line = match open.lines.next().await {
                 Ok(Some(line)) => line,
@@ -687,13 +712,13 @@ impl RecordReader for NdjsonReader {
     }
 
     async fn describe(&mut self, origin: Origin) -> String {
-        let base = self.line_base(origin.range).await;
+        let base = self.line_base(origin.part).await;
         let object = self
             .ranges
-            .get(origin.range)
+            .get(origin.part)
             .map(|r| r.object.as_str())
             .unwrap_or("?");
-        format!("{object} line {}", base + origin.line_in_range)
+        format!("{object} line {}", base + origin.line)
     }
 }
 
@@ -748,9 +773,14 @@ mod tests {
         let source = NdjsonSource::new(store(dir.path()), "");
         for chunk_bytes in [1u64, 7, 50, 333, 1000, 100_000] {
             let chunks = source
-                .plan(&[ResourceType::PATIENT], chunk_bytes)
+                .plan(&ReadCriteria::everything(
+                    &[ResourceType::PATIENT],
+                    chunk_bytes,
+                    chrono::Utc::now(),
+                ))
                 .await
-                .expect("plan");
+                .expect("plan")
+                .pieces;
             let lines = read_all(&source, &chunks).await;
             assert_eq!(lines.len(), 200, "chunk_bytes {chunk_bytes}");
             for (i, l) in lines.iter().enumerate() {
@@ -768,9 +798,14 @@ mod tests {
         let source = NdjsonSource::new(store(dir.path()), "");
         for chunk_bytes in [1u64, 20, 1000] {
             let chunks = source
-                .plan(&[ResourceType::PATIENT], chunk_bytes)
+                .plan(&ReadCriteria::everything(
+                    &[ResourceType::PATIENT],
+                    chunk_bytes,
+                    chrono::Utc::now(),
+                ))
                 .await
-                .expect("plan");
+                .expect("plan")
+                .pieces;
             let lines = read_all(&source, &chunks).await;
             assert_eq!(lines.len(), 2, "chunk_bytes {chunk_bytes}: {lines:?}");
             assert!(lines[1].ends_with("\"b\"}"));
@@ -786,9 +821,14 @@ mod tests {
         let source = NdjsonSource::new(store(dir.path()), "");
         // 2.5 pieces' worth: three pieces of a third each, not two full ones and a half.
         let chunks = source
-            .plan(&[ResourceType::PATIENT], size * 2 / 5)
+            .plan(&ReadCriteria::everything(
+                &[ResourceType::PATIENT],
+                size * 2 / 5,
+                chrono::Utc::now(),
+            ))
             .await
-            .expect("plan");
+            .expect("plan")
+            .pieces;
         let weights: Vec<u64> = chunks.iter().map(|c| c.bytes).collect();
         assert_eq!(weights.len(), 3, "{weights:?}");
         assert_eq!(weights.iter().sum::<u64>(), size);
@@ -800,7 +840,11 @@ mod tests {
     /// Every id and every fault a source's plan for `t` reads.
     async fn ids_and_faults(source: &NdjsonSource, t: &str) -> (Vec<String>, Vec<String>) {
         let t = ResourceType::parse(t).expect("type");
-        let pieces = source.plan(&[t], 1 << 30).await.expect("plan");
+        let pieces = source
+            .plan(&ReadCriteria::everything(&[t], 1 << 30, chrono::Utc::now()))
+            .await
+            .expect("plan")
+            .pieces;
         let mut ids = Vec::new();
         let mut faults = Vec::new();
         for piece in pieces {
@@ -927,9 +971,14 @@ mod tests {
             vec![ResourceType::parse("Observation").expect("t")]
         );
         let chunks = source
-            .plan(&[ResourceType::parse("Observation").expect("t")], 1 << 20)
+            .plan(&ReadCriteria::everything(
+                &[ResourceType::parse("Observation").expect("t")],
+                1 << 20,
+                chrono::Utc::now(),
+            ))
             .await
-            .expect("plan");
+            .expect("plan")
+            .pieces;
         assert_eq!(chunks.len(), 1, "small files are packed into one chunk");
         let lines = read_all(&source, &chunks).await;
         assert_eq!(lines.len(), 11);
@@ -955,9 +1004,14 @@ mod tests {
         std::fs::write(dir.path().join("Patient.ndjson"), &text).expect("write");
         let source = NdjsonSource::new(store(dir.path()), "");
         let chunks = source
-            .plan(&[ResourceType::PATIENT], 100)
+            .plan(&ReadCriteria::everything(
+                &[ResourceType::PATIENT],
+                100,
+                chrono::Utc::now(),
+            ))
             .await
-            .expect("plan");
+            .expect("plan")
+            .pieces;
         assert!(chunks.len() > 3);
         let mut r = source.open(&chunks[3].read).await.expect("open");
         let mut batch = RecordBatch::default();

@@ -41,17 +41,55 @@ pub enum StoreUrl {
 pub struct StoreSettings {
     #[cfg(feature = "azure")]
     pub azure: super::azure::AzureSettings,
+    /// How an upstream FHIR server is paged, paced and authenticated.
+    #[cfg(feature = "fhir-server")]
+    pub upstream: super::fhir_server::UpstreamSettings,
+    #[cfg(feature = "fhir-server")]
+    pub upstream_auth: super::fhir_server::Auth,
 }
 
 impl StoreSettings {
-    /// From a host's view of its environment.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        #[cfg(not(feature = "azure"))]
-        let _ = lookup;
-        StoreSettings {
+    /// From a host's view of its environment. A malformed `FHIR_EXPORT_UPSTREAM_*` value
+    /// is refused, naming the variable.
+    pub fn try_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TargetError> {
+        #[cfg(not(any(feature = "azure", feature = "fhir-server")))]
+        let _ = &lookup;
+        Ok(StoreSettings {
+            #[cfg(feature = "fhir-server")]
+            upstream: super::fhir_server::UpstreamSettings::from_lookup(&lookup).map_err(
+                |reason| TargetError::Invalid {
+                    url: "FHIR_EXPORT_UPSTREAM_*".into(),
+                    reason,
+                },
+            )?,
+            #[cfg(feature = "fhir-server")]
+            upstream_auth: super::fhir_server::Auth::from_lookup(&lookup).map_err(|reason| {
+                TargetError::Invalid {
+                    url: "FHIR_EXPORT_UPSTREAM_*".into(),
+                    reason,
+                }
+            })?,
             #[cfg(feature = "azure")]
             azure: super::azure::AzureSettings::from_lookup(lookup),
-        }
+        })
+    }
+
+    /// As [`try_from_lookup`](Self::try_from_lookup), with defaults where a value is
+    /// malformed (it is refused when a source is opened with it: see `open_source`).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let lookup = &lookup;
+        Self::try_from_lookup(lookup).unwrap_or_else(|_| {
+            #[cfg(not(feature = "azure"))]
+            let _ = lookup;
+            StoreSettings {
+                #[cfg(feature = "azure")]
+                azure: super::azure::AzureSettings::from_lookup(lookup),
+                #[cfg(feature = "fhir-server")]
+                upstream: Default::default(),
+                #[cfg(feature = "fhir-server")]
+                upstream_auth: super::fhir_server::Auth::from_lookup(lookup).unwrap_or_default(),
+            }
+        })
     }
 
     pub fn from_env() -> Self {
@@ -149,15 +187,80 @@ impl StoreUrl {
     }
 }
 
-/// The resource source a URL names, the one place a source is chosen by its URL: today the
+/// What a source URL names: the NDJSON files of a store, or a FHIR server's REST API (any
+/// `http://` or `https://` URL that is not an Azure storage account's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUrl {
+    Files(StoreUrl),
+    /// The server's base, `https://server/fhir`, without a trailing `/`.
+    FhirServer(String),
+}
+
+impl SourceUrl {
+    pub fn parse(url: &str) -> Result<SourceUrl, TargetError> {
+        let lower = url.to_ascii_lowercase();
+        let web = lower.starts_with("https://") || lower.starts_with("http://");
+        if !web || AzureLocation::is_azure_url(url) {
+            return StoreUrl::parse(url).map(SourceUrl::Files);
+        }
+        let parsed = url::Url::parse(url).map_err(|e| TargetError::Invalid {
+            url: url.split(['?', '#']).next().unwrap_or("").to_owned(),
+            reason: e.to_string(),
+        })?;
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(TargetError::Invalid {
+                url: url.split(['?', '#']).next().unwrap_or("").to_owned(),
+                reason: "a FHIR server's base URL carries no query or fragment".into(),
+            });
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(TargetError::Invalid {
+                url: format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or("")),
+                reason: "credentials go in FHIR_EXPORT_UPSTREAM_TOKEN, not in the URL".into(),
+            });
+        }
+        Ok(SourceUrl::FhirServer(url.trim_end_matches('/').to_owned()))
+    }
+
+    /// The folder, when the source is NDJSON files in a local folder.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            SourceUrl::Files(StoreUrl::Local(dir)) => Some(dir),
+            _ => None,
+        }
+    }
+}
+
+/// The resource source a URL names, the one place a source is chosen by its URL: the
 /// NDJSON files in the store it names (a folder, a bucket, a container), read through the
-/// retry layer.
+/// retry layer, or a FHIR server's REST API.
 pub async fn open_source(
-    url: &StoreUrl,
+    url: &SourceUrl,
     settings: &StoreSettings,
 ) -> Result<Arc<dyn crate::ports::ResourceSource>, TargetError> {
-    let store = super::retry::retrying(url.open_with(settings).await?);
-    Ok(Arc::new(super::ndjson_source::NdjsonSource::new(store, "")))
+    match url {
+        SourceUrl::Files(store) => {
+            let store = super::retry::retrying(store.open_with(settings).await?);
+            Ok(Arc::new(super::ndjson_source::NdjsonSource::new(store, "")))
+        }
+        #[cfg(feature = "fhir-server")]
+        SourceUrl::FhirServer(base) => Ok(Arc::new(
+            super::fhir_server::FhirServerSource::new(
+                base,
+                settings.upstream_auth.clone(),
+                settings.upstream.clone(),
+            )
+            .map_err(|e| TargetError::Invalid {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?,
+        )),
+        #[cfg(not(feature = "fhir-server"))]
+        SourceUrl::FhirServer(base) => Err(TargetError::Unsupported {
+            url: base.clone(),
+            reason: "this build has no FHIR server source (feature `fhir-server`)",
+        }),
+    }
 }
 
 /// Parses and opens a store URL; the store's transient failures are retried
@@ -179,6 +282,30 @@ pub async fn open_store_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_urls() {
+        assert_eq!(
+            SourceUrl::parse("https://fhir.example/r4/").ok(),
+            Some(SourceUrl::FhirServer("https://fhir.example/r4".into()))
+        );
+        assert!(matches!(
+            SourceUrl::parse("https://acct1.blob.core.windows.net/exports/p"),
+            Ok(SourceUrl::Files(StoreUrl::Azure(_)))
+        ));
+        assert!(matches!(
+            SourceUrl::parse("data/ndjson"),
+            Ok(SourceUrl::Files(StoreUrl::Local(_)))
+        ));
+        match SourceUrl::parse("https://user:secret@fhir.example/r4") {
+            Err(TargetError::Invalid { url, .. }) => assert!(!url.contains("secret")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            SourceUrl::parse("https://fhir.example/r4?token=x"),
+            Err(TargetError::Invalid { url, .. }) if !url.contains("token")
+        ));
+    }
 
     #[test]
     fn urls() {

@@ -65,6 +65,12 @@ impl ApiError {
             | ApiError::Source(SourceError::Refused { .. } | SourceError::Access(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            // The upstream FHIR server failed the request the kick-off made of it.
+            ApiError::Source(
+                SourceError::Upstream { .. }
+                | SourceError::Unreachable { .. }
+                | SourceError::Protocol { .. },
+            ) => StatusCode::BAD_GATEWAY,
             ApiError::Store(_) | ApiError::Queue(_) | ApiError::Object(_) | ApiError::Source(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -118,6 +124,12 @@ impl ApiError {
                 IssueCode::Exception,
                 format!("the data source refuses to be read: {reason}"),
             ),
+            // Names the upstream request and its status (never resource content).
+            ApiError::Source(
+                e @ (SourceError::Upstream { .. }
+                | SourceError::Unreachable { .. }
+                | SourceError::Protocol { .. }),
+            ) => Issue::error(IssueCode::Exception, e.to_string()),
             // Backend failures say what was unavailable, never the cause (it may name internals);
             // `transient` tells the client that trying again is reasonable.
             ApiError::Store(_) | ApiError::Queue(_) | ApiError::Object(_) | ApiError::Source(_) => {

@@ -168,6 +168,7 @@ pub struct UnknownResourceType(pub String);
 
 impl ResourceType {
     pub const PATIENT: ResourceType = ResourceType("Patient");
+    pub const BUNDLE: ResourceType = ResourceType("Bundle");
     pub const GROUP: ResourceType = ResourceType("Group");
     pub const PROVENANCE: ResourceType = ResourceType("Provenance");
     pub const OPERATION_OUTCOME: ResourceType = ResourceType("OperationOutcome");

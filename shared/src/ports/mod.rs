@@ -16,7 +16,10 @@ pub use object_store::{
     ObjectWriter, Refusal, SignedUrls, validate_key, write_probe,
 };
 pub use queue::{Delivery, QueueError, WorkQueue};
-pub use source::{Fault, Origin, RecordBatch, RecordReader, ResourceSource, Run, SourceError};
+pub use source::{
+    Applied, Fault, Origin, ReadCriteria, RecordBatch, RecordReader, ResourceSource, Run,
+    SourceError, SourcePlan,
+};
 
 /// Boxed error source of a `Backend` variant.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,8 +1,11 @@
 //! `ResourceSource`: where exported resources come from.
 //!
-//! A source plans an export into chunks (it knows its own layout and how to split it) and
-//! streams the records of one chunk in batches. Filtering that the source cannot push down
-//! (`_since` on an NDJSON file, compartments, `_typeFilter`) is the worker's job.
+//! A source is told the export's criteria ([`ReadCriteria`]) and plans the reading into
+//! pieces (it knows its own layout and how to split it, and what it can push down); it then
+//! streams the records of one piece in batches. It says which criteria it applied
+//! ([`Applied`]), but the worker checks every criterion again on what it receives: a result
+//! never depends on an upstream honouring a parameter, and one that silently ignores a
+//! search parameter does not widen an export.
 
 use std::ops::Range;
 
@@ -10,9 +13,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 
+use chrono::{DateTime, Utc};
+
 use super::BoxError;
 use crate::job::{ReadSpec, SourcePiece};
 use crate::model::{LogicalId, ResourceType};
+use crate::request::{ElementSelector, TypeFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -34,19 +40,119 @@ pub enum SourceError {
     /// The store the source reads refuses the service, or its container is missing.
     #[error("{0}")]
     Access(crate::ports::AccessFault),
+    /// An upstream server refused a request, or kept failing it after the source's own
+    /// retries: `url` is the request (without credentials), `outcome` the diagnostics of the
+    /// `OperationOutcome` it answered with, if any. Never carries resource content.
+    #[error("{}", upstream_message(.method, .url, *.status, .outcome.as_deref()))]
+    Upstream {
+        method: &'static str,
+        url: String,
+        status: u16,
+        outcome: Option<String>,
+    },
+    /// An upstream server could not be reached (connection refused or dropped, timeout) after
+    /// the source's own retries.
+    #[error("upstream {method} {url} failed: {reason}")]
+    Unreachable {
+        method: &'static str,
+        url: String,
+        reason: String,
+    },
+    /// What an upstream answered is not what the FHIR API promises (not a Bundle, a `next`
+    /// link to another server).
+    #[error("upstream {url}: {problem}")]
+    Protocol { url: String, problem: String },
+    /// The export asks for something the source cannot give (a type the upstream does not
+    /// support, under strict handling).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("source failed")]
     Backend(#[source] BoxError),
 }
 
-/// Where a record came from, for error messages.
+fn upstream_message(method: &str, url: &str, status: u16, outcome: Option<&str>) -> String {
+    match status {
+        429 => format!("upstream {method} {url} kept answering 429 Too Many Requests"),
+        _ => match outcome {
+            Some(text) => format!("upstream {method} {url} answered {status}: {text}"),
+            None => format!("upstream {method} {url} answered {status}"),
+        },
+    }
+}
+
+/// What an export selects, as a source is told it when it plans.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadCriteria<'a> {
+    pub types: &'a [ResourceType],
+    /// About how much source data one piece should read.
+    pub chunk_bytes: u64,
+    /// `_since`: changed strictly after.
+    pub since: Option<DateTime<Utc>>,
+    /// `_until`: changed strictly before.
+    pub until: Option<DateTime<Utc>>,
+    /// The export's `transactionTime`: nothing changed after it is exported (it waits for the
+    /// next `_since`).
+    pub transaction_time: DateTime<Utc>,
+    /// Every `_typeFilter`; several for one type are ORed.
+    pub type_filters: &'a [TypeFilter],
+    /// The patients whose compartments are exported (Group, `patient`, or a source's own
+    /// list at Patient level); `None`: no compartment (system level) or every patient.
+    pub patients: Option<&'a [String]>,
+    /// `_elements`.
+    pub elements: &'a [ElementSelector],
+}
+
+impl<'a> ReadCriteria<'a> {
+    /// Every resource of `types` changed up to `transaction_time`: no other criterion.
+    pub fn everything(
+        types: &'a [ResourceType],
+        chunk_bytes: u64,
+        transaction_time: DateTime<Utc>,
+    ) -> Self {
+        ReadCriteria {
+            types,
+            chunk_bytes,
+            since: None,
+            until: None,
+            transaction_time,
+            type_filters: &[],
+            patients: None,
+            elements: &[],
+        }
+    }
+}
+
+/// Which criteria a source applied itself. The worker checks them all again (each check
+/// is cheap beside the read); this says what the source pushed down, for logs and plans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub time_bounds: bool,
+    pub type_filters: bool,
+    pub patients: bool,
+    pub elements: bool,
+}
+
+/// A source's plan: its pieces, and what it applied in reading them.
+#[derive(Debug, Clone, Default)]
+pub struct SourcePlan {
+    pub pieces: Vec<SourcePiece>,
+    pub applied: Applied,
+    /// What the source noticed and the export should say (a type the upstream does not
+    /// support, under lenient handling).
+    pub warnings: Vec<String>,
+}
+
+/// Where a record came from, for error messages; what the numbers mean is the source's
+/// business (its reader's `describe` turns them into words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
-    /// Index into the chunk's ranges.
-    pub range: usize,
-    /// Byte offset of the line in its (uncompressed) object.
+    /// Index into the read spec's parts.
+    pub part: usize,
+    /// The record's position in its part: a byte offset in a file, a page of a search.
     pub offset: u64,
-    /// Line number (from 1) counted from the start of the range.
-    pub line_in_range: u64,
+    /// The record's number (from 1) in what `offset` names: a line from the start of the
+    /// file's range, an entry of the page.
+    pub line: u64,
 }
 
 /// Where reading an object stopped short, and why: a damaged object whose readable part was
@@ -208,16 +314,46 @@ pub trait RecordReader: Send {
 
 #[async_trait]
 pub trait ResourceSource: Send + Sync {
-    /// Splits the reading of `types` into pieces of about `chunk_bytes` of source data each,
-    /// one type per piece. Deterministic: the same source and arguments give the same pieces.
-    async fn plan(
+    /// Splits the reading of `criteria.types` into pieces of about `chunk_bytes` of source
+    /// data each, one type per piece, pushing down what the source can.
+    async fn plan(&self, criteria: &ReadCriteria<'_>) -> Result<SourcePlan, SourceError>;
+
+    /// The patients a Patient-level export covers, when the source reads by patient and so
+    /// must be told them; `None` (the default) when it reads everything and the worker
+    /// selects compartments.
+    async fn patients(
         &self,
-        types: &[ResourceType],
-        chunk_bytes: u64,
-    ) -> Result<Vec<SourcePiece>, SourceError>;
+        _transaction_time: DateTime<Utc>,
+    ) -> Result<Option<Vec<String>>, SourceError> {
+        Ok(None)
+    }
+
+    /// What of `criteria.types` was deleted after `criteria.since` (and up to the
+    /// transaction time): pieces of type `Bundle` whose records are transaction Bundles of
+    /// `DELETE` entries, each with `meta.lastUpdated` the time of the deletion, and warnings
+    /// for the types the source cannot say it of. The default knows of no deletion (a folder
+    /// of files keeps no record of what left it).
+    async fn plan_deletions(
+        &self,
+        _criteria: &ReadCriteria<'_>,
+    ) -> Result<SourcePlan, SourceError> {
+        Ok(SourcePlan::default())
+    }
 
     /// The types this source holds resources of.
     async fn types(&self) -> Result<Vec<ResourceType>, SourceError>;
+
+    /// Told the types `_type` names that [`types`](Self::types) does not list: what the
+    /// export should say of them. The default says nothing (a folder without a type's files
+    /// has none of it); a server that does not serve a type fails a strict export
+    /// (`Unsupported`) and warns a lenient one.
+    async fn missing_types(
+        &self,
+        _missing: &[ResourceType],
+        _strict: bool,
+    ) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
 
     async fn open(&self, read: &ReadSpec) -> Result<Box<dyn RecordReader>, SourceError>;
 
@@ -241,9 +377,9 @@ mod tests {
 
     fn origin(line: u64) -> Origin {
         Origin {
-            range: 0,
+            part: 0,
             offset: 0,
-            line_in_range: line,
+            line,
         }
     }
 
@@ -272,7 +408,7 @@ mod tests {
         assert_eq!(batch.bytes, 6);
         let lines: Vec<&[u8]> = batch.iter().map(|(l, _)| l).collect();
         assert_eq!(lines, [&b"a"[..], b"bb", b"ccc"]);
-        assert_eq!(batch.get(2).1.line_in_range, 3);
+        assert_eq!(batch.get(2).1.line, 3);
     }
 
     #[test]

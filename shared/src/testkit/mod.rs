@@ -10,7 +10,7 @@ pub mod queue;
 
 use chrono::{DateTime, Utc};
 
-use crate::job::{ChunkRole, ChunkSpec, FileRange, Job, JobPlan, JobState, ReadSpec};
+use crate::job::{ChunkRole, ChunkSpec, Job, JobPlan, JobState, ReadSpec};
 use crate::model::{JobId, ResourceType};
 use crate::request::{ExportLevel, ExportRequest, Handling};
 
@@ -58,16 +58,16 @@ pub fn sample_chunk(index: u32) -> ChunkSpec {
         phase: 0,
         resource_type: ResourceType::PATIENT,
         role: ChunkRole::Export,
-        read: Some(ReadSpec::Files {
-            ranges: vec![FileRange {
-                object: format!("Patient-{index}.ndjson"),
-                start: 0,
-                end: Some(100),
-                gzip: false,
-            }],
+        read: Some(ReadSpec {
+            parts: vec![serde_json::json!({
+                "object": format!("Patient-{index}.ndjson"),
+                "start": 0,
+                "end": 100,
+            })],
         }),
         bytes: 100,
         packed: Vec::new(),
+        owners: None,
     }
 }
 

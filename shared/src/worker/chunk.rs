@@ -77,7 +77,7 @@ pub(super) async fn chunk(
     let outcome = {
         let mut ctx = ChunkCtx::new(deps, &job, &record, &dir, lease).await?;
         let produced = match record.spec.role {
-            ChunkRole::Export | ChunkRole::Index => export(&mut ctx).await,
+            ChunkRole::Export | ChunkRole::Index | ChunkRole::Deletions => export(&mut ctx).await,
             ChunkRole::ProvenanceIndex => provenance::index(&mut ctx).await,
             ChunkRole::ProvenanceSelect => provenance::select(&mut ctx).await,
             ChunkRole::Reduce { partition } => reduce::reduce(&mut ctx, partition).await,
@@ -373,14 +373,22 @@ async fn scan_type(
 ) -> Result<Option<ExportConsumer>, WorkError> {
     let records_refs = ctx.job.plan.records_refs;
     let organized = ctx.job.plan.partitions > 0;
-    let mut select = ctx.selection(t);
-    if records_refs || organized {
+    let role = ctx.record.spec.role;
+    let mut select = if role == ChunkRole::Deletions {
+        // Bundles the source made of what it reports deleted: checked for time only.
+        ctx.deletions_selection()
+    } else {
+        ctx.selection(t)
+    };
+    if (records_refs || organized) && role != ChunkRole::Deletions {
         select = select.with_owner();
     }
-    let sink = if ctx.record.spec.role == ChunkRole::Index {
-        Sink::Nothing
-    } else {
-        ctx.output_sink(t)
+    let sink = match role {
+        ChunkRole::Index => Sink::Nothing,
+        ChunkRole::Deletions => {
+            Sink::Files(ctx.part_writer("Bundle", FileKind::Deleted, ResourceType::BUNDLE))
+        }
+        _ => ctx.output_sink(t),
     };
     let mut consumer = ExportConsumer {
         sink,
@@ -410,10 +418,10 @@ mod tests {
     use super::*;
     use crate::adapters::local_fs::LocalFsStore;
     use crate::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
-    use crate::job::SourcePiece;
     use crate::model::LogicalId;
     use crate::ports::{
-        JobStore, Origin, RecordBatch, RecordReader, ResourceSource, SourceError, WorkQueue,
+        JobStore, Origin, ReadCriteria, RecordBatch, RecordReader, ResourceSource, SourceError,
+        SourcePlan, WorkQueue,
     };
     use crate::settings::Settings;
     use crate::worker::{NoLease, handle_message};
@@ -442,9 +450,9 @@ mod tests {
             batch.push(
                 Bytes::from(format!(r#"{{"resourceType":"Patient","id":"p{n}"}}"#)),
                 Origin {
-                    range: 0,
+                    part: 0,
                     offset: 0,
-                    line_in_range: n as u64,
+                    line: n as u64,
                 },
             );
             if n == self.cancel_at {
@@ -472,8 +480,8 @@ mod tests {
 
     #[async_trait]
     impl ResourceSource for Endless {
-        async fn plan(&self, _: &[ResourceType], _: u64) -> Result<Vec<SourcePiece>, SourceError> {
-            Ok(Vec::new())
+        async fn plan(&self, _: &ReadCriteria<'_>) -> Result<SourcePlan, SourceError> {
+            Ok(SourcePlan::default())
         }
         async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {
             Ok(vec![ResourceType::PATIENT])

@@ -89,6 +89,8 @@ pub(crate) struct ChunkCtx<'a> {
     pub scope: Scope,
     pub filters: Option<Arc<TypeFilterSet>>,
     pub elements: Option<Arc<ElementsFilter>>,
+    /// The patients whose resources this chunk keeps, when its source read by patient.
+    pub owners: Option<Arc<HashSet<String>>>,
     pub errors: PartWriter,
 }
 
@@ -121,6 +123,11 @@ impl<'a> ChunkCtx<'a> {
             scope: scope(deps, job).await?,
             filters,
             elements: ElementsFilter::new(&job.request.elements).map(Arc::new),
+            owners: record
+                .spec
+                .owners
+                .as_ref()
+                .map(|o| Arc::new(o.iter().cloned().collect())),
             errors,
         })
     }
@@ -144,7 +151,8 @@ impl<'a> ChunkCtx<'a> {
         format!("{}{name}", self.dir)
     }
 
-    /// The selection for this chunk's type, in this job's scope.
+    /// The selection for this chunk's type, in this job's scope, keeping what the chunk's
+    /// patients own when its source read by patient.
     pub(crate) fn selection(&self, t: ResourceType) -> Selection {
         Selection::new(
             self.job,
@@ -152,6 +160,18 @@ impl<'a> ChunkCtx<'a> {
             self.scope.clone(),
             self.filters.clone(),
             self.elements.clone(),
+        )
+        .owned_by(self.owners.clone())
+    }
+
+    /// The selection of a deletions chunk: `DELETE` Bundles, for time alone.
+    pub(crate) fn deletions_selection(&self) -> Selection {
+        Selection::new(
+            self.job,
+            ResourceType::BUNDLE,
+            Scope::Everything,
+            None,
+            None,
         )
     }
 
@@ -304,7 +324,9 @@ pub(crate) trait Consumer {
 async fn scope(deps: &WorkerDeps, job: &Job) -> Result<Scope, WorkError> {
     let members = match (&job.request.level, job.request.patients.is_empty()) {
         (ExportLevel::System, _) => return Ok(Scope::Everything),
-        (ExportLevel::Patient, true) => return Ok(Scope::AnyPatient),
+        (ExportLevel::Patient, true) if !job.plan.members_listed => {
+            return Ok(Scope::AnyPatient);
+        }
         _ => layout::members_key(&job.output_prefix),
     };
     let bytes: Vec<u8> = deps

@@ -110,6 +110,12 @@ impl From<SourceError> for WorkError {
             SourceError::Access(fault) => {
                 WorkError::Permanent(format!("the data source refuses the service: {fault}"))
             }
+            // The source retried these itself: what is left persists, and fails the chunk
+            // (and the job) in words rather than being retried until the job stalls.
+            e @ (SourceError::Upstream { .. }
+            | SourceError::Unreachable { .. }
+            | SourceError::Protocol { .. }
+            | SourceError::Unsupported(_)) => WorkError::Permanent(e.to_string()),
             other => WorkError::Retryable(Box::new(other)),
         }
     }

@@ -14,11 +14,12 @@ use crate::group::current_members;
 use crate::job::update_job;
 use crate::job::{
     ChunkRole, ChunkSpec, FileKind, Job, JobPlan, JobState, OutputFile, PackedRead, ProvenanceMode,
-    ReadSpec, SourcePiece,
+    SourcePiece,
 };
 use crate::layout;
 use crate::model::{JobId, LogicalId, ResourceType};
-use crate::outcome::{Issue, IssueCode, single};
+use crate::outcome::{Issue, IssueCode, Severity, single};
+use crate::ports::{ReadCriteria, SourcePlan};
 use crate::request::{AssociatedData, ExportLevel};
 
 /// A source piece as planned: the role of its chunk, and the small pieces packed after it.
@@ -47,15 +48,17 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
         .prepare_export(&job.output_prefix, new_container)
         .await?;
     let mut notes: Vec<Issue> = job.request.ignored.clone();
-    if let Some(patients) = patient_list(deps, &job).await? {
+    let patients = patient_list(deps, &job).await?;
+    if let Some(patients) = &patients {
         tracing::info!(job_id = %id, patients = patients.len(), "patients resolved");
-        let body = serde_json::to_vec(&patients).map_err(|e| WorkError::Retryable(e.into()))?;
+        let body = serde_json::to_vec(patients).map_err(|e| WorkError::Retryable(e.into()))?;
         deps.output
             .put(&layout::members_key(&job.output_prefix), Bytes::from(body))
             .await?;
     }
-    let (chunks, mut plan) = cut(deps, &job, &mut notes).await?;
+    let (chunks, mut plan) = cut(deps, &job, patients.as_deref(), &mut notes).await?;
     plan.page_chunks = deps.settings.manifest_page_chunks;
+    plan.members_listed = patients.is_some();
     if !notes.is_empty() {
         plan.notes.push(write_notes(deps, &job, &notes).await?);
     }
@@ -173,7 +176,10 @@ async fn patient_list(deps: &WorkerDeps, job: &Job) -> Result<Option<Vec<String>
     let narrowed: Vec<&str> = job.request.patients.iter().map(LogicalId::as_str).collect();
     match &job.request.level {
         ExportLevel::System => Ok(None),
-        ExportLevel::Patient if narrowed.is_empty() => Ok(None),
+        // Every patient: a source that reads by patient lists them, any other is read whole.
+        ExportLevel::Patient if narrowed.is_empty() => {
+            Ok(deps.source.patients(job.transaction_time).await?)
+        }
         ExportLevel::Patient => {
             let mut ids: Vec<String> = narrowed.iter().map(|s| (*s).to_owned()).collect();
             ids.sort();
@@ -214,9 +220,28 @@ fn provenance_mode(job: &Job, types: &[ResourceType]) -> ProvenanceMode {
 async fn cut(
     deps: &WorkerDeps,
     job: &Job,
+    patients: Option<&[String]>,
     notes: &mut Vec<Issue>,
 ) -> Result<(Vec<ChunkSpec>, JobPlan), WorkError> {
     let available = deps.source.types().await?;
+    if let Some(asked) = &job.request.types {
+        let missing: Vec<ResourceType> = asked
+            .iter()
+            .copied()
+            .filter(|t| !available.contains(t))
+            .collect();
+        if !missing.is_empty() {
+            let strict = job.request.handling == crate::request::Handling::Strict;
+            for w in deps.source.missing_types(&missing, strict).await? {
+                notes.push(Issue {
+                    severity: Severity::Warning,
+                    code: IssueCode::NotSupported,
+                    diagnostics: w,
+                    expression: Some("_type".into()),
+                });
+            }
+        }
+    }
     let organized = job.request.organize_output_by.is_some();
     let mut types = export_types(job, &available);
     if organized && !job.request.is_patient_level() {
@@ -259,16 +284,50 @@ async fn cut(
         Vec::new()
     };
     let chunk_bytes = deps.settings.chunk_bytes;
+    let criteria = ReadCriteria {
+        types: &main,
+        chunk_bytes,
+        since: job.request.since,
+        until: job.request.until,
+        transaction_time: job.transaction_time,
+        type_filters: &job.request.type_filters,
+        patients,
+        elements: &job.request.elements,
+    };
     let mut phases: Vec<Vec<Piece>> = Vec::new();
     let mut first: Vec<Piece> = Vec::new();
-    for p in deps.source.plan(&main, chunk_bytes).await? {
+    for p in planned(deps, job, &criteria, notes).await? {
         first.push((ChunkRole::Export, p, Vec::new()));
     }
-    for p in deps.source.plan(&index, chunk_bytes).await? {
+    // Read for their ids only: `_elements` would cut what the compartment test reads.
+    let index_criteria = ReadCriteria {
+        types: &index,
+        elements: &[],
+        ..criteria
+    };
+    for p in planned(deps, job, &index_criteria, notes).await? {
         first.push((ChunkRole::Index, p, Vec::new()));
     }
     if !organized && !associated {
         first = pack(first, deps.settings.pack_limit());
+    }
+    // Deletions are reported with `_since` at system level: a deleted resource has no
+    // content left to place it in a patient's compartment.
+    if job.request.since.is_some() && !job.request.is_patient_level() {
+        let SourcePlan {
+            pieces, warnings, ..
+        } = deps.source.plan_deletions(&criteria).await?;
+        notes.extend(warnings.into_iter().map(|w| Issue {
+            severity: Severity::Warning,
+            code: IssueCode::NotSupported,
+            diagnostics: w,
+            expression: Some("_since".into()),
+        }));
+        first.extend(
+            pieces
+                .into_iter()
+                .map(|p| (ChunkRole::Deletions, p, Vec::new())),
+        );
     }
     let mut mapped_bytes: u64 = first
         .iter()
@@ -277,10 +336,16 @@ async fn cut(
         .sum();
     phases.push(first);
     if associated && available.contains(&ResourceType::PROVENANCE) {
-        let pieces = deps
-            .source
-            .plan(&[ResourceType::PROVENANCE], chunk_bytes)
-            .await?;
+        // Provenance chosen by association is read whole: which one is kept depends on
+        // what the other chunks selected, not on anything a source could be told.
+        let provenance = [ResourceType::PROVENANCE];
+        let pieces = planned(
+            deps,
+            job,
+            &ReadCriteria::everything(&provenance, chunk_bytes, job.transaction_time),
+            notes,
+        )
+        .await?;
         mapped_bytes += pieces.iter().map(|p| p.bytes).sum::<u64>();
         if mode == ProvenanceMode::Latest {
             phases.push(
@@ -318,14 +383,19 @@ async fn cut(
         let phase = u32::try_from(sizes.len()).unwrap_or(u32::MAX);
         sizes.push(u32::try_from(phase_chunks.len()).unwrap_or(u32::MAX));
         for (role, piece, resource_type, packed) in phase_chunks {
+            let (bytes, read, owners) = match piece {
+                Some(p) => (p.bytes, Some(p.read), p.owners),
+                None => (0, None, None),
+            };
             chunks.push(ChunkSpec {
                 index: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
                 phase,
                 resource_type,
                 role,
-                bytes: piece.as_ref().map_or(0, |p| p.bytes),
-                read: piece.map(|p| p.read),
+                bytes,
+                read,
                 packed,
+                owners,
             });
         }
     };
@@ -358,7 +428,7 @@ async fn cut(
         .iter()
         .filter(|c| match c.role {
             ChunkRole::Export | ChunkRole::ProvenanceSelect => !organized,
-            ChunkRole::Reduce { .. } => true,
+            ChunkRole::Reduce { .. } | ChunkRole::Deletions => true,
             ChunkRole::Index | ChunkRole::ProvenanceIndex => false,
         })
         .map(|c| c.index)
@@ -374,8 +444,34 @@ async fn cut(
             provenance: mode,
             notes: Vec::new(),
             dispatched: false,
+            members_listed: false,
         },
     ))
+}
+
+/// The source's pieces for `criteria`; what it warns of goes to the export's notes.
+async fn planned(
+    deps: &WorkerDeps,
+    job: &Job,
+    criteria: &ReadCriteria<'_>,
+    notes: &mut Vec<Issue>,
+) -> Result<Vec<SourcePiece>, WorkError> {
+    if criteria.types.is_empty() {
+        return Ok(Vec::new());
+    }
+    let SourcePlan {
+        pieces,
+        applied,
+        warnings,
+    } = deps.source.plan(criteria).await?;
+    tracing::info!(job_id = %job.id, types = criteria.types.len(), pieces = pieces.len(), ?applied, "source planned");
+    notes.extend(warnings.into_iter().map(|w| Issue {
+        severity: Severity::Warning,
+        code: IssueCode::NotSupported,
+        diagnostics: w,
+        expression: None,
+    }));
+    Ok(pieces)
 }
 
 /// Packs runs of consecutive small export pieces into one chunk of at most `limit` bytes;
@@ -391,6 +487,7 @@ fn pack(pieces: Vec<Piece>, limit: u64) -> Vec<Piece> {
             && open
             && let Some((_, head, reads)) = out.last_mut()
             && head.bytes + piece.bytes <= limit
+            && head.owners == piece.owners
         {
             head.bytes += piece.bytes;
             let same = if head.resource_type == piece.resource_type {
@@ -402,10 +499,7 @@ fn pack(pieces: Vec<Piece>, limit: u64) -> Vec<Piece> {
                     .map(|r| &mut r.read)
             };
             match same {
-                Some(ReadSpec::Files { ranges }) => {
-                    let ReadSpec::Files { ranges: more } = piece.read;
-                    ranges.extend(more);
-                }
+                Some(read) => read.extend(piece.read),
                 None => reads.push(PackedRead {
                     resource_type: piece.resource_type,
                     read: piece.read,
@@ -482,6 +576,7 @@ async fn write_notes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::ReadSpec;
 
     fn spec(index: u32, bytes: u64) -> ChunkSpec {
         ChunkSpec {
@@ -509,15 +604,11 @@ mod tests {
             ChunkRole::Export,
             SourcePiece {
                 resource_type: t,
-                read: ReadSpec::Files {
-                    ranges: vec![crate::job::FileRange {
-                        object: object.into(),
-                        start: 0,
-                        end: None,
-                        gzip: false,
-                    }],
+                read: ReadSpec {
+                    parts: vec![serde_json::json!(object)],
                 },
                 bytes,
+                owners: None,
             },
             Vec::new(),
         )
@@ -528,8 +619,10 @@ mod tests {
             .iter()
             .map(|(_, p, more)| {
                 let objects = |r: &ReadSpec| {
-                    let ReadSpec::Files { ranges } = r;
-                    ranges.iter().map(|f| f.object.clone()).collect::<Vec<_>>()
+                    r.parts
+                        .iter()
+                        .map(|p| p.as_str().unwrap_or_default().to_owned())
+                        .collect::<Vec<_>>()
                 };
                 let mut all = objects(&p.read);
                 for m in more {

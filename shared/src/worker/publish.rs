@@ -16,6 +16,7 @@ const MOVES_AT_ONCE: usize = 8;
 fn published_name(f: &StagedFile, k: u64) -> String {
     match (f.kind, f.resource_type) {
         (FileKind::Error, _) => crate::layout::error_name(k as usize),
+        (FileKind::Deleted, _) => crate::layout::deleted_name(k as usize),
         (_, Some(t)) => crate::layout::output_name(t, k as usize),
         (_, None) => format!("patients-{k}.ndjson"),
     }
@@ -24,6 +25,7 @@ fn published_name(f: &StagedFile, k: u64) -> String {
 fn counter(f: &StagedFile) -> String {
     match (f.kind, f.resource_type) {
         (FileKind::Error, _) => "error".to_owned(),
+        (FileKind::Deleted, _) => "deleted".to_owned(),
         (_, Some(t)) => t.to_string(),
         (_, None) => "patients".to_owned(),
     }
@@ -33,7 +35,7 @@ fn counter(f: &StagedFile) -> String {
 pub(crate) fn publishes(job: &Job, role: ChunkRole) -> bool {
     match role {
         ChunkRole::Export | ChunkRole::ProvenanceSelect => job.plan.partitions == 0,
-        ChunkRole::Reduce { .. } => true,
+        ChunkRole::Reduce { .. } | ChunkRole::Deletions => true,
         ChunkRole::Index | ChunkRole::ProvenanceIndex => false,
     }
 }

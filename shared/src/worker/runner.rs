@@ -176,9 +176,11 @@ mod pool_tests {
     use super::*;
     use crate::adapters::local_fs::LocalFsStore;
     use crate::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
-    use crate::job::{JobState, ReadSpec, SourcePiece};
+    use crate::job::{JobState, ReadSpec};
     use crate::model::{LogicalId, ResourceType};
-    use crate::ports::{JobStore, RecordReader, ResourceSource, SourceError};
+    use crate::ports::{
+        JobStore, ReadCriteria, RecordReader, ResourceSource, SourceError, SourcePlan,
+    };
     use crate::settings::Settings;
     use crate::worker::WorkMessage;
 
@@ -194,7 +196,7 @@ mod pool_tests {
 
     #[async_trait]
     impl ResourceSource for PanickingSource {
-        async fn plan(&self, _: &[ResourceType], _: u64) -> Result<Vec<SourcePiece>, SourceError> {
+        async fn plan(&self, _: &ReadCriteria<'_>) -> Result<SourcePlan, SourceError> {
             self.boom()
         }
         async fn types(&self) -> Result<Vec<ResourceType>, SourceError> {

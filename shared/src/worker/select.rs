@@ -65,6 +65,10 @@ pub(crate) struct Selection {
     scope: Scope,
     filters: Option<Arc<TypeFilterSet>>,
     elements: Option<TypeSubset>,
+    /// Keep only resources owned by one of these patients (a chunk of a source that reads by
+    /// patient batch: a resource shared with a patient of another batch is that batch's
+    /// when that patient owns it).
+    owned: Option<Arc<HashSet<String>>>,
     /// Compute the owner even at system level (organized output, refs for Provenance).
     wants_owner: bool,
     /// Hand the parsed resource to the caller (Provenance selection).
@@ -92,11 +96,17 @@ impl Selection {
             scope,
             filters,
             elements,
+            owned: None,
             wants_owner: false,
             wants_value: false,
             roots: None,
         }
         .with_roots()
+    }
+
+    pub(crate) fn owned_by(mut self, owners: Option<Arc<HashSet<String>>>) -> Self {
+        self.owned = owners;
+        self.with_roots()
     }
 
     pub(crate) fn with_owner(mut self) -> Self {
@@ -107,6 +117,7 @@ impl Selection {
     /// No compartment test (Provenance chosen by association).
     pub(crate) fn without_scope(mut self) -> Self {
         self.scope = Scope::Everything;
+        self.owned = None;
         self.with_roots()
     }
 
@@ -122,7 +133,8 @@ impl Selection {
             None
         } else {
             let mut roots = Vec::new();
-            if self.wants_owner || !matches!(self.scope, Scope::Everything) {
+            if self.wants_owner || self.owned.is_some() || !matches!(self.scope, Scope::Everything)
+            {
                 roots.extend(compartment_roots(self.resource_type));
             }
             if let Some(f) = &self.filters {
@@ -177,6 +189,7 @@ impl Selection {
         }
         let id = head.id;
         let needs_tree = !matches!(self.scope, Scope::Everything)
+            || self.owned.is_some()
             || self.filters.is_some()
             || self.wants_owner
             || self.wants_value;
@@ -214,6 +227,11 @@ impl Selection {
             }
         });
         if !in_scope {
+            return Verdict::Skip;
+        }
+        if let Some(owned) = &self.owned
+            && !owner.as_ref().is_some_and(|o| owned.contains(o))
+        {
             return Verdict::Skip;
         }
         if let Some(f) = &self.filters

@@ -1,0 +1,436 @@
+//! Credentials for the upstream server: none, a static bearer token
+//! (`FHIR_EXPORT_UPSTREAM_TOKEN`), or SMART Backend Services client credentials: a
+//! `private_key_jwt` assertion (RS384 or ES384, by the key's kind) posted to the server's
+//! token endpoint (`FHIR_EXPORT_UPSTREAM_TOKEN_URL`, or the `token_endpoint` of its
+//! `.well-known/smart-configuration`), the access token kept until shortly before it expires
+//! (and dropped when the server answers 401). No token, key or assertion appears in a log,
+//! an error or `Debug` output.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA384, RsaKeyPair,
+};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::ports::SourceError;
+
+/// A token is renewed this long before it expires (or at half its life, if shorter).
+const RENEW_BEFORE: Duration = Duration::from_secs(60);
+/// Lifetime of an assertion (the SMART IG allows at most five minutes).
+const ASSERTION_SECS: i64 = 300;
+
+#[derive(Clone, Default)]
+pub enum Auth {
+    #[default]
+    None,
+    Bearer(String),
+    Smart(Arc<Smart>),
+}
+
+pub struct Smart {
+    client_id: String,
+    scope: String,
+    kid: Option<String>,
+    key: SigningKey,
+    /// Configured, or discovered on first use.
+    token_url: Mutex<Option<String>>,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+enum SigningKey {
+    Rs384(RsaKeyPair),
+    Es384(EcdsaKeyPair),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("Auth::None"),
+            Auth::Bearer(_) => f.write_str("Auth::Bearer(<redacted>)"),
+            Auth::Smart(s) => write!(
+                f,
+                "Auth::Smart {{ client_id: {:?}, alg: {}, key: <redacted> }}",
+                s.client_id,
+                s.key.alg()
+            ),
+        }
+    }
+}
+
+impl SigningKey {
+    /// A PEM private key: PKCS#8 (`PRIVATE KEY`, RSA or P-384), PKCS#1 (`RSA PRIVATE KEY`) or
+    /// SEC1 (`EC PRIVATE KEY`, P-384).
+    fn from_pem(pem: &str) -> Result<SigningKey, String> {
+        let label = pem
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("-----BEGIN "))
+            .and_then(|l| l.strip_suffix("-----"))
+            .ok_or("not a PEM private key (no -----BEGIN line)")?
+            .to_owned();
+        let body: String = pem
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("-----") && !l.contains(':'))
+            .collect();
+        let der = STANDARD
+            .decode(body)
+            .map_err(|_| "the PEM body is not base64")?;
+        let rejected = |what: &str| format!("the {what} key is not usable");
+        match label.as_str() {
+            "PRIVATE KEY" => RsaKeyPair::from_pkcs8(&der)
+                .map(SigningKey::Rs384)
+                .or_else(|_| {
+                    EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &der)
+                        .map(SigningKey::Es384)
+                })
+                .map_err(|_| "the PKCS#8 key is neither RSA nor EC P-384".to_owned()),
+            "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der)
+                .map(SigningKey::Rs384)
+                .map_err(|_| rejected("RSA")),
+            "EC PRIVATE KEY" => {
+                EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_FIXED_SIGNING, &der)
+                    .map(SigningKey::Es384)
+                    .map_err(|_| rejected("EC (P-384 only)"))
+            }
+            other => Err(format!("a PEM `{other}` is not a private key")),
+        }
+    }
+
+    fn alg(&self) -> &'static str {
+        match self {
+            SigningKey::Rs384(_) => "RS384",
+            SigningKey::Es384(_) => "ES384",
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let rng = SystemRandom::new();
+        match self {
+            SigningKey::Rs384(k) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(&RSA_PKCS1_SHA384, &rng, message, &mut sig)
+                    .map_err(|_| "RS384 signing failed")?;
+                Ok(sig)
+            }
+            SigningKey::Es384(k) => k
+                .sign(&rng, message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "ES384 signing failed".to_owned()),
+        }
+    }
+
+    /// The public key, for tests that play the token endpoint.
+    #[cfg(test)]
+    fn public(&self) -> Vec<u8> {
+        use aws_lc_rs::signature::KeyPair;
+        match self {
+            SigningKey::Rs384(k) => k.public_key().as_ref().to_vec(),
+            SigningKey::Es384(k) => k.public_key().as_ref().to_vec(),
+        }
+    }
+}
+
+impl Auth {
+    /// From `FHIR_EXPORT_UPSTREAM_TOKEN`, or `FHIR_EXPORT_UPSTREAM_CLIENT_ID` with
+    /// `FHIR_EXPORT_UPSTREAM_PRIVATE_KEY` (PEM text) or `..._PRIVATE_KEY_FILE`, and optionally
+    /// `..._KEY_ID`, `..._TOKEN_URL` and `..._SCOPE` (default `system/*.read`).
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Auth, String> {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        if let Some(token) = get("FHIR_EXPORT_UPSTREAM_TOKEN") {
+            return Ok(Auth::Bearer(token.trim().to_owned()));
+        }
+        let Some(client_id) = get("FHIR_EXPORT_UPSTREAM_CLIENT_ID") else {
+            return Ok(Auth::None);
+        };
+        let pem = match (
+            get("FHIR_EXPORT_UPSTREAM_PRIVATE_KEY"),
+            get("FHIR_EXPORT_UPSTREAM_PRIVATE_KEY_FILE"),
+        ) {
+            (Some(pem), _) => pem,
+            (None, Some(path)) => std::fs::read_to_string(path.trim()).map_err(|e| {
+                format!("FHIR_EXPORT_UPSTREAM_PRIVATE_KEY_FILE cannot be read: {e}")
+            })?,
+            (None, None) => {
+                return Err(
+                    "FHIR_EXPORT_UPSTREAM_CLIENT_ID needs FHIR_EXPORT_UPSTREAM_PRIVATE_KEY or FHIR_EXPORT_UPSTREAM_PRIVATE_KEY_FILE".into(),
+                );
+            }
+        };
+        let key = SigningKey::from_pem(&pem)
+            .map_err(|e| format!("FHIR_EXPORT_UPSTREAM_PRIVATE_KEY: {e}"))?;
+        Ok(Auth::Smart(Arc::new(Smart {
+            client_id: client_id.trim().to_owned(),
+            scope: get("FHIR_EXPORT_UPSTREAM_SCOPE").unwrap_or_else(|| "system/*.read".into()),
+            kid: get("FHIR_EXPORT_UPSTREAM_KEY_ID"),
+            key,
+            token_url: Mutex::new(get("FHIR_EXPORT_UPSTREAM_TOKEN_URL")),
+            cached: Mutex::new(None),
+        })))
+    }
+
+    /// The token to send to `base`, if any.
+    pub(crate) async fn token(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+    ) -> Result<Option<String>, SourceError> {
+        match self {
+            Auth::None => Ok(None),
+            Auth::Bearer(t) => Ok(Some(t.clone())),
+            Auth::Smart(s) => s.token(http, base).await.map(Some),
+        }
+    }
+
+    /// Whether a 401 may be cured by asking for a new token.
+    pub(crate) fn refreshable(&self) -> bool {
+        matches!(self, Auth::Smart(_))
+    }
+
+    /// Drops a cached token (the server refused it).
+    pub(crate) async fn invalidate(&self) {
+        if let Auth::Smart(s) = self {
+            *s.cached.lock().await = None;
+        }
+    }
+}
+
+impl Smart {
+    async fn token(&self, http: &reqwest::Client, base: &str) -> Result<String, SourceError> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, renew_at)) = cached.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let url = self.token_url(http, base).await?;
+        let assertion = self.assertion(&url).map_err(|e| SourceError::Protocol {
+            url: url.clone(),
+            problem: e,
+        })?;
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("scope", &self.scope)
+            .append_pair(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            )
+            .append_pair("client_assertion", &assertion)
+            .finish();
+        let resp = http
+            .post(&url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Accept", "application/json")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| SourceError::Unreachable {
+                method: "POST",
+                url: url.clone(),
+                reason: crate::error_chain(&e.without_url()),
+            })?;
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            // OAuth errors say `error` and `error_description`, never a secret.
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let text = [v["error"].as_str(), v["error_description"].as_str()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(": ");
+            return Err(SourceError::Upstream {
+                method: "POST",
+                url,
+                status: status.as_u16(),
+                outcome: (!text.is_empty()).then_some(text),
+            });
+        }
+        let v: Value = serde_json::from_slice(&body).map_err(|_| SourceError::Protocol {
+            url: url.clone(),
+            problem: "the token endpoint's answer is not JSON".into(),
+        })?;
+        let token = v["access_token"]
+            .as_str()
+            .ok_or_else(|| SourceError::Protocol {
+                url: url.clone(),
+                problem: "the token endpoint's answer has no access_token".into(),
+            })?
+            .to_owned();
+        let life = Duration::from_secs(v["expires_in"].as_u64().unwrap_or(300));
+        let renew_at = Instant::now() + life.saturating_sub(RENEW_BEFORE.min(life / 2));
+        *cached = Some((token.clone(), renew_at));
+        tracing::info!(client_id = %self.client_id, expires_in_secs = life.as_secs(), "upstream token obtained");
+        Ok(token)
+    }
+
+    async fn token_url(&self, http: &reqwest::Client, base: &str) -> Result<String, SourceError> {
+        let mut known = self.token_url.lock().await;
+        if let Some(u) = known.as_ref() {
+            return Ok(u.clone());
+        }
+        let config = format!(
+            "{}/.well-known/smart-configuration",
+            base.trim_end_matches('/')
+        );
+        let resp = http
+            .get(&config)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| SourceError::Unreachable {
+                method: "GET",
+                url: config.clone(),
+                reason: crate::error_chain(&e.without_url()),
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(SourceError::Upstream {
+                method: "GET",
+                url: config,
+                status: status.as_u16(),
+                outcome: Some("no SMART configuration: set FHIR_EXPORT_UPSTREAM_TOKEN_URL".into()),
+            });
+        }
+        let v: Value = resp.json().await.map_err(|_| SourceError::Protocol {
+            url: config.clone(),
+            problem: "not JSON".into(),
+        })?;
+        let url = v["token_endpoint"]
+            .as_str()
+            .ok_or_else(|| SourceError::Protocol {
+                url: config.clone(),
+                problem: "no token_endpoint".into(),
+            })?
+            .to_owned();
+        *known = Some(url.clone());
+        Ok(url)
+    }
+
+    /// The signed `client_assertion` for the token endpoint `aud`.
+    fn assertion(&self, aud: &str) -> Result<String, String> {
+        let mut header = json!({"alg": self.key.alg(), "typ": "JWT"});
+        if let Some(kid) = &self.kid {
+            header["kid"] = json!(kid);
+        }
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": aud,
+            "exp": now + ASSERTION_SECS,
+            "iat": now,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self.key.sign(signing_input.as_bytes())?;
+        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::signature::{
+        ECDSA_P384_SHA384_FIXED, RSA_PKCS1_2048_8192_SHA384, UnparsedPublicKey,
+    };
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    fn smart(key_pem: String) -> Arc<Smart> {
+        let auth = Auth::from_lookup(&|k| match k {
+            "FHIR_EXPORT_UPSTREAM_CLIENT_ID" => Some("exporter".into()),
+            "FHIR_EXPORT_UPSTREAM_PRIVATE_KEY" => Some(key_pem.clone()),
+            "FHIR_EXPORT_UPSTREAM_KEY_ID" => Some("k1".into()),
+            _ => None,
+        })
+        .expect("auth");
+        match auth {
+            Auth::Smart(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn check(s: &Smart, jwt: &str, alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm) {
+        let (input, sig) = jwt.rsplit_once('.').expect("three parts");
+        let sig = URL_SAFE_NO_PAD.decode(sig).expect("b64");
+        UnparsedPublicKey::new(alg, s.key.public())
+            .verify(input.as_bytes(), &sig)
+            .expect("signature verifies");
+        let (h, c) = input.split_once('.').expect("header.claims");
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).expect("h")).expect("h");
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).expect("c")).expect("c");
+        assert_eq!(header["alg"], s.key.alg());
+        assert_eq!(header["kid"], "k1");
+        assert_eq!(claims["iss"], "exporter");
+        assert_eq!(claims["sub"], "exporter");
+        assert_eq!(claims["aud"], "https://auth.example/token");
+        assert!(claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat") <= 300);
+    }
+
+    #[test]
+    fn assertions_are_signed_rs384_or_es384_by_the_key() {
+        let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
+        let der = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa)
+            .expect("der");
+        let s = smart(pem("PRIVATE KEY", der.as_ref()));
+        check(
+            &s,
+            &s.assertion("https://auth.example/token").expect("jwt"),
+            &RSA_PKCS1_2048_8192_SHA384,
+        );
+
+        let ec = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).expect("ec");
+        let der = ec.to_pkcs8v1().expect("der");
+        let s = smart(pem("PRIVATE KEY", der.as_ref()));
+        assert_eq!(s.key.alg(), "ES384");
+        check(
+            &s,
+            &s.assertion("https://auth.example/token").expect("jwt"),
+            &ECDSA_P384_SHA384_FIXED,
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_refused_in_words_and_nothing_leaks() {
+        let e = Auth::from_lookup(&|k| match k {
+            "FHIR_EXPORT_UPSTREAM_CLIENT_ID" => Some("x".into()),
+            "FHIR_EXPORT_UPSTREAM_PRIVATE_KEY" => {
+                Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----".into())
+            }
+            _ => None,
+        })
+        .expect_err("refused");
+        assert!(e.contains("FHIR_EXPORT_UPSTREAM_PRIVATE_KEY"), "{e}");
+        let e = Auth::from_lookup(&|k| (k == "FHIR_EXPORT_UPSTREAM_CLIENT_ID").then(|| "x".into()))
+            .expect_err("no key");
+        assert!(e.contains("PRIVATE_KEY"), "{e}");
+        let bearer =
+            Auth::from_lookup(&|k| (k == "FHIR_EXPORT_UPSTREAM_TOKEN").then(|| "sekrit".into()))
+                .expect("bearer");
+        assert!(!format!("{bearer:?}").contains("sekrit"));
+    }
+}
