@@ -41,6 +41,7 @@ struct Inner {
     check: Option<Check>,
     requests: AtomicUsize,
     log: Mutex<Vec<(String, u16)>>,
+    arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 pub struct Proxy {
@@ -70,6 +71,7 @@ impl Proxy {
             check,
             requests: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(forward)
@@ -81,6 +83,11 @@ impl Proxy {
     /// Requests seen, with the status each was answered (0: dropped mid-body).
     pub fn log(&self) -> Vec<(String, u16)> {
         self.inner.log.lock().unwrap().clone()
+    }
+
+    /// When each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.inner.arrivals.lock().unwrap().clone()
     }
 }
 
@@ -96,6 +103,11 @@ fn outcome(status: u16, text: &str) -> Body {
 
 async fn forward(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let n = inner.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    inner
+        .arrivals
+        .lock()
+        .unwrap()
+        .push(std::time::Instant::now());
     let path = req
         .uri()
         .path_and_query()

@@ -208,3 +208,107 @@ async fn a_server_that_ignores_a_parameter_does_not_widen_the_export() {
     t.server.stop().await;
     files.server.stop().await;
 }
+
+#[tokio::test]
+async fn a_type_the_server_does_not_support_fails_a_strict_export_and_warns_a_lenient_one() {
+    let Some((helios, resources)) = loaded(5).await else {
+        return;
+    };
+    // The server's CapabilityStatement, without Condition.
+    let mut metadata: Value = helios
+        .http
+        .get(format!("{}/metadata", helios.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    metadata["rest"][0]["resource"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["type"] != "Condition");
+    let proxy = Proxy::start(
+        &helios.base,
+        Arc::new(move |_, path: &str| {
+            if path == "/metadata" {
+                Fault::Json(metadata.clone())
+            } else {
+                Fault::Pass
+            }
+        }),
+        None,
+    )
+    .await;
+    let t = TestServer::start(options(&proxy.base)).await;
+    let status = t.start_export("/$export", "_type=Patient,Condition").await;
+    let resp = t.wait(&status).await;
+    assert_eq!(resp.status(), 500);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("does not support Condition") && text.contains(&proxy.base),
+        "{text}"
+    );
+
+    let resp = t
+        .http
+        .get(format!("{}/$export?_type=Patient,Condition", t.base))
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async, handling=lenient")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let status = integration_tests::content_location(resp.headers());
+    let manifest = t.manifest(&status).await;
+    let got = t.download(&manifest, "output").await;
+    assert_eq!(
+        ids_of(&got, "Patient").len(),
+        resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Patient")
+            .count()
+    );
+    assert!(!got.contains_key("Condition"));
+    let errors = t.download(&manifest, "error").await;
+    let warned = errors.values().flatten().any(|o| {
+        o["issue"][0]["severity"] == "warning"
+            && o["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.contains("does not support Condition"))
+    });
+    assert!(warned, "no warning: {errors:?}");
+    t.server.stop().await;
+}
+
+#[tokio::test]
+async fn requests_keep_to_the_configured_rate() {
+    let Some((helios, _)) = loaded(10).await else {
+        return;
+    };
+    let proxy = Proxy::start(&helios.base, Arc::new(|_, _| Fault::Pass), None).await;
+    let rate = 20usize;
+    let t = TestServer::start(
+        options(&proxy.base)
+            .env("FHIR_EXPORT_UPSTREAM_RATE", &rate.to_string())
+            .env("FHIR_EXPORT_UPSTREAM_PAGE_SIZE", "4"),
+    )
+    .await;
+    export(&t, "/$export", "_type=Patient,Observation,Encounter").await;
+    let arrivals = proxy.arrivals();
+    assert!(
+        arrivals.len() > rate,
+        "too few requests to tell: {}",
+        arrivals.len()
+    );
+    // Starts are spaced 1/rate apart: no second holds more than `rate` of them (and one
+    // more for the edge of the window).
+    for (i, at) in arrivals.iter().enumerate() {
+        let within = arrivals[i..]
+            .iter()
+            .take_while(|b| b.duration_since(*at) < Duration::from_secs(1))
+            .count();
+        assert!(within <= rate + 1, "{within} requests within a second");
+    }
+    t.server.stop().await;
+}
