@@ -22,6 +22,15 @@ fn ids_of(got: &BTreeMap<String, Vec<Value>>, t: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The ids of the amended Observations: what `_typeFilter=Observation?status=amended` keeps.
+fn amended(resources: &[Value]) -> BTreeSet<String> {
+    resources
+        .iter()
+        .filter(|r| r["resourceType"] == "Observation" && r["status"] == "amended")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A server loaded in three phases a second apart, and the resources loaded.
 async fn loaded(patients: u64) -> Option<(Helios, Vec<Value>)> {
     let helios = Helios::start().await?;
@@ -66,11 +75,7 @@ async fn criteria_go_to_the_server_as_search_parameters() {
         "_type=Observation&_typeFilter=Observation%3Fstatus%3Damended",
     )
     .await;
-    let want: BTreeSet<String> = resources
-        .iter()
-        .filter(|r| r["resourceType"] == "Observation" && r["status"] == "amended")
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect();
+    let want = amended(&resources);
     assert!(!want.is_empty());
     assert_eq!(ids_of(&got, "Observation"), want);
     let log = proxy.log();
@@ -180,11 +185,7 @@ async fn a_server_that_ignores_a_parameter_does_not_widen_the_export() {
         "_type=Observation&_typeFilter=Observation%3Fstatus%3Damended",
     )
     .await;
-    let want: BTreeSet<String> = resources
-        .iter()
-        .filter(|r| r["resourceType"] == "Observation" && r["status"] == "amended")
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect();
+    let want = amended(&resources);
     assert_eq!(ids_of(&got, "Observation"), want);
 
     // Patient batches answered with everything: each resource still goes to its owner's

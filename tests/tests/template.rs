@@ -150,11 +150,16 @@ fn conditional_items(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The conditional statement of `role` that lists `action`: its condition and its text.
+/// The conditional statement of `role` that lists `action` (and, when `on` is given, grants
+/// it on that resource): its condition and its text.
 fn conditional_statement(role: &str, action: &str) -> Option<(String, String)> {
+    conditional_statement_on(role, action, "")
+}
+
+fn conditional_statement_on(role: &str, action: &str, on: &str) -> Option<(String, String)> {
     let mut found: Vec<(String, String)> = conditional_items(&resource(role))
         .into_iter()
-        .filter(|(_, body)| actions(body).contains(action))
+        .filter(|(_, body)| actions(body).contains(action) && body.contains(on))
         .collect();
     assert!(
         found.len() <= 1,
@@ -541,6 +546,7 @@ fn environment_contract() {
                 "FHIR_EXPORT_SOURCE",
                 "FHIR_EXPORT_OUTPUT",
                 "FHIR_EXPORT_AZURE_SECRET",
+                "FHIR_EXPORT_UPSTREAM_SECRET",
             ][..],
         ),
         (
@@ -559,6 +565,7 @@ fn environment_contract() {
                 "FHIR_EXPORT_OUTPUT",
                 "FHIR_EXPORT_SOURCE",
                 "FHIR_EXPORT_AZURE_SECRET",
+                "FHIR_EXPORT_UPSTREAM_SECRET",
             ][..],
         ),
     ] {
@@ -774,8 +781,12 @@ fn azure_secret_only_for_the_functions_that_reach_the_account() {
             )),
             "{function}: FHIR_EXPORT_AZURE_SECRET under {condition}"
         );
-        let (cond, statement) = conditional_statement(role, "secretsmanager:GetSecretValue")
-            .unwrap_or_else(|| panic!("{role}: the secret's grant is not conditional"));
+        let (cond, statement) = conditional_statement_on(
+            role,
+            "secretsmanager:GetSecretValue",
+            "AzureCredentialSecretArn",
+        )
+        .unwrap_or_else(|| panic!("{role}: the secret's grant is not conditional"));
         assert_eq!(cond, condition, "{role}");
         assert_eq!(
             actions(&statement),
@@ -794,9 +805,9 @@ fn azure_secret_only_for_the_functions_that_reach_the_account() {
         );
         assert!(statement.contains("- !Ref AWS::NoValue"), "{role}");
     }
-    // Nothing else in the template mentions Secrets Manager.
+    // Nothing else in the template mentions Secrets Manager but the upstream's secret.
     let t = template();
-    assert_eq!(t.matches("secretsmanager:GetSecretValue").count(), 4);
+    assert_eq!(t.matches("secretsmanager:GetSecretValue").count(), 6);
     assert_eq!(t.matches("FHIR_EXPORT_AZURE_SECRET:").count(), 4);
     // An Azure source has no S3 grants to derive: they exist for an s3:// source only.
     for role in ["KickoffRole", "WorkerRole"] {
@@ -808,6 +819,54 @@ fn azure_secret_only_for_the_functions_that_reach_the_account() {
             assert_eq!(source.0, "SourceUrlIsS3", "{role} {action}");
         }
     }
+}
+
+#[test]
+fn upstream_secret_only_for_the_functions_that_read_the_source() {
+    // The kick-off (Groups, patients) and the worker read a FHIR server source; status and
+    // cancel never do.
+    for (function, role) in [
+        ("KickoffFunction", "KickoffRole"),
+        ("WorkerFunction", "WorkerRole"),
+    ] {
+        assert!(
+            resource(function).contains(
+                "FHIR_EXPORT_UPSTREAM_SECRET: !If [HasUpstreamSecret, !Ref UpstreamSecretArn, !Ref AWS::NoValue]"
+            ),
+            "{function}"
+        );
+        let (cond, statement) =
+            conditional_statement_on(role, "secretsmanager:GetSecretValue", "UpstreamSecretArn")
+                .unwrap_or_else(|| {
+                    panic!("{role}: the upstream secret's grant is not conditional")
+                });
+        assert_eq!(cond, "HasUpstreamSecret", "{role}");
+        assert_eq!(
+            actions(&statement),
+            set(&["secretsmanager:GetSecretValue"]),
+            "{role}"
+        );
+        let resources: Vec<&str> = statement
+            .lines()
+            .filter(|l| l.trim().starts_with("Resource"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(resources, ["Resource: !Ref UpstreamSecretArn"], "{role}");
+    }
+    for (function, role) in [
+        ("StatusFunction", "StatusRole"),
+        ("CancelFunction", "CancelRole"),
+    ] {
+        assert!(
+            !resource(function).contains("FHIR_EXPORT_UPSTREAM_SECRET"),
+            "{function}"
+        );
+        assert!(!resource(role).contains("UpstreamSecretArn"), "{role}");
+    }
+    assert_eq!(
+        template().matches("FHIR_EXPORT_UPSTREAM_SECRET:").count(),
+        2
+    );
 }
 
 #[test]

@@ -243,18 +243,20 @@ pub(crate) fn outcome_text(body: &[u8]) -> Option<String> {
                 .or_else(|| i.pointer("/details/text").and_then(|t| t.as_str()))
         })
         .collect();
-    (!texts.is_empty()).then(|| {
-        let mut text = texts.join("; ");
-        if text.len() > 500 {
-            let mut cut = 500;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push('…');
+    (!texts.is_empty()).then(|| cut(texts.join("; "), 500))
+}
+
+/// `text`, cut to at most `max` bytes (on a character boundary) and marked `…` if it was.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        text
-    })
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// A URL as errors and logs show it: without user info, and with a long query cut (it may
@@ -265,16 +267,7 @@ pub(crate) fn shown(url: &str) -> String {
     };
     let _ = parsed.set_username("");
     let _ = parsed.set_password(None);
-    let mut text = parsed.to_string();
-    if text.len() > 200 {
-        let mut cut = 200;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
+    cut(parsed.to_string(), 200)
 }
 
 /// Whether `link` is on the server `base` names (scheme, host and port).
