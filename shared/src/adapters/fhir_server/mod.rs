@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -233,11 +234,11 @@ impl FhirServerSource {
         t: ResourceType,
         queries: &[String],
         extra: Option<&str>,
-        bounds: Bounds,
+        (bounds, total): (Bounds, u64),
         per_chunk: u64,
         applied: &mut Applied,
     ) -> Result<Vec<SourcePiece>, SourceError> {
-        let leaves = windows::cut(self, t, queries, bounds, per_chunk).await?;
+        let leaves = windows::cut(self, t, queries, (bounds, total), per_chunk).await?;
         applied.time_bounds = true;
         let mut pieces = Vec::new();
         for (window, count) in leaves {
@@ -263,23 +264,15 @@ impl FhirServerSource {
 
     /// Pieces of a compartment type at Patient or Group level: one per batch of patients,
     /// each searching every compartment parameter of the type with the whole batch.
-    #[allow(clippy::too_many_arguments)]
-    async fn plan_batches(
+    fn plan_batches(
         &self,
         t: ResourceType,
         queries: &[String],
         params: &[&str],
         patients: &[String],
-        bounds: Bounds,
+        (bounds, total): (Bounds, u64),
         all_patients: u64,
     ) -> Result<Vec<SourcePiece>, SourceError> {
-        let mut total = 0u64;
-        for q in queries {
-            total += self.count(t, &join(q, &bounds.params())).await?;
-        }
-        if total == 0 {
-            return Ok(Vec::new());
-        }
         let mut pieces = Vec::new();
         for batch in patients.chunks(self.settings.patients_per_chunk.max(1)) {
             let mut parts = Vec::new();
@@ -336,16 +329,35 @@ impl ResourceSource for FhirServerSource {
             Some(_) => self.count(ResourceType::PATIENT, "").await?,
             None => 0,
         };
-        for &t in criteria.types {
-            if !cap.types.contains_key(&t) {
+        // Every type's searches, and what they match in the bounds, counted a few at once:
+        // an export of every type asks about 150 of them, most of them empty.
+        let searched: Vec<(ResourceType, bool, Vec<String>)> = criteria
+            .types
+            .iter()
+            .copied()
+            .filter(|t| cap.types.contains_key(t))
+            .map(|t| {
+                let filtered = Self::filters_supported(&cap, t, criteria.type_filters);
+                let queries = if filtered {
+                    Self::filter_queries(t, criteria.type_filters)
+                } else {
+                    vec![String::new()]
+                };
+                (t, filtered, queries)
+            })
+            .collect();
+        let counts: Vec<futures::future::BoxFuture<'_, Result<u64, SourceError>>> = searched
+            .iter()
+            .map(|(t, _, queries)| windows::count(self, *t, queries, bounds).boxed())
+            .collect();
+        let totals: Vec<u64> = futures::stream::iter(counts)
+            .buffered(self.settings.concurrency.max(1))
+            .try_collect()
+            .await?;
+        for ((t, filtered, queries), total) in searched.into_iter().zip(totals) {
+            if total == 0 {
                 continue;
             }
-            let filtered = Self::filters_supported(&cap, t, criteria.type_filters);
-            let queries = if filtered {
-                Self::filter_queries(t, criteria.type_filters)
-            } else {
-                vec![String::new()]
-            };
             let has_filters = criteria.type_filters.iter().any(|f| f.resource_type == t);
             plan.applied.type_filters |= filtered && has_filters;
             let compartment: Option<Vec<&str>> = match criteria.patients {
@@ -368,10 +380,14 @@ impl ResourceSource for FhirServerSource {
                 (Some(patients), Some(params)) => {
                     plan.applied.patients = true;
                     plan.applied.time_bounds = true;
-                    plan.pieces.extend(
-                        self.plan_batches(t, &queries, &params, patients, bounds, all_patients)
-                            .await?,
-                    );
+                    plan.pieces.extend(self.plan_batches(
+                        t,
+                        &queries,
+                        &params,
+                        patients,
+                        (bounds, total),
+                        all_patients,
+                    )?);
                 }
                 (patients, _) => {
                     if patients.is_some() && in_patient_compartment(t) {
@@ -384,7 +400,7 @@ impl ResourceSource for FhirServerSource {
                             t,
                             &queries,
                             elements.as_deref(),
-                            bounds,
+                            (bounds, total),
                             per_chunk,
                             &mut plan.applied,
                         )
@@ -407,52 +423,69 @@ impl ResourceSource for FhirServerSource {
         let cap = self.capability().await?;
         let mut plan = SourcePlan::default();
         let mut without = Vec::new();
+        let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let form = |count: u32| {
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("_since", &since)
+                .append_pair("_count", &count.to_string())
+                .finish()
+        };
+        let mut kept = Vec::new();
         for &t in criteria.types {
             if !cap.types.contains_key(&t) {
                 continue;
             }
-            if !cap.supports_history(t) {
+            if cap.supports_history(t) {
+                kept.push(t);
+            } else {
                 without.push(t.as_str());
-                continue;
             }
-            let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let form = |count: u32| {
-                url::form_urlencoded::Serializer::new(String::new())
-                    .append_pair("_since", &since)
-                    .append_pair("_count", &count.to_string())
-                    .finish()
-            };
-            let probe = Request::Get(format!("{t}/_history?{}", form(1)));
-            match self.client.fetch(&probe).await {
-                Ok(body) => {
-                    let page = Page::parse(&body, &format!("{t}/_history"))?;
-                    if page.entry.is_empty() {
-                        continue;
+        }
+        // Probed a few at once: `Some(changed)`, or `None` when the server refuses.
+        let probes: Vec<futures::future::BoxFuture<'_, Result<Option<bool>, SourceError>>> = kept
+            .iter()
+            .map(|t| {
+                let probe = Request::Get(format!("{t}/_history?{}", form(1)));
+                async move {
+                    match self.client.fetch(&probe).await {
+                        Ok(body) => {
+                            let page = Page::parse(&body, &format!("{t}/_history"))?;
+                            Ok(Some(!page.entry.is_empty()))
+                        }
+                        // Listed, yet refused: said like a type without history.
+                        Err(SourceError::Upstream {
+                            status: 400 | 404 | 405 | 501,
+                            ..
+                        }) => Ok(None),
+                        Err(e) => Err(e),
                     }
                 }
-                // Listed, yet refused: said like a type without history.
-                Err(SourceError::Upstream {
-                    status: 400 | 404 | 405 | 501,
-                    ..
-                }) => {
-                    without.push(t.as_str());
-                    continue;
+                .boxed()
+            })
+            .collect();
+        let probed: Vec<Option<bool>> = futures::stream::iter(probes)
+            .buffered(self.settings.concurrency.max(1))
+            .try_collect()
+            .await?;
+        for (t, changed) in kept.into_iter().zip(probed) {
+            match changed {
+                None => without.push(t.as_str()),
+                Some(false) => {}
+                Some(true) => {
+                    let part = SearchPart {
+                        resource_type: t.as_str().to_owned(),
+                        params: form(self.settings.page_size),
+                        post: false,
+                        history: true,
+                    };
+                    plan.pieces.push(SourcePiece {
+                        resource_type: ResourceType::BUNDLE,
+                        read: ReadSpec::of(&[part]).map_err(spec_err)?,
+                        bytes: self.settings.resource_bytes,
+                        owners: None,
+                    });
                 }
-                Err(e) => return Err(e),
             }
-            let params = form(self.settings.page_size);
-            let part = SearchPart {
-                resource_type: t.as_str().to_owned(),
-                params,
-                post: false,
-                history: true,
-            };
-            plan.pieces.push(SourcePiece {
-                resource_type: ResourceType::BUNDLE,
-                read: ReadSpec::of(&[part]).map_err(spec_err)?,
-                bytes: self.settings.resource_bytes,
-                owners: None,
-            });
         }
         if !without.is_empty() {
             plan.warnings.push(format!(

@@ -48,7 +48,7 @@ impl Bounds {
 }
 
 /// Counts what every query matches in `bounds`, together.
-async fn count(
+pub(crate) async fn count(
     source: &FhirServerSource,
     t: ResourceType,
     queries: &[String],
@@ -61,16 +61,15 @@ async fn count(
     Ok(total)
 }
 
-/// The windows of `bounds` holding what the queries match, each about `per_chunk` resources
-/// or one second, with their counts; empty when nothing matches.
+/// The windows of `bounds` (where the queries match `total`) holding what they match, each
+/// about `per_chunk` resources or one second, with their counts; empty when nothing matches.
 pub(crate) async fn cut(
     source: &FhirServerSource,
     t: ResourceType,
     queries: &[String],
-    bounds: Bounds,
+    (bounds, total): (Bounds, u64),
     per_chunk: u64,
 ) -> Result<Vec<(Bounds, u64)>, SourceError> {
-    let total = count(source, t, queries, bounds).await?;
     if total == 0 {
         return Ok(Vec::new());
     }
