@@ -90,10 +90,6 @@ async fn criteria_go_to_the_server_as_search_parameters() {
             p.contains("status=amended"),
             "a search without the filter: {p}"
         );
-        assert!(
-            p.contains("_lastUpdated=lt"),
-            "a search without its window: {p}"
-        );
     }
 
     // A large type is read in several `_lastUpdated` windows, one chunk each.
@@ -111,7 +107,9 @@ async fn criteria_go_to_the_server_as_search_parameters() {
         .filter(|p| p.starts_with("/Observation?") && !p.contains("_summary=count"))
         .filter(|p| p.contains("_count=1000"))
         .map(|p| {
-            p.split('&')
+            let query = p.split_once('?').map_or("", |(_, q)| q);
+            query
+                .split('&')
                 .filter(|kv| kv.starts_with("_lastUpdated="))
                 .collect::<Vec<_>>()
                 .join("&")

@@ -245,7 +245,7 @@ impl FhirServerSource {
             let parts: Vec<SearchPart> = queries
                 .iter()
                 .map(|q| {
-                    let mut params = join(q, &window.params());
+                    let mut params = join(q, &window.read_params());
                     if let Some(e) = extra {
                         params = join(&params, e);
                     }
@@ -290,7 +290,7 @@ impl FhirServerSource {
                     let search = url::form_urlencoded::Serializer::new(String::new())
                         .append_pair(param, &value)
                         .finish();
-                    parts.push(self.part(t, join(&join(q, &bounds.params()), &search)));
+                    parts.push(self.part(t, join(&join(q, &bounds.read_params()), &search)));
                 }
             }
             // The type's resources spread over the server's patients, as a guess.
