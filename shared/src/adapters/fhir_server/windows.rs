@@ -48,11 +48,6 @@ impl Bounds {
         }
     }
 
-    /// The `_lastUpdated` parameters of a count, form-encoded.
-    pub fn params(&self) -> String {
-        self.form(true)
-    }
-
     /// The `_lastUpdated` parameters of a read, form-encoded: without an end that only the
     /// transaction time sets.
     pub fn read_params(&self) -> String {
@@ -71,7 +66,8 @@ impl Bounds {
     }
 }
 
-/// Counts what every query matches in `bounds`, together.
+/// Counts what every query matches in `bounds`, together, as a read of them would: with
+/// the bounds a read sends, each of which costs the server.
 pub(crate) async fn count(
     source: &FhirServerSource,
     t: ResourceType,
@@ -80,7 +76,9 @@ pub(crate) async fn count(
 ) -> Result<u64, SourceError> {
     let mut total = 0;
     for q in queries {
-        total += source.count(t, &super::join(q, &bounds.params())).await?;
+        total += source
+            .count(t, &super::join(q, &bounds.read_params()))
+            .await?;
     }
     Ok(total)
 }
@@ -106,7 +104,7 @@ pub(crate) async fn cut(
             let mut earliest: Option<i64> = None;
             for q in queries {
                 let e = source
-                    .earliest(t, &super::join(q, &bounds.params()))
+                    .earliest(t, &super::join(q, &bounds.read_params()))
                     .await?
                     .map(|d| d.timestamp());
                 earliest = match (earliest, e) {
@@ -137,7 +135,12 @@ pub(crate) async fn cut(
             t,
             queries,
             Bounds {
-                start: Some(a),
+                // Nothing lies before the earliest resource: no start to send.
+                start: if a == start && bounds.start.is_none() {
+                    None
+                } else {
+                    Some(a)
+                },
                 end: m,
                 end_needed: true,
             },
@@ -180,7 +183,7 @@ mod tests {
         c.since = Some(since);
         let b = Bounds::of(&c);
         assert_eq!(
-            b.params(),
+            b.form(true),
             "_lastUpdated=ge2026-12-07T09%3A00%3A00Z&_lastUpdated=lt2026-12-07T10%3A00%3A06Z"
         );
         // A read leaves the transaction time's end to the worker; an `_until` it sends.
