@@ -277,8 +277,28 @@ pub enum ChunkRole {
 /// the chunk and hands it back to the source that planned it, never looking inside. A chunk
 /// that reads several pieces of one type reads their parts one after the other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredReadSpec")]
 pub struct ReadSpec {
     pub parts: Vec<serde_json::Value>,
+}
+
+/// A read spec as stored, now or by a release before the source port took criteria
+/// (`{"kind": "files", "ranges": [...]}`, the NDJSON source's byte ranges, whose parts are
+/// now those ranges): a job planned before an upgrade runs on after it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredReadSpec {
+    Parts { parts: Vec<serde_json::Value> },
+    Files { ranges: Vec<serde_json::Value> },
+}
+
+impl From<StoredReadSpec> for ReadSpec {
+    fn from(stored: StoredReadSpec) -> Self {
+        match stored {
+            StoredReadSpec::Parts { parts } => ReadSpec { parts },
+            StoredReadSpec::Files { ranges } => ReadSpec { parts: ranges },
+        }
+    }
 }
 
 impl ReadSpec {
@@ -448,6 +468,21 @@ pub async fn update_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_specs_stored_before_the_port_took_criteria_still_read() {
+        let old = r#"{"kind":"files","ranges":[{"object":"Patient.ndjson","start":0,"end":100}]}"#;
+        let spec: ReadSpec = serde_json::from_str(old).expect("old form");
+        assert_eq!(
+            spec.parts,
+            vec![serde_json::json!({"object":"Patient.ndjson","start":0,"end":100})]
+        );
+        let new = serde_json::to_string(&spec).expect("json");
+        assert_eq!(
+            serde_json::from_str::<ReadSpec>(&new).expect("new form"),
+            spec
+        );
+    }
     use JobState::*;
 
     #[test]
