@@ -57,11 +57,24 @@ async fn throttling_errors_and_dropped_connections_are_retried_without_loss() {
     let direct = TestServer::start(through(&helios.base)).await;
     let proxy = Proxy::start(
         &helios.base,
-        Arc::new(|n, _| match n % 7 {
-            2 => Fault::Status(429, Some(0)),
-            4 => Fault::Status(503, None),
-            6 => Fault::DropMidBody,
-            _ => Fault::Pass,
+        // Three requests in four fail the first time they are sent, in turn throttled, refused
+        // with a 503, or cut off mid-body; none fails twice, so that the test does not
+        // depend on how concurrent requests fall on a fixed pattern (a request that met a
+        // fault at every one of its tries would fail the export, rightly).
+        Arc::new({
+            let seen = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
+            move |_, path: &str| {
+                let mut seen = seen.lock().unwrap();
+                if !seen.insert(path.to_owned()) {
+                    return Fault::Pass;
+                }
+                match seen.len() % 4 {
+                    1 => Fault::Status(429, Some(0)),
+                    2 => Fault::Status(503, None),
+                    3 => Fault::DropMidBody,
+                    _ => Fault::Pass,
+                }
+            }
         }),
         None,
     )
