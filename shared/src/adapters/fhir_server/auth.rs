@@ -252,17 +252,7 @@ impl Smart {
                 outcome: (!text.is_empty()).then_some(text),
             });
         }
-        let v: Value = serde_json::from_slice(&body).map_err(|_| SourceError::Protocol {
-            url: url.clone(),
-            problem: "the token endpoint's answer is not JSON".into(),
-        })?;
-        let token = v["access_token"]
-            .as_str()
-            .ok_or_else(|| SourceError::Protocol {
-                url: url.clone(),
-                problem: "the token endpoint's answer has no access_token".into(),
-            })?
-            .to_owned();
+        let (v, token) = string_field(&body, &url, "access_token")?;
         let life = Duration::from_secs(v["expires_in"].as_u64().unwrap_or(300));
         let renew_at = Instant::now() + life.saturating_sub(RENEW_BEFORE.min(life / 2));
         *cached = Some((token.clone(), renew_at));
@@ -298,17 +288,8 @@ impl Smart {
                 outcome: Some("no SMART configuration: set FHIR_EXPORT_UPSTREAM_TOKEN_URL".into()),
             });
         }
-        let v: Value = resp.json().await.map_err(|_| SourceError::Protocol {
-            url: config.clone(),
-            problem: "not JSON".into(),
-        })?;
-        let url = v["token_endpoint"]
-            .as_str()
-            .ok_or_else(|| SourceError::Protocol {
-                url: config.clone(),
-                problem: "no token_endpoint".into(),
-            })?
-            .to_owned();
+        let body = resp.bytes().await.unwrap_or_default();
+        let (_, url) = string_field(&body, &config, "token_endpoint")?;
         *known = Some(url.clone());
         Ok(url)
     }
@@ -336,6 +317,22 @@ impl Smart {
         let sig = self.key.sign(signing_input.as_bytes())?;
         Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
+}
+
+/// A JSON answer of `url`, and its string member `field`; never quoting the answer (it may
+/// hold a token).
+fn string_field(body: &[u8], url: &str, field: &str) -> Result<(Value, String), SourceError> {
+    let problem = |p: String| SourceError::Protocol {
+        url: url.to_owned(),
+        problem: p,
+    };
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| problem("the answer is not JSON".into()))?;
+    let text = v[field]
+        .as_str()
+        .ok_or_else(|| problem(format!("the answer has no `{field}`")))?
+        .to_owned();
+    Ok((v, text))
 }
 
 #[cfg(test)]
