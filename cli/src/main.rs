@@ -57,6 +57,16 @@ enum Command {
         /// Seconds between sweeps for stalled and expired exports.
         #[arg(long, env = "FHIR_EXPORT_SWEEP_SECS", default_value_t = 30)]
         sweep_secs: u64,
+        /// Register a SMART Backend Services client of the embedded authorization server:
+        /// its id and the file of its public JWKS (repeatable). With a client registered (or
+        /// FHIR_EXPORT_AUTH_ISSUER set), every route but metadata and .well-known needs a
+        /// bearer token; without, the server may bind to loopback only.
+        #[arg(long = "auth-client", value_name = "ID=JWKS_FILE", env = "FHIR_EXPORT_AUTH_CLIENTS", value_delimiter = ',', value_parser = fhir_export::auth::id_and_value)]
+        auth_clients: Vec<(String, String)>,
+        /// The scopes a registered client may be given, space-separated (repeatable; default
+        /// `system/*.read system/*.rs`), e.g. `--auth-client-scopes "app=system/Patient.rs"`.
+        #[arg(long = "auth-client-scopes", value_name = "ID=SCOPES", env = "FHIR_EXPORT_AUTH_CLIENT_SCOPES", value_delimiter = ';', value_parser = fhir_export::auth::id_and_value)]
+        auth_client_scopes: Vec<(String, String)>,
     },
     /// Start the server on its embedded defaults, run one system export against it over
     /// HTTP, print the manifest and where the files are, and stop.
@@ -73,6 +83,18 @@ enum Command {
     Export(fhir_export::client::ExportArgs),
     /// Measure export throughput and peak memory at several sizes, beside a raw copy.
     Bench(fhir_export::bench::BenchArgs),
+    /// Make a SMART Backend Services client key: <out>/<id>.private.pem (keep it) and
+    /// <out>/<id>.jwks.json (register it: `serve --auth-client ID=<out>/<id>.jwks.json`).
+    Keygen {
+        #[arg(long)]
+        client_id: String,
+        /// Output folder.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// RS384 (RSA 2048) instead of ES384 (EC P-384).
+        #[arg(long)]
+        rsa: bool,
+    },
     /// Write deterministic synthetic FHIR R4 NDJSON.
     Gen {
         #[arg(long, default_value_t = 100)]
@@ -129,6 +151,8 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             queue,
             workers,
             sweep_secs,
+            auth_clients,
+            auth_client_scopes,
         } => {
             let server = start(ServeConfig {
                 bind,
@@ -142,6 +166,11 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
                 sweep_every: Duration::from_secs(sweep_secs.max(1)),
                 env: Vec::new(),
                 wrap: Default::default(),
+                auth_clients: auth_clients
+                    .into_iter()
+                    .map(|(id, file)| (id, PathBuf::from(file)))
+                    .collect(),
+                auth_client_scopes,
             })
             .await?;
             eprintln!(
@@ -149,6 +178,12 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
                 server.base_url,
                 server.output.describe()
             );
+            match &server.token_url {
+                Some(url) => eprintln!("fhir-export: bearer tokens required; token endpoint {url}"),
+                None => eprintln!(
+                    "fhir-export: authentication is OFF (loopback only); register clients with --auth-client ID=JWKS_FILE"
+                ),
+            }
             let token = server.shutdown_token();
             tokio::select! {
                 _ = shutdown_signal() => {}
@@ -171,6 +206,24 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
             config.source = source;
             fhir_export::demo::run(config).await?;
+            Ok(())
+        }
+        Command::Keygen {
+            client_id,
+            out,
+            rsa,
+        } => {
+            let (pem, jwks) = fhir_export::auth::keygen(&client_id, &out, rsa)?;
+            println!("private key (keep it secret): {}", pem.display());
+            println!("public JWKS: {}", jwks.display());
+            println!(
+                "serve with:  fhir-export serve --auth-client {client_id}={}",
+                jwks.display()
+            );
+            println!(
+                "export with: fhir-export export --client-id {client_id} --private-key {} ...",
+                pem.display()
+            );
             Ok(())
         }
         Command::Gen {

@@ -60,6 +60,11 @@ pub struct ServeConfig {
     /// Wrappers around the ports, applied before anything uses them: for embedding the
     /// server and for tests that inject faults or watch what the workers do.
     pub wrap: Wrappers,
+    /// Clients of the embedded authorization server: id and the file of its public JWKS.
+    pub auth_clients: Vec<(String, PathBuf)>,
+    /// Scopes a registered client may be given (space-separated), by client id; others get
+    /// `system/*.read system/*.rs`.
+    pub auth_client_scopes: Vec<(String, String)>,
 }
 
 /// A function that wraps a port in another implementation of it.
@@ -112,6 +117,8 @@ impl ServeConfig {
             sweep_every: Duration::from_secs(30),
             env: Vec::new(),
             wrap: Wrappers::default(),
+            auth_clients: Vec::new(),
+            auth_client_scopes: Vec::new(),
         }
     }
 }
@@ -152,6 +159,12 @@ pub enum ServeError {
     StateInUse { path: PathBuf },
     #[error("the output {output} cannot be written to: {reason}")]
     OutputUnwritable { output: String, reason: String },
+    #[error(
+        "refusing to serve {addr} without authentication: register a client (--auth-client ID=JWKS_FILE) or trust an issuer (FHIR_EXPORT_AUTH_ISSUER with FHIR_EXPORT_AUTH_JWKS_URL), or bind to a loopback address"
+    )]
+    OpenOnNetwork { addr: SocketAddr },
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// Takes the state folder for this process: the SQLite file in it is one process's (its
@@ -280,6 +293,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Absolute FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
     pub base_url: String,
+    /// The embedded authorization server's token endpoint, when clients are registered.
+    pub token_url: Option<String>,
     pub output: Arc<dyn ObjectStore>,
     /// Where exports land when the output is a local folder.
     pub output_dir: Option<PathBuf>,
@@ -436,7 +451,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         .unwrap_or_else(|| format!("http://{addr}"));
     let mut settings = env.settings(&format!("{}{}", public.trim_end_matches('/'), FHIR_PATH))?;
     settings.container_per_export = output_url.container_per_export();
-    let settings = Arc::new(settings);
 
     let max_receives = env.parse::<u32>("FHIR_EXPORT_MAX_RECEIVES")?.unwrap_or(5);
     let mut listener_limits = crate::listener::ListenerLimits::default();
@@ -468,7 +482,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let queue = wrapped(faults.queue(queue), &config.wrap.queue);
     let jobs = open_job_store(config.job_store.as_deref(), &db).await?;
 
-    let fhir = Router::new()
+    let gate = crate::auth::gate(&config, &env, &public, &settings.public_base_url)?;
+    if gate.is_none() && !addr.ip().is_loopback() {
+        return Err(ServeError::OpenOnNetwork { addr });
+    }
+    settings.authenticated = gate.is_some();
+    let settings = Arc::new(settings);
+
+    let protected = Router::new()
         .merge(kickoff_router(KickoffState {
             jobs: jobs.clone(),
             queue: queue.clone(),
@@ -490,13 +511,28 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             jobs: jobs.clone(),
             output: output.clone(),
             settings: settings.clone(),
-        }))
-        .merge(metadata_router(MetadataState::new(
-            settings.clone(),
-            source.clone(),
-        )));
-    let app = with_fallbacks(Router::new().nest(FHIR_PATH, fhir))
-        .layer(axum::middleware::from_fn(log_requests));
+        }));
+    // Metadata and the SMART configuration stay open: clients read them to learn how to
+    // authenticate.
+    let mut open = metadata_router(MetadataState::new(settings.clone(), source.clone()));
+    let mut root = Router::new();
+    let fhir = match &gate {
+        Some(gate) => {
+            open = open.merge(shared::auth::smart_configuration_router(
+                gate.smart_configuration.clone(),
+            ));
+            if let Some(authority) = &gate.authority {
+                root = root.nest(
+                    crate::auth::AUTH_PATH,
+                    shared::auth::layer::authority_router(authority.clone()),
+                );
+            }
+            shared::auth::layer::protect(protected, gate.verifier.clone()).merge(open)
+        }
+        None => protected.merge(open),
+    };
+    let app =
+        with_fallbacks(root.nest(FHIR_PATH, fhir)).layer(axum::middleware::from_fn(log_requests));
 
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -525,6 +561,17 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             shutdown.clone(),
         ));
     }
+    match &gate {
+        Some(gate) => tracing::info!(
+            issuers = %gate.issuers.join(", "),
+            clients = gate.authority.as_ref().map_or(0, |a| a.client_ids().count()),
+            "bearer tokens required on every route but metadata and .well-known"
+        ),
+        None => tracing::warn!(
+            addr = %addr,
+            "authentication is OFF: every local process can start exports and read their files (allowed on loopback only)"
+        ),
+    }
     tracing::info!(
         addr = %addr,
         base = %settings.public_base_url,
@@ -536,6 +583,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     Ok(RunningServer {
         addr,
         base_url: settings.public_base_url.clone(),
+        token_url: gate
+            .as_ref()
+            .and_then(|g| g.authority.as_ref())
+            .map(|a| a.token_url().to_owned()),
         output,
         output_dir,
         source_dir,

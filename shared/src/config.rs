@@ -135,6 +135,23 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             s.limits.filter_values = usize::try_from(positive("FHIR_EXPORT_MAX_FILTER_VALUES", v)?)
                 .unwrap_or(usize::MAX);
         }
+        for (name, field) in [
+            (
+                "FHIR_EXPORT_MAX_TYPE_FILTER_CHARS",
+                &mut s.limits.type_filter_chars,
+            ),
+            ("FHIR_EXPORT_MAX_PATIENTS", &mut s.limits.patients),
+            ("FHIR_EXPORT_MAX_QUERY_BYTES", &mut s.limits.query_bytes),
+            ("FHIR_EXPORT_MAX_BODY_BYTES", &mut s.limits.body_bytes),
+            (
+                "FHIR_EXPORT_MAX_ACTIVE_EXPORTS",
+                &mut s.limits.active_exports,
+            ),
+        ] {
+            if let Some(v) = self.parse::<u64>(name)? {
+                *field = usize::try_from(positive(name, v)?).unwrap_or(usize::MAX);
+            }
+        }
         if let Some(v) = self.get("FHIR_EXPORT_OUTPUT_ENCODING") {
             s.output_encoding = match v.as_str() {
                 "identity" => crate::ports::Encoding::Identity,

@@ -6,6 +6,7 @@
 //! ([`ports`]) and the adapters ([`adapters`]). See `docs/architecture.md`.
 
 pub mod adapters;
+pub mod auth;
 pub mod buffers;
 pub mod compartment;
 pub mod config;
@@ -14,6 +15,8 @@ pub mod fhir_defs;
 pub mod group;
 pub mod http;
 pub mod job;
+#[cfg(feature = "jose")]
+pub mod jose;
 pub mod layout;
 pub mod manifest;
 pub mod model;

@@ -367,3 +367,36 @@ impl Stack {
         self.exports.list(prefix).await.unwrap().len()
     }
 }
+
+/// An HTTP function's answer to an API Gateway event.
+pub struct Reply {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    /// The JSON body; a non-JSON body as a string; `Null` when empty.
+    pub body: Value,
+}
+
+/// Runs an API Gateway (HTTP API, payload 2.0) event through a function's router as
+/// `lambda_http::run` would.
+pub async fn invoke_api(app: &Router, event: &str) -> Reply {
+    use tower::ServiceExt;
+    let request = lambda_http::request::from_str(event).expect("an API Gateway event");
+    let request = request.map(|body| axum::body::Body::from(body.to_vec()));
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod auth;
 pub mod aws;
 pub mod azure;
 pub mod helios;
@@ -52,6 +53,11 @@ pub struct Options {
     pub output: Option<String>,
     /// Wrappers around the server's ports.
     pub wrap: fhir_export::serve::Wrappers,
+    /// Clients of the embedded authorization server (see [`auth::TestClient`]).
+    pub auth_clients: Vec<(String, PathBuf)>,
+    pub auth_client_scopes: Vec<(String, String)>,
+    /// Address to bind (default `127.0.0.1:0`).
+    pub bind: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -64,6 +70,9 @@ impl Default for Options {
             env: Vec::new(),
             output: None,
             wrap: Default::default(),
+            auth_clients: Vec::new(),
+            auth_client_scopes: Vec::new(),
+            bind: None,
         }
     }
 }
@@ -108,7 +117,11 @@ impl TestServer {
             }
         };
         let mut config = ServeConfig::new(state.path().join("state"));
-        config.bind = "127.0.0.1:0".parse().expect("addr");
+        config.bind = opts
+            .bind
+            .unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
+        config.auth_clients = opts.auth_clients;
+        config.auth_client_scopes = opts.auth_client_scopes;
         config.source = Some(
             opts.source_url
                 .unwrap_or_else(|| source.display().to_string()),

@@ -10,7 +10,6 @@ use axum::Router;
 use integration_tests::aws::{Stack, stack};
 use serde_json::Value;
 use shared::ports::JobStore;
-use tower::ServiceExt;
 
 fn event(name: &str) -> String {
     std::fs::read_to_string(
@@ -23,20 +22,8 @@ fn event(name: &str) -> String {
 
 /// Runs an API Gateway event through a router as `lambda_http::run` would.
 async fn invoke(app: &Router, name: &str) -> (u16, axum::http::HeaderMap, Value) {
-    let request = lambda_http::request::from_str(&event(name)).expect("an API Gateway event");
-    let request = request.map(|body| axum::body::Body::from(body.to_vec()));
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (status, headers, body)
+    let r = integration_tests::aws::invoke_api(app, &event(name)).await;
+    (r.status, r.headers, r.body)
 }
 
 async fn setup() -> Option<Stack> {

@@ -251,7 +251,8 @@ async fn bad_headers_bodies_and_routes() {
         "bad instant in body",
     )
     .await;
-    let big = "x".repeat(3 * 1024 * 1024);
+    // Past FHIR_EXPORT_MAX_BODY_BYTES (8 MiB by default).
+    let big = "x".repeat(9 * 1024 * 1024);
     let resp = t
         .http
         .post(&url)

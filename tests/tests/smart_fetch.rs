@@ -324,3 +324,62 @@ async fn smart_fetch_system_export_of_the_synthea_dataset() {
     assert_same(&written(out.path()), &want);
     t.server.stop().await;
 }
+
+/// smart-fetch as a SMART Backend Services client: it reads our
+/// `.well-known/smart-configuration`, signs an RS384 assertion with its PEM key, gets a
+/// token from the embedded authorization server and sends it to the kick-off, status and
+/// files (`requiresAccessToken: true`).
+#[tokio::test]
+async fn smart_fetch_authenticates_with_smart_backend_services() {
+    let Some(bin) = smart_fetch() else { return };
+    let client = integration_tests::auth::TestClient::new("smart-fetch", true);
+    let t = TestServer::start(
+        Options {
+            patients: 40,
+            auth_clients: vec![client.registration()],
+            ..Options::default()
+        }
+        .env("FHIR_EXPORT_RETRY_AFTER_SECS", "1"),
+    )
+    .await;
+    let source = read_source(t.source_dir());
+    let key = client.pem_path();
+    let key = key.to_str().unwrap();
+    let types: BTreeSet<String> = ["Patient", "Condition"].map(String::from).into();
+    let dir = bulk(
+        &bin,
+        &t.base,
+        &[
+            "--smart-client-id",
+            "smart-fetch",
+            "--smart-key",
+            key,
+            "--type",
+            "Patient,Condition",
+        ],
+        &held(&source),
+    )
+    .await;
+    assert_same(
+        &written(dir.path()),
+        &expected(&source, &types, |_, _| true),
+    );
+
+    // Without credentials it gets nowhere.
+    let mut cmd = tokio::process::Command::new(&bin);
+    let out = cmd
+        .arg("bulk")
+        .arg(dir.path().join("anonymous"))
+        .args(["--fhir-url", &t.base, "--type", "Patient"])
+        .env("TERM", "dumb")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an anonymous smart-fetch got an export"
+    );
+    t.server.stop().await;
+}

@@ -547,6 +547,9 @@ fn environment_contract() {
                 "FHIR_EXPORT_OUTPUT",
                 "FHIR_EXPORT_AZURE_SECRET",
                 "FHIR_EXPORT_UPSTREAM_SECRET",
+                "FHIR_EXPORT_MAX_ACTIVE_EXPORTS",
+                "FHIR_EXPORT_AUTH_ISSUER",
+                "FHIR_EXPORT_AUTH_TOKEN_URL",
             ][..],
         ),
         (
@@ -693,8 +696,16 @@ fn each_function_gets_exactly_the_iam_it_calls() {
         roles,
         set(&["KickoffRole", "StatusRole", "CancelRole", "WorkerRole"])
     );
-    // Only the worker reads the indexes (the sweep); the source is read at its prefix.
+    // The worker reads the indexes (the sweep), the kick-off the `active` one alone (a
+    // client's running exports); the source is read at its prefix.
     assert!(resource("WorkerRole").contains("Resource: !Sub \"${Table.Arn}/index/*\""));
+    assert!(
+        resource("KickoffRole")
+            .contains("Resource: [!GetAtt Table.Arn, !Sub \"${Table.Arn}/index/active\"]")
+    );
+    for role in ["StatusRole", "CancelRole"] {
+        assert!(!resource(role).contains("/index/"), "{role}");
+    }
     for role in ["KickoffRole", "WorkerRole"] {
         assert!(resource(role).contains("arn:${AWS::Partition}:s3:::${Path}/*"));
     }
@@ -710,11 +721,27 @@ fn routes() -> BTreeMap<String, String> {
         let r = resource(&name);
         let key = value_of(&r, "RouteKey").unwrap_or_else(|| panic!("{name}: RouteKey"));
         let target = value_of(&r, "Target").unwrap_or_else(|| panic!("{name}: Target"));
-        assert!(
-            r.contains("AuthorizationType: !If [UseJwt, JWT, NONE]")
-                && r.contains("AuthorizerId: !If [UseJwt, !Ref JwtAuthorizer, !Ref AWS::NoValue]"),
-            "{name}: every route takes the optional JWT authorizer"
-        );
+        // What a client reads to learn how to authenticate is open; everything else takes
+        // the optional JWT authorizer.
+        if [
+            "GET /fhir/metadata",
+            "GET /fhir/.well-known/smart-configuration",
+        ]
+        .contains(&key.as_str())
+        {
+            assert!(
+                r.contains("AuthorizationType: NONE") && !r.contains("AuthorizerId"),
+                "{name}: open"
+            );
+        } else {
+            assert!(
+                r.contains("AuthorizationType: !If [UseJwt, JWT, NONE]")
+                    && r.contains(
+                        "AuthorizerId: !If [UseJwt, !Ref JwtAuthorizer, !Ref AWS::NoValue]"
+                    ),
+                "{name}: every other route takes the optional JWT authorizer"
+            );
+        }
         let integration = target
             .strip_prefix("!Sub integrations/${")
             .and_then(|t| t.strip_suffix('}'))
@@ -736,6 +763,10 @@ fn http_api_routes_payload_2_and_optional_jwt() {
         ("GET /fhir/_export/{job}", "StatusIntegration"),
         ("GET /fhir/_export/{job}/files/{name+}", "StatusIntegration"),
         ("GET /fhir/metadata", "KickoffIntegration"),
+        (
+            "GET /fhir/.well-known/smart-configuration",
+            "KickoffIntegration",
+        ),
         ("$default", "StatusIntegration"),
         ("DELETE /fhir/_export/{job}", "CancelIntegration"),
     ]
@@ -1014,7 +1045,13 @@ fn api_event(name: &str, method: &str, path: &str, query: &str) -> Value {
             claims.values().all(Value::is_string),
             "{name}: API Gateway passes JWT claims as strings"
         );
-        assert!(claims.contains_key("client_id") || claims.contains_key("sub"));
+        // One sample has no client on purpose (such a token may export nothing).
+        assert!(
+            claims.contains_key("client_id")
+                || claims.contains_key("sub")
+                || name == "authz-kickoff-no-client-get.json",
+            "{name}"
+        );
     }
     e
 }
@@ -1071,6 +1108,61 @@ fn api_events_have_the_payload_2_shape() {
         "",
     );
     api_event("metadata-get.json", "GET", "/fhir/metadata", "");
+
+    // The authorizer's claims, as the functions read them (tests/tests/events_authz.rs).
+    for (name, method, path, query) in [
+        ("authz-kickoff-system-get.json", "GET", "/fhir/$export", ""),
+        (
+            "authz-kickoff-type-denied-get.json",
+            "GET",
+            "/fhir/$export",
+            "_type=Condition",
+        ),
+        (
+            "authz-kickoff-lenient-get.json",
+            "GET",
+            "/fhir/$export",
+            "_type=Patient,Condition",
+        ),
+        (
+            "authz-kickoff-no-client-get.json",
+            "GET",
+            "/fhir/$export",
+            "",
+        ),
+        (
+            "authz-status-get.json",
+            "GET",
+            &format!("/fhir/_export/{job}"),
+            "",
+        ),
+        (
+            "authz-cancel-delete.json",
+            "DELETE",
+            &format!("/fhir/_export/{job}"),
+            "",
+        ),
+        (
+            "authz-file-get.json",
+            "GET",
+            &format!("/fhir/_export/{job}/files/Patient-1.ndjson"),
+            "",
+        ),
+    ] {
+        let e = api_event(name, method, path, query);
+        let claims = e
+            .pointer("/requestContext/authorizer/jwt/claims")
+            .and_then(Value::as_object)
+            .unwrap_or_else(|| panic!("{name}: JWT claims"));
+        assert_eq!(claims["iss"], "https://auth.example", "{name}");
+        // API Gateway passes every claim as a string.
+        assert!(claims.values().all(Value::is_string), "{name}");
+        assert_eq!(
+            claims.contains_key("client_id"),
+            name != "authz-kickoff-no-client-get.json",
+            "{name}"
+        );
+    }
 }
 
 /// Checks an SQS event and returns the parsed bodies of its records.
@@ -1141,6 +1233,13 @@ fn every_event_file_is_checked() {
     assert_eq!(
         names,
         [
+            "authz-cancel-delete.json",
+            "authz-file-get.json",
+            "authz-kickoff-lenient-get.json",
+            "authz-kickoff-no-client-get.json",
+            "authz-kickoff-system-get.json",
+            "authz-kickoff-type-denied-get.json",
+            "authz-status-get.json",
             "cancel-delete.json",
             "kickoff-bad-since.json",
             "kickoff-group-post.json",

@@ -123,6 +123,8 @@ pub enum SendError {
     TooManyRedirects(usize),
     #[error("redirect without a usable Location (must be an http(s) URL)")]
     BadRedirect,
+    #[error("no access token: {0}")]
+    Token(String),
 }
 
 /// Why one download attempt failed.

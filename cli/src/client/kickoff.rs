@@ -159,9 +159,14 @@ pub(crate) async fn kickoff(
             .header("Prefer", prefer)
             .header(CONTENT_TYPE, FHIR_JSON)
             .body(body);
-        if let Some(t) = &http.token {
-            req = req.bearer_auth(t.secret());
-        }
+        req = http
+            .authorize(req)
+            .await
+            .map_err(|e| ClientError::Request {
+                action: "kick-off POST",
+                url: endpoint.to_string(),
+                source: e,
+            })?;
         let resp = req.send().await.map_err(|e| ClientError::Request {
             action: "kick-off POST",
             url: endpoint.to_string(),

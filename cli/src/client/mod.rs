@@ -42,7 +42,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 pub use error::{ClientError, DownloadError, LineProblem, SendError};
-use net::Http;
+use net::{Credentials, Http};
 use progress::Progress;
 use url::Url;
 
@@ -89,8 +89,35 @@ pub struct ExportArgs {
     #[arg(long, value_name = "URL")]
     pub status: Option<String>,
     /// Bearer token for the FHIR server (sent to file URLs only when the manifest requires it).
-    #[arg(long, env = "FHIR_EXPORT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FHIR_EXPORT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "client_id"
+    )]
     pub token: Option<BearerToken>,
+    /// SMART Backend Services client id: tokens are obtained (and renewed) from the token
+    /// endpoint of the server's `.well-known/smart-configuration` with a `private_key_jwt`
+    /// assertion signed by `--private-key`.
+    #[arg(long, env = "FHIR_EXPORT_CLIENT_ID", requires = "private_key")]
+    pub client_id: Option<String>,
+    /// PEM private key (RSA for RS384, EC P-384 for ES384) of `--client-id`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FHIR_EXPORT_PRIVATE_KEY_FILE",
+        requires = "client_id"
+    )]
+    pub private_key: Option<PathBuf>,
+    /// `kid` of the key, when the client's JWKS holds several.
+    #[arg(long, value_name = "KID", requires = "client_id")]
+    pub key_id: Option<String>,
+    /// Scopes to ask for.
+    #[arg(long, default_value = "system/*.read", requires = "client_id")]
+    pub scope: String,
+    /// Token endpoint, instead of the one the SMART configuration names.
+    #[arg(long, value_name = "URL", requires = "client_id")]
+    pub token_url: Option<String>,
     /// Files downloaded at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
@@ -121,6 +148,11 @@ impl Default for ExportArgs {
             out: None,
             status: None,
             token: None,
+            client_id: None,
+            private_key: None,
+            key_id: None,
+            scope: "system/*.read".into(),
+            token_url: None,
             parallel: 4,
             cancel_on_interrupt: false,
             max_wait: 3600,
@@ -338,7 +370,7 @@ pub async fn run_until(
     interrupt: impl Future<Output = ()>,
 ) -> Result<ExportSummary, ClientError> {
     let started = Instant::now();
-    let http = Http::new(args.token.clone())?;
+    let http = Http::new(credentials(&args)?)?;
     let progress = Progress::new(args.no_progress);
     tokio::pin!(interrupt);
 
@@ -401,7 +433,44 @@ pub async fn cancel(status_url: &str, token: Option<BearerToken>) -> Result<(), 
         .ok()
         .filter(net::is_http)
         .ok_or_else(|| ClientError::Usage(format!("`{status_url}` is not an http(s) URL")))?;
-    poll::cancel(&Http::new(token)?, &url).await
+    poll::cancel(&Http::new(token.map(Credentials::Token))?, &url).await
+}
+
+/// The credentials the arguments give.
+fn credentials(args: &ExportArgs) -> Result<Option<Credentials>, ClientError> {
+    if let Some(t) = &args.token {
+        return Ok(Some(Credentials::Token(t.clone())));
+    }
+    let (Some(client_id), Some(key)) = (&args.client_id, &args.private_key) else {
+        return Ok(None);
+    };
+    // The FHIR base, for the SMART configuration: given, or the status URL's.
+    let base = match (&args.base, &args.status) {
+        (Some(b), _) => b.trim_end_matches('/').to_owned(),
+        (None, Some(status)) => status
+            .split_once("/_export/")
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or_else(|| status.clone()),
+        (None, None) => String::new(),
+    };
+    let key = key.display().to_string();
+    let lookup = |name: &str| -> Option<String> {
+        match name {
+            "FHIR_EXPORT_UPSTREAM_CLIENT_ID" => Some(client_id.clone()),
+            "FHIR_EXPORT_UPSTREAM_PRIVATE_KEY_FILE" => Some(key.clone()),
+            "FHIR_EXPORT_UPSTREAM_KEY_ID" => args.key_id.clone(),
+            "FHIR_EXPORT_UPSTREAM_SCOPE" => Some(args.scope.clone()),
+            "FHIR_EXPORT_UPSTREAM_TOKEN_URL" => args.token_url.clone(),
+            _ => None,
+        }
+    };
+    let auth = shared::adapters::fhir_server::Auth::from_lookup(&lookup).map_err(|e| {
+        ClientError::Usage(
+            e.replace("FHIR_EXPORT_UPSTREAM_PRIVATE_KEY_FILE", "--private-key")
+                .replace("FHIR_EXPORT_UPSTREAM_PRIVATE_KEY", "--private-key"),
+        )
+    })?;
+    Ok(Some(Credentials::Smart { auth, base }))
 }
 
 async fn ctrl_c() {

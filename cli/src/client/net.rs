@@ -22,13 +22,48 @@ const ABSURD_WAIT: Duration = Duration::from_secs(3600);
 /// Longest backoff step.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How the client authenticates: a token given as it is, or SMART Backend Services client
+/// credentials that get (and renew) one from the server's token endpoint.
+#[derive(Clone)]
+pub(crate) enum Credentials {
+    Token(BearerToken),
+    Smart {
+        auth: shared::adapters::fhir_server::Auth,
+        /// The FHIR base whose `.well-known/smart-configuration` names the token endpoint.
+        base: String,
+    },
+}
+
 pub(crate) struct Http {
     pub client: reqwest::Client,
-    pub token: Option<BearerToken>,
+    pub credentials: Option<Credentials>,
 }
 
 impl Http {
-    pub fn new(token: Option<BearerToken>) -> Result<Http, super::ClientError> {
+    /// The bearer token to send now, if any.
+    pub async fn bearer(&self) -> Result<Option<String>, SendError> {
+        match &self.credentials {
+            None => Ok(None),
+            Some(Credentials::Token(t)) => Ok(Some(t.secret().to_owned())),
+            Some(Credentials::Smart { auth, base }) => auth
+                .token(&self.client, base)
+                .await
+                .map_err(|e| SendError::Token(shared::error_chain(&e))),
+        }
+    }
+
+    /// `bearer_auth` with the current token, when there is one.
+    pub async fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, SendError> {
+        Ok(match self.bearer().await? {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        })
+    }
+
+    pub fn new(credentials: Option<Credentials>) -> Result<Http, super::ClientError> {
         let client = reqwest::Client::builder()
             // Followed by hand in `get`: the token policy is decided per hop.
             .redirect(reqwest::redirect::Policy::none())
@@ -38,7 +73,10 @@ impl Http {
             .read_timeout(Duration::from_secs(300))
             .build()
             .map_err(super::ClientError::HttpClient)?;
-        Ok(Http { client, token })
+        Ok(Http {
+            client,
+            credentials,
+        })
     }
 
     /// `GET url`, following redirects. The token is sent only if `with_token`, and only until
@@ -52,7 +90,7 @@ impl Http {
     ) -> Result<(Response, Url), SendError> {
         let mut current = url.clone();
         let mut token = if with_token {
-            self.token.as_ref()
+            self.bearer().await?
         } else {
             None
         };
@@ -61,8 +99,8 @@ impl Http {
             for (k, v) in extra {
                 req = req.header(*k, *v);
             }
-            if let Some(t) = token {
-                req = req.bearer_auth(t.secret());
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
             }
             let resp = req.send().await?;
             if !is_followed_redirect(resp.status()) {

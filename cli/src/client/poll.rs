@@ -178,13 +178,18 @@ pub(crate) async fn wait_for_manifest(
 
 /// `DELETE [status URL]`. Any `2xx` is success, and so is `404`/`410`: already gone.
 pub(crate) async fn cancel(http: &Http, status_url: &Url) -> Result<(), ClientError> {
-    let mut req = http
+    let req = http
         .client
         .delete(status_url.clone())
         .header(ACCEPT, "application/fhir+json");
-    if let Some(t) = &http.token {
-        req = req.bearer_auth(t.secret());
-    }
+    let req = http
+        .authorize(req)
+        .await
+        .map_err(|e| ClientError::Request {
+            action: "cancel (DELETE)",
+            url: status_url.to_string(),
+            source: e,
+        })?;
     let resp = req.send().await.map_err(|e| ClientError::Request {
         action: "cancel (DELETE)",
         url: status_url.to_string(),

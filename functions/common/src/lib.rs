@@ -124,6 +124,11 @@ pub struct FunctionConfig {
     pub settings: Settings,
     /// Where the routers are mounted (`/fhir`).
     pub base_path: String,
+    /// The token issuer the API Gateway JWT authorizer trusts (`FHIR_EXPORT_AUTH_ISSUER`).
+    pub jwt_issuer: Option<String>,
+    /// Its token endpoint (`FHIR_EXPORT_AUTH_TOKEN_URL`): when set, the kick-off function
+    /// serves `.well-known/smart-configuration` naming it.
+    pub token_endpoint: Option<String>,
 }
 
 impl FunctionConfig {
@@ -165,14 +170,23 @@ impl FunctionConfig {
         Ok(FunctionConfig {
             settings,
             base_path,
+            jwt_issuer: env.get("FHIR_EXPORT_AUTH_ISSUER").filter(|v| !v.is_empty()),
+            token_endpoint: env
+                .get("FHIR_EXPORT_AUTH_TOKEN_URL")
+                .filter(|v| !v.is_empty()),
         })
     }
 }
 
-/// JSON log lines (CloudWatch), filtered by `RUST_LOG` (default `info`).
+/// JSON log lines (CloudWatch), filtered by `RUST_LOG` (default `info`); the audit events
+/// (target `audit`) are kept whatever the level (`docs/security.md`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match "audit=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -1,5 +1,6 @@
 //! The kick-off function: `GET|POST [base]/$export`, `[base]/Patient/$export`,
-//! `[base]/Group/[id]/$export`, and `GET [base]/metadata`. It creates jobs in DynamoDB,
+//! `[base]/Group/[id]/$export`, `GET [base]/metadata` and `GET
+//! [base]/.well-known/smart-configuration`. It creates jobs in DynamoDB,
 //! queues their plan on SQS, and reads Group resources (and, for the CapabilityStatement,
 //! the list of resource types) from the NDJSON source.
 
@@ -31,8 +32,16 @@ pub async fn app_from_env() -> Result<Router, Error> {
 
 pub fn app(state: KickoffState, config: &FunctionConfig) -> Router {
     let metadata = MetadataState::new(state.settings.clone(), state.source.clone());
-    host(
-        kickoff_router(state).merge(metadata_router(metadata)),
-        config,
-    )
+    let mut routes = kickoff_router(state).merge(metadata_router(metadata));
+    // Where clients get tokens, when the deployment says (template `TokenEndpoint`).
+    if let Some(token) = &config.token_endpoint {
+        routes = routes.merge(shared::auth::smart_configuration_router(
+            shared::auth::issuer_configuration(
+                config.jwt_issuer.as_deref().unwrap_or_default(),
+                None,
+                Some(token),
+            ),
+        ));
+    }
+    host(routes, config)
 }

@@ -27,8 +27,28 @@ pub enum ApiError {
     RangeNotSatisfiable(u64),
     #[error("the export failed: {0}")]
     JobFailed(String),
-    #[error("the request body is too large or unreadable")]
+    #[error("{}", body_refusal(*.0))]
     BodyRejected(StatusCode),
+    #[error(
+        "the query string is {len} bytes; at most {limit} are accepted (FHIR_EXPORT_MAX_QUERY_BYTES)"
+    )]
+    QueryTooLong { len: usize, limit: usize },
+    /// No bearer token, or one that does not verify; `reason` is safe to show.
+    #[error("{}", reason.as_deref().unwrap_or("this server requires a bearer access token (SMART Backend Services)"))]
+    Unauthorized { reason: Option<String> },
+    /// The token is valid, its scopes do not allow what is asked.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(
+        "this client has {active} exports running; at most {limit} may run at once (FHIR_EXPORT_MAX_ACTIVE_EXPORTS): wait for one to finish or cancel one"
+    )]
+    TooManyExports {
+        active: usize,
+        limit: usize,
+        retry_after_secs: u64,
+    },
+    #[error("the token cannot be checked right now")]
+    AuthUnavailable,
     #[error("this route does not exist")]
     RouteNotFound,
     #[error("method not allowed here")]
@@ -60,6 +80,11 @@ impl ApiError {
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyRejected(s) => *s,
+            ApiError::QueryTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyExports { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Object(ObjectError::Refused { .. } | ObjectError::Access(_))
             | ApiError::Source(SourceError::Refused { .. } | SourceError::Access(_)) => {
@@ -106,6 +131,15 @@ impl ApiError {
             ApiError::RangeNotSatisfiable(_) => Issue::error(IssueCode::Value, text).at("Range"),
             ApiError::InvalidQuery { name, .. } => Issue::error(IssueCode::Invalid, text).at(*name),
             ApiError::BodyRejected(_) => Issue::error(IssueCode::TooCostly, text),
+            ApiError::QueryTooLong { .. } => Issue::error(IssueCode::TooCostly, text),
+            ApiError::Unauthorized { .. } => {
+                Issue::error(IssueCode::Security, text).at("Authorization")
+            }
+            ApiError::Forbidden(_) => Issue::error(IssueCode::Forbidden, text),
+            ApiError::TooManyExports { .. } => Issue::error(IssueCode::Throttled, text),
+            ApiError::AuthUnavailable => {
+                Issue::error(IssueCode::Transient, format!("{text}; try again later"))
+            }
             ApiError::MethodNotAllowed => Issue::error(IssueCode::NotSupported, text),
             // A refusal will not pass on a retry: said in words, without the store's internals.
             ApiError::Object(ObjectError::Refused { reason, .. }) => Issue::error(
@@ -141,15 +175,17 @@ impl ApiError {
 
 /// Turns an error answer that is not an `OperationOutcome` (the framework's own: a rejected
 /// extractor, text/plain) into one with the same status, keeping a short text as its
-/// diagnostics. Answers that are `OperationOutcome`s, and successes, pass unchanged.
+/// diagnostics. JSON answers, and successes, pass unchanged.
 pub(crate) async fn as_outcome(resp: Response) -> Response {
     let status = resp.status();
-    let is_fhir = resp
+    // JSON answers are deliberate: an `OperationOutcome`, or an OAuth error of the token
+    // endpoint, which OAuth clients expect as it is.
+    let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(FHIR_JSON));
-    if !(status.is_client_error() || status.is_server_error()) || is_fhir {
+        .is_some_and(|v| v.starts_with(FHIR_JSON) || v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -173,6 +209,32 @@ pub(crate) async fn as_outcome(resp: Response) -> Response {
         }
     }
     out
+}
+
+fn body_refusal(status: StatusCode) -> String {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the request body is larger than this server accepts (FHIR_EXPORT_MAX_BODY_BYTES)".into()
+    } else {
+        "the request body is unreadable".into()
+    }
+}
+
+/// RFC 6750 §3: the challenge, with `error="invalid_token"` when a token was sent.
+fn www_authenticate(reason: Option<&str>) -> HeaderValue {
+    let value = match reason {
+        None => r#"Bearer realm="fhir-export""#.to_owned(),
+        Some(r) => {
+            let clean: String = r
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+                .collect();
+            format!(
+                r#"Bearer realm="fhir-export", error="invalid_token", error_description="{clean}""#
+            )
+        }
+    };
+    HeaderValue::from_str(&value)
+        .unwrap_or(HeaderValue::from_static(r#"Bearer realm="fhir-export""#))
 }
 
 /// An `OperationOutcome` response.
@@ -201,6 +263,21 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        }
+        match &self {
+            ApiError::TooManyExports {
+                retry_after_secs, ..
+            } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Unauthorized { reason } => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    www_authenticate(reason.as_deref()),
+                );
+            }
+            _ => {}
         }
         resp
     }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, outcome_response};
 use super::{Caller, KickoffState};
+use crate::auth::narrow_to_grant;
 use crate::group::current_members;
 use crate::job::{Job, JobState};
 use crate::layout;
@@ -112,6 +113,15 @@ async fn kickoff(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let limits = &state.settings.limits;
+    if let Some(q) = &query
+        && q.len() > limits.query_bytes
+    {
+        return Err(ApiError::QueryTooLong {
+            len: q.len(),
+            limit: limits.query_bytes,
+        });
+    }
     let body = body.map_err(|r| ApiError::BodyRejected(r.status()))?;
     let path = match &level {
         ExportLevel::System => "/$export".to_owned(),
@@ -135,7 +145,8 @@ async fn kickoff(
         url: format!("{}{}", state.settings.public_base_url, path),
     };
     let mut request = parse_kickoff(&input, &state.caps)?;
-    check_limits(&request, &state.settings.limits)?;
+    check_limits(&request, limits)?;
+    narrow_to_grant(&mut request, &caller.grant).map_err(ApiError::Forbidden)?;
     let now = chrono::Utc::now();
     match &level {
         ExportLevel::Group(id) => {
@@ -165,6 +176,28 @@ async fn kickoff(
         _ => {}
     }
 
+    // Before any work is queued: a running identical export is answered again, and a
+    // client at its limit waits.
+    let running = state.jobs.active_of(&caller.id).await?;
+    if !no_cache(headers)
+        && let Some(same) = running.iter().find(|j| same_request(&j.request, &request))
+    {
+        tracing::info!(job_id = %same.id, client_id = %caller.client_id(), "identical kick-off answered with the running export");
+        return Ok(accepted(
+            state,
+            &same.id,
+            &same.request,
+            "an identical export is running",
+        ));
+    }
+    if running.len() >= limits.active_exports {
+        return Err(ApiError::TooManyExports {
+            active: running.len(),
+            limit: limits.active_exports,
+            retry_after_secs: state.settings.retry_after.as_secs().max(1) * 5,
+        });
+    }
+
     let id = JobId::new();
     // On a store whose top-level folders are containers (an Azure account), an export
     // without `_container` gets a container of its own.
@@ -177,7 +210,7 @@ async fn kickoff(
     let job = Job {
         output_prefix: layout::export_prefix(container.as_deref(), &id),
         id,
-        owner: caller.0,
+        owner: caller.id.clone(),
         state: JobState::Accepted,
         version: 1,
         request,
@@ -220,15 +253,44 @@ async fn kickoff(
         ignored = job.request.ignored.len(),
         "export accepted"
     );
-    let location = state.settings.status_url(&job.id);
+    Ok(accepted(state, &job.id, &job.request, "export accepted"))
+}
+
+/// 202 with the status URL of `id` in `Content-Location`.
+fn accepted(
+    state: &KickoffState,
+    id: &JobId,
+    request: &crate::request::ExportRequest,
+    what: &str,
+) -> Response {
+    let location = state.settings.status_url(id);
     let mut resp = outcome_response(
         StatusCode::ACCEPTED,
         &single(Issue::information(format!(
-            "export accepted; poll {location} for its status"
+            "{what}; poll {location} for its status"
         ))),
     );
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::CONTENT_LOCATION, v);
     }
-    Ok(resp)
+    resp.extensions_mut().insert(super::audit::AuditTypes(
+        crate::auth::needed_grant(request).describe(),
+    ));
+    resp
+}
+
+/// `Cache-Control: no-cache`: the client wants a new export even if an identical one runs.
+fn no_cache(headers: &HeaderMap) -> bool {
+    header_values(headers, header::CACHE_CONTROL)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+}
+
+/// Whether two kick-offs ask for the same export (everything parsed, the URL included).
+fn same_request(a: &crate::request::ExportRequest, b: &crate::request::ExportRequest) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

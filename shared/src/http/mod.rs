@@ -11,6 +11,7 @@
 //! | files | `GET /_export/{job}/files/{*name}` |
 //! | metadata | `GET /metadata` |
 
+mod audit;
 mod caller;
 mod cancel;
 pub mod error;
@@ -100,24 +101,34 @@ pub fn kickoff_router(state: KickoffState) -> Router {
         .route("/Patient/%24export", patient)
         .route("/Group/{id}/$export", group.clone())
         .route("/Group/{id}/%24export", group)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.settings.limits.body_bytes,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            "kickoff",
+            audit::audit,
+        ))
         .with_state(state)
 }
 
 pub fn status_router(state: StatusState) -> Router {
     Router::new()
         .route(STATUS_PATH, get(status::status))
+        .route_layer(axum::middleware::from_fn_with_state("status", audit::audit))
         .with_state(state)
 }
 
 pub fn cancel_router(state: CancelState) -> Router {
     Router::new()
         .route(STATUS_PATH, delete(cancel::cancel))
+        .route_layer(axum::middleware::from_fn_with_state("cancel", audit::audit))
         .with_state(state)
 }
 
 pub fn files_router(state: FilesState) -> Router {
     Router::new()
         .route(FILES_PATH, get(files::file))
+        .route_layer(axum::middleware::from_fn_with_state("file", audit::audit))
         .with_state(state)
 }
 
@@ -148,15 +159,26 @@ pub fn with_fallbacks(router: Router) -> Router {
 }
 
 /// The job at `id` if it exists and belongs to `caller`; otherwise `JobNotFound`, the same
-/// answer for a malformed id, an unknown job and someone else's job.
+/// answer for a malformed id, an unknown job and someone else's job. `Forbidden` when the
+/// caller's scopes no longer cover the export's types.
 pub(crate) async fn owned_job(
     jobs: &dyn JobStore,
     caller: &Caller,
     id: &str,
 ) -> Result<Job, ApiError> {
     let id = JobId::parse(id).map_err(|_| ApiError::JobNotFound)?;
-    match jobs.get(&id).await? {
-        Some(job) if job.owner == caller.0 => Ok(job),
-        _ => Err(ApiError::JobNotFound),
+    let job = match jobs.get(&id).await? {
+        Some(job) if job.owner == caller.id => job,
+        _ => return Err(ApiError::JobNotFound),
+    };
+    // The owner's token may have narrower scopes now than at kick-off.
+    let needed = crate::auth::needed_grant(&job.request);
+    if !caller.grant.covers(&needed) {
+        return Err(ApiError::Forbidden(format!(
+            "the access token's scopes ({}) no longer cover the types of this export ({})",
+            caller.grant.describe(),
+            needed.describe()
+        )));
     }
+    Ok(job)
 }

@@ -166,6 +166,20 @@ pub trait JobStore: Send + Sync {
     /// Active jobs (see [`crate::job::JobState::is_active`]) with no progress since `before`.
     async fn stalled(&self, before: DateTime<Utc>) -> Result<Vec<Job>, StoreError>;
 
+    /// Active jobs of `owner`: the kick-off's per-client limit and its reuse of an identical
+    /// running export. The default filters every active job ([`JobStore::stalled`] with a
+    /// bound in the far future): active jobs are few, and on DynamoDB they are the sparse
+    /// `active` index.
+    async fn active_of(&self, owner: &str) -> Result<Vec<Job>, StoreError> {
+        let far = Utc::now() + chrono::Duration::days(36_500);
+        Ok(self
+            .stalled(far)
+            .await?
+            .into_iter()
+            .filter(|j| j.owner == owner)
+            .collect())
+    }
+
     /// Jobs whose `expires_at` is before `now`.
     async fn expired(&self, now: DateTime<Utc>) -> Result<Vec<Job>, StoreError>;
 

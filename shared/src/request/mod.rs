@@ -80,6 +80,11 @@ pub struct ExportRequest {
     #[serde(default)]
     pub allow_partial_manifests: bool,
     pub handling: Handling,
+    /// The types the caller's scopes permitted at kick-off; `None`: every type. The export
+    /// never holds a type outside them, and status, cancel and files ask the caller's scopes
+    /// to cover them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<std::collections::BTreeSet<ResourceType>>,
     /// What lenient handling ignored, one issue per parameter; written to the manifest's
     /// `error` files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -175,6 +180,16 @@ pub struct Limits {
     pub type_filters: usize,
     /// Values in all of them together (`code=a,b,c` is three).
     pub filter_values: usize,
+    /// Characters of one `_typeFilter` query.
+    pub type_filter_chars: usize,
+    /// `patient` references of a POST kick-off.
+    pub patients: usize,
+    /// Bytes of a kick-off's query string.
+    pub query_bytes: usize,
+    /// Bytes of a POST kick-off's body.
+    pub body_bytes: usize,
+    /// Exports one client may have running at once.
+    pub active_exports: usize,
 }
 
 impl Default for Limits {
@@ -182,12 +197,29 @@ impl Default for Limits {
         Limits {
             type_filters: 1_000,
             filter_values: 200_000,
+            // A 100,000-value token list is about 1 MB; the body and query bounds hold
+            // anything longer anyway.
+            type_filter_chars: 1 << 20,
+            patients: 100_000,
+            query_bytes: 64 * 1024,
+            body_bytes: 8 * 1024 * 1024,
+            active_exports: 10,
         }
     }
 }
 
 /// Refuses a request whose filters go past `limits`, naming the limit.
 pub fn check_limits(req: &ExportRequest, limits: &Limits) -> Result<(), KickoffError> {
+    if req.patients.len() > limits.patients {
+        return Err(KickoffError::TooCostly {
+            name: "patient".into(),
+            message: format!(
+                "{} patients; at most {} are accepted per request (FHIR_EXPORT_MAX_PATIENTS): export a Group, or split the list",
+                req.patients.len(),
+                limits.patients
+            ),
+        });
+    }
     let queries = req.type_filters.len();
     if queries > limits.type_filters {
         return Err(KickoffError::TooCostly {
@@ -209,6 +241,20 @@ pub fn check_limits(req: &ExportRequest, limits: &Limits) -> Result<(), KickoffE
             message: format!(
                 "{values} values; at most {} are accepted per request (FHIR_EXPORT_MAX_FILTER_VALUES)",
                 limits.filter_values
+            ),
+        });
+    }
+    if let Some(long) = req
+        .type_filters
+        .iter()
+        .map(|f| f.raw.chars().count())
+        .find(|n| *n > limits.type_filter_chars)
+    {
+        return Err(KickoffError::TooCostly {
+            name: "_typeFilter".into(),
+            message: format!(
+                "a query of {long} characters; at most {} are accepted (FHIR_EXPORT_MAX_TYPE_FILTER_CHARS)",
+                limits.type_filter_chars
             ),
         });
     }

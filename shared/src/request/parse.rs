@@ -97,6 +97,7 @@ pub fn parse_kickoff(
             organize_output_by: None,
             allow_partial_manifests: false,
             handling: prefs.handling,
+            scope: None,
             ignored: Vec::new(),
         },
         output_format: None,

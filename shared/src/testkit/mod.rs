@@ -37,6 +37,7 @@ pub fn sample_job(state: JobState, now: DateTime<Utc>) -> Job {
             organize_output_by: None,
             allow_partial_manifests: false,
             handling: Handling::Strict,
+            scope: None,
             ignored: vec![],
         },
         transaction_time: now,

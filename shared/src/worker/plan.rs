@@ -533,12 +533,15 @@ fn export_types(job: &Job, available: &[ResourceType]) -> Vec<ResourceType> {
     if job.request.is_patient_level() {
         types.retain(|t| in_patient_compartment(*t));
     }
+    let permitted = |t: &ResourceType| job.request.scope.as_ref().is_none_or(|s| s.contains(t));
     if !job.request.include_associated.is_empty()
         && available.contains(&ResourceType::PROVENANCE)
         && !types.contains(&ResourceType::PROVENANCE)
     {
         types.push(ResourceType::PROVENANCE);
     }
+    // The caller's scopes at kick-off bound the export, whatever else asks for a type.
+    types.retain(permitted);
     types
 }
 

@@ -9,16 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA384, RsaKeyPair,
-};
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::jose::SigningKey;
 use crate::ports::SourceError;
 
 /// A token is renewed this long before it expires (or at half its life, if shorter).
@@ -44,11 +39,6 @@ pub struct Smart {
     cached: Mutex<Option<(String, Instant)>>,
 }
 
-enum SigningKey {
-    Rs384(RsaKeyPair),
-    Es384(EcdsaKeyPair),
-}
-
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -60,79 +50,6 @@ impl std::fmt::Debug for Auth {
                 s.client_id,
                 s.key.alg()
             ),
-        }
-    }
-}
-
-impl SigningKey {
-    /// A PEM private key: PKCS#8 (`PRIVATE KEY`, RSA or P-384), PKCS#1 (`RSA PRIVATE KEY`) or
-    /// SEC1 (`EC PRIVATE KEY`, P-384).
-    fn from_pem(pem: &str) -> Result<SigningKey, String> {
-        let label = pem
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("-----BEGIN "))
-            .and_then(|l| l.strip_suffix("-----"))
-            .ok_or("not a PEM private key (no -----BEGIN line)")?
-            .to_owned();
-        let body: String = pem
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.starts_with("-----") && !l.contains(':'))
-            .collect();
-        let der = STANDARD
-            .decode(body)
-            .map_err(|_| "the PEM body is not base64")?;
-        let rejected = |what: &str| format!("the {what} key is not usable");
-        match label.as_str() {
-            "PRIVATE KEY" => RsaKeyPair::from_pkcs8(&der)
-                .map(SigningKey::Rs384)
-                .or_else(|_| {
-                    EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &der)
-                        .map(SigningKey::Es384)
-                })
-                .map_err(|_| "the PKCS#8 key is neither RSA nor EC P-384".to_owned()),
-            "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der)
-                .map(SigningKey::Rs384)
-                .map_err(|_| rejected("RSA")),
-            "EC PRIVATE KEY" => {
-                EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_FIXED_SIGNING, &der)
-                    .map(SigningKey::Es384)
-                    .map_err(|_| rejected("EC (P-384 only)"))
-            }
-            other => Err(format!("a PEM `{other}` is not a private key")),
-        }
-    }
-
-    fn alg(&self) -> &'static str {
-        match self {
-            SigningKey::Rs384(_) => "RS384",
-            SigningKey::Es384(_) => "ES384",
-        }
-    }
-
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        let rng = SystemRandom::new();
-        match self {
-            SigningKey::Rs384(k) => {
-                let mut sig = vec![0; k.public_modulus_len()];
-                k.sign(&RSA_PKCS1_SHA384, &rng, message, &mut sig)
-                    .map_err(|_| "RS384 signing failed")?;
-                Ok(sig)
-            }
-            SigningKey::Es384(k) => k
-                .sign(&rng, message)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| "ES384 signing failed".to_owned()),
-        }
-    }
-
-    /// The public key, for tests that play the token endpoint.
-    #[cfg(test)]
-    fn public(&self) -> Vec<u8> {
-        use aws_lc_rs::signature::KeyPair;
-        match self {
-            SigningKey::Rs384(k) => k.public_key().as_ref().to_vec(),
-            SigningKey::Es384(k) => k.public_key().as_ref().to_vec(),
         }
     }
 }
@@ -175,8 +92,8 @@ impl Auth {
         })))
     }
 
-    /// The token to send to `base`, if any.
-    pub(crate) async fn token(
+    /// The token to send to `base`, if any (renewed shortly before it expires).
+    pub async fn token(
         &self,
         http: &reqwest::Client,
         base: &str,
@@ -194,7 +111,7 @@ impl Auth {
     }
 
     /// Drops a cached token (the server refused it).
-    pub(crate) async fn invalidate(&self) {
+    pub async fn invalidate(&self) {
         if let Auth::Smart(s) = self {
             *s.cached.lock().await = None;
         }
@@ -296,10 +213,6 @@ impl Smart {
 
     /// The signed `client_assertion` for the token endpoint `aud`.
     fn assertion(&self, aud: &str) -> Result<String, String> {
-        let mut header = json!({"alg": self.key.alg(), "typ": "JWT"});
-        if let Some(kid) = &self.kid {
-            header["kid"] = json!(kid);
-        }
         let now = chrono::Utc::now().timestamp();
         let claims = json!({
             "iss": self.client_id,
@@ -309,13 +222,7 @@ impl Smart {
             "iat": now,
             "jti": uuid::Uuid::new_v4().to_string(),
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = self.key.sign(signing_input.as_bytes())?;
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+        crate::jose::sign(&self.key, self.kid.as_deref(), &claims)
     }
 }
 
@@ -338,22 +245,7 @@ fn string_field(body: &[u8], url: &str, field: &str) -> Result<(Value, String), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::signature::{
-        ECDSA_P384_SHA384_FIXED, RSA_PKCS1_2048_8192_SHA384, UnparsedPublicKey,
-    };
-
-    fn pem(label: &str, der: &[u8]) -> String {
-        let b64 = STANDARD.encode(der);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap_or_default())
-            .collect();
-        format!(
-            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-            lines.join("\n")
-        )
-    }
+    use crate::jose::{Expect, KeySet, Unverified};
 
     fn smart(key_pem: String) -> Arc<Smart> {
         let auth = Auth::from_lookup(&|k| match k {
@@ -369,46 +261,36 @@ mod tests {
         }
     }
 
-    fn check(s: &Smart, jwt: &str, alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm) {
-        let (input, sig) = jwt.rsplit_once('.').expect("three parts");
-        let sig = URL_SAFE_NO_PAD.decode(sig).expect("b64");
-        UnparsedPublicKey::new(alg, s.key.public())
-            .verify(input.as_bytes(), &sig)
-            .expect("signature verifies");
-        let (h, c) = input.split_once('.').expect("header.claims");
-        let header: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).expect("h")).expect("h");
-        let claims: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).expect("c")).expect("c");
-        assert_eq!(header["alg"], s.key.alg());
-        assert_eq!(header["kid"], "k1");
-        assert_eq!(claims["iss"], "exporter");
-        assert_eq!(claims["sub"], "exporter");
-        assert_eq!(claims["aud"], "https://auth.example/token");
-        assert!(claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat") <= 300);
+    fn check(s: &Smart, jwt: &str) {
+        let keys = KeySet::from_jwks(&json!({"keys": [s.key.public_jwk("k1")]})).expect("jwks");
+        let t = Unverified::parse(jwt).expect("parse");
+        t.verify(&keys).expect("signature verifies");
+        t.check_claims(&Expect {
+            issuers: vec!["exporter"],
+            audiences: vec!["https://auth.example/token"],
+            leeway_secs: 0,
+            now: chrono::Utc::now().timestamp(),
+        })
+        .expect("claims");
+        assert_eq!(t.header["alg"], s.key.alg());
+        assert_eq!(t.kid(), Some("k1"));
+        assert_eq!(t.claims["sub"], "exporter");
+        assert!(
+            t.claims["exp"].as_i64().expect("exp") - t.claims["iat"].as_i64().expect("iat") <= 300
+        );
     }
 
     #[test]
     fn assertions_are_signed_rs384_or_es384_by_the_key() {
-        let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
-        let der = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&rsa)
-            .expect("der");
-        let s = smart(pem("PRIVATE KEY", der.as_ref()));
-        check(
-            &s,
-            &s.assertion("https://auth.example/token").expect("jwt"),
-            &RSA_PKCS1_2048_8192_SHA384,
-        );
+        let rsa = SigningKey::generate_rs384().expect("rsa");
+        let s = smart(rsa.to_pem().expect("pem"));
+        assert_eq!(s.key.alg(), "RS384");
+        check(&s, &s.assertion("https://auth.example/token").expect("jwt"));
 
-        let ec = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).expect("ec");
-        let der = ec.to_pkcs8v1().expect("der");
-        let s = smart(pem("PRIVATE KEY", der.as_ref()));
+        let ec = SigningKey::generate_es384().expect("ec");
+        let s = smart(ec.to_pem().expect("pem"));
         assert_eq!(s.key.alg(), "ES384");
-        check(
-            &s,
-            &s.assertion("https://auth.example/token").expect("jwt"),
-            &ECDSA_P384_SHA384_FIXED,
-        );
+        check(&s, &s.assertion("https://auth.example/token").expect("jwt"));
     }
 
     #[test]
