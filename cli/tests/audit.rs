@@ -47,7 +47,11 @@ async fn every_request_leaves_one_audit_line_and_no_secret() {
         .arg(&keys)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pem = std::fs::read_to_string(keys.join("app.private.pem")).unwrap();
     let key = shared::jose::SigningKey::from_pem(&pem).unwrap();
     assert_eq!(key.alg(), "ES384");
@@ -56,7 +60,13 @@ async fn every_request_leaves_one_audit_line_and_no_secret() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}/fhir");
     let child = Command::new(EXE)
-        .args(["serve", "--workers", "2", "--bind", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--workers",
+            "2",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
         .arg("--state")
         .arg(dir.path().join("state"))
         .arg("--auth-client")
@@ -114,11 +124,19 @@ async fn every_request_leaves_one_audit_line_and_no_secret() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let status_url = resp.headers()["content-location"].to_str().unwrap().to_owned();
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let job = status_url.rsplit('/').next().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     let manifest: Value = loop {
-        let resp = http.get(&status_url).bearer_auth(&token).send().await.unwrap();
+        let resp = http
+            .get(&status_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         if resp.status() == 200 {
             break resp.json().await.unwrap();
         }
@@ -142,18 +160,31 @@ async fn every_request_leaves_one_audit_line_and_no_secret() {
         .await
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert!(!patient_ids.is_empty());
     let refused = http.get(&status_url).send().await.unwrap();
     assert_eq!(refused.status(), 401);
-    let cancelled = http.delete(&status_url).bearer_auth(&token).send().await.unwrap();
+    let cancelled = http
+        .delete(&status_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancelled.status(), 202);
 
     // The audit lines are written as the requests end; give the writer a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = std::fs::read_to_string(&audit).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(lines.iter().all(|l| l["target"] == "audit"), "{text}");
     let events: Vec<&str> = lines
         .iter()
@@ -167,27 +198,43 @@ async fn every_request_leaves_one_audit_line_and_no_secret() {
     );
     // One per request: one token, one kick-off, one file, one refusal, one cancel.
     for one in ["token", "kickoff", "file", "refused", "cancel"] {
-        assert_eq!(events.iter().filter(|e| **e == one).count(), 1, "{one}: {text}");
+        assert_eq!(
+            events.iter().filter(|e| **e == one).count(),
+            1,
+            "{one}: {text}"
+        );
     }
     for l in &lines {
         let f = &l["fields"];
         match f["event"].as_str().unwrap() {
             "refused" => assert_eq!(f["outcome"], 401),
-            "token" => assert_eq!((&f["client_id"], &f["outcome"]), (&json!("app"), &json!(200))),
+            "token" => assert_eq!(
+                (&f["client_id"], &f["outcome"]),
+                (&json!("app"), &json!(200))
+            ),
             _ => {
                 assert_eq!(f["client_id"], "app", "{l}");
                 assert_eq!(f["job_id"], job.as_str(), "{l}");
             }
         }
     }
-    let kickoff = lines.iter().find(|l| l["fields"]["event"] == "kickoff").unwrap();
+    let kickoff = lines
+        .iter()
+        .find(|l| l["fields"]["event"] == "kickoff")
+        .unwrap();
     assert_eq!(kickoff["fields"]["outcome"], 202);
     assert_eq!(kickoff["fields"]["types"], "Condition, Patient");
-    let file_line = lines.iter().find(|l| l["fields"]["event"] == "file").unwrap();
+    let file_line = lines
+        .iter()
+        .find(|l| l["fields"]["event"] == "file")
+        .unwrap();
     assert_eq!(file_line["fields"]["types"], "Patient");
     // Nothing secret or identifying.
     assert!(!text.contains(&token) && !text.contains(&assertion));
     for id in &patient_ids {
-        assert!(!text.contains(id.as_str()), "patient id {id} in the audit log");
+        assert!(
+            !text.contains(id.as_str()),
+            "patient id {id} in the audit log"
+        );
     }
 }
