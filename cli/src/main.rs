@@ -67,6 +67,17 @@ enum Command {
         /// `system/*.read system/*.rs`), e.g. `--auth-client-scopes "app=system/Patient.rs"`.
         #[arg(long = "auth-client-scopes", value_name = "ID=SCOPES", env = "FHIR_EXPORT_AUTH_CLIENT_SCOPES", value_delimiter = ';', value_parser = fhir_export::auth::id_and_value)]
         auth_client_scopes: Vec<(String, String)>,
+        /// POST every export's end (completed, failed, cancelled) to this URL as JSON, signed
+        /// with HMAC-SHA256 of FHIR_EXPORT_EVENTS_WEBHOOK_SECRET when set; retried with backoff.
+        #[arg(long, value_name = "URL", env = "FHIR_EXPORT_EVENTS_WEBHOOK")]
+        events_webhook: Option<String>,
+        /// Append every export's end to this file, one JSON line each.
+        #[arg(long, value_name = "FILE", env = "FHIR_EXPORT_EVENTS_LOG")]
+        events_log: Option<PathBuf>,
+        /// Run the scheduled exports of this JSON file ({"schedules": [...]}; each run
+        /// exports what changed since the last completed one).
+        #[arg(long, value_name = "FILE", env = "FHIR_EXPORT_SCHEDULES")]
+        schedules: Option<PathBuf>,
     },
     /// Start the server on its embedded defaults, run one system export against it over
     /// HTTP, print the manifest and where the files are, and stop.
@@ -153,6 +164,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             sweep_secs,
             auth_clients,
             auth_client_scopes,
+            events_webhook,
+            events_log,
+            schedules,
         } => {
             let server = start(ServeConfig {
                 bind,
@@ -171,6 +185,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
                     .map(|(id, file)| (id, PathBuf::from(file)))
                     .collect(),
                 auth_client_scopes,
+                events_webhook,
+                events_log,
+                schedules,
             })
             .await?;
             eprintln!(

@@ -65,6 +65,12 @@ pub struct ServeConfig {
     /// Scopes a registered client may be given (space-separated), by client id; others get
     /// `system/*.read system/*.rs`.
     pub auth_client_scopes: Vec<(String, String)>,
+    /// A URL every export's end is `POST`ed to (`docs/scheduled-exports.md`).
+    pub events_webhook: Option<String>,
+    /// A file every export's end is appended to, one JSON line each.
+    pub events_log: Option<PathBuf>,
+    /// A JSON file of schedules the server runs (`docs/scheduled-exports.md`).
+    pub schedules: Option<PathBuf>,
 }
 
 /// A function that wraps a port in another implementation of it.
@@ -119,6 +125,9 @@ impl ServeConfig {
             wrap: Wrappers::default(),
             auth_clients: Vec::new(),
             auth_client_scopes: Vec::new(),
+            events_webhook: None,
+            events_log: None,
+            schedules: None,
         }
     }
 }
@@ -165,6 +174,10 @@ pub enum ServeError {
     OpenOnNetwork { addr: SocketAddr },
     #[error("authentication: {0}")]
     Auth(String),
+    #[error("events: {0}")]
+    Events(String),
+    #[error("schedules: {0}")]
+    Schedules(String),
 }
 
 /// Takes the state folder for this process: the SQLite file in it is one process's (its
@@ -488,15 +501,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     }
     settings.authenticated = gate.is_some();
     let settings = Arc::new(settings);
+    let schedule_defs = match &config.schedules {
+        Some(path) => crate::schedules::load(path)?,
+        None => Vec::new(),
+    };
+    let issuer = gate.as_ref().and_then(|g| g.issuers.first().cloned());
+    let kickoff = KickoffState {
+        jobs: jobs.clone(),
+        queue: queue.clone(),
+        source: source.clone(),
+        settings: settings.clone(),
+        caps: Capabilities::CURRENT,
+        schedules: crate::schedules::book(&schedule_defs, issuer.clone()),
+    };
 
     let protected = Router::new()
-        .merge(kickoff_router(KickoffState {
-            jobs: jobs.clone(),
-            queue: queue.clone(),
-            source: source.clone(),
-            settings: settings.clone(),
-            caps: Capabilities::CURRENT,
-        }))
+        .merge(kickoff_router(kickoff.clone()))
         .merge(status_router(StatusState {
             jobs: jobs.clone(),
             output: output.clone(),
@@ -505,6 +525,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         .merge(cancel_router(CancelState {
             jobs: jobs.clone(),
             output: output.clone(),
+            queue: queue.clone(),
             settings: settings.clone(),
         }))
         .merge(files_router(FilesState {
@@ -548,7 +569,21 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         output: output.clone(),
         source,
         settings: settings.clone(),
+        events: crate::events::sink(&config, &env)?,
     };
+    if !schedule_defs.is_empty() {
+        tracing::info!(
+            schedules = schedule_defs.len(),
+            "scheduled exports on (--schedules)"
+        );
+        tasks.extend(crate::schedules::spawn(
+            schedule_defs,
+            kickoff,
+            deps.events.clone(),
+            issuer,
+            shutdown.clone(),
+        ));
+    }
     if config.workers > 0 {
         tasks.extend(spawn_pool(
             deps.clone(),

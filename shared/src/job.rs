@@ -107,6 +107,9 @@ pub struct Job {
     /// Set by the plan step.
     #[serde(default)]
     pub plan: JobPlan,
+    /// The schedule that started this export, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 impl Job {

@@ -24,6 +24,7 @@ pub mod ndjson;
 pub mod outcome;
 pub mod ports;
 pub mod request;
+pub mod schedule;
 pub mod search;
 pub mod settings;
 #[cfg(any(test, feature = "testkit"))]

@@ -34,6 +34,7 @@ pub enum IssueCode {
     Incomplete,
     TooCostly,
     Informational,
+    Conflict,
 }
 
 impl IssueCode {
@@ -56,6 +57,7 @@ impl IssueCode {
             IssueCode::Incomplete => "incomplete",
             IssueCode::TooCostly => "too-costly",
             IssueCode::Informational => "informational",
+            IssueCode::Conflict => "conflict",
         }
     }
 }

@@ -24,7 +24,7 @@ use shared::adapters::aws::sqs::{SqsQueue, create_queue_pair};
 use shared::adapters::ndjson_source::NdjsonSource;
 use shared::config::Env;
 use shared::http::KickoffState;
-use shared::ports::{ObjectStore, WorkQueue};
+use shared::ports::{EventSink, ObjectStore, WorkQueue};
 use shared::request::Capabilities;
 use shared::worker::WorkerDeps;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,10 @@ pub struct Stack {
     pub work_arn: String,
     pub dead_arn: String,
     pub jobs: Arc<DynamoJobStore>,
+    /// The DynamoDB table of `jobs`.
+    pub table: String,
+    /// The source bucket's store, rooted where the source reads (`s3://<bucket>/data/`).
+    pub source_objects: Arc<S3Store>,
     /// The S3 output bucket's store (unused when `FHIR_EXPORT_OUTPUT` names another store).
     pub output: Arc<S3Store>,
     pub output_bucket: String,
@@ -120,7 +124,8 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
                 .unwrap();
         }
     }
-    let jobs = Arc::new(DynamoJobStore::new(&aws, &unique("jobs")));
+    let table = unique("jobs");
+    let jobs = Arc::new(DynamoJobStore::new(&aws, &table));
     jobs.create_table().await.unwrap();
     let (work, dead) =
         create_queue_pair(&aws, &unique("work"), Duration::from_secs(2), max_receives)
@@ -147,7 +152,8 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
         &aws,
         S3Location::parse(&format!("s3://{output_bucket}/exports/")).unwrap(),
     ));
-    let source = Arc::new(NdjsonSource::new(Arc::new(s3), ""));
+    let source_objects = Arc::new(s3);
+    let source = Arc::new(NdjsonSource::new(source_objects.clone(), ""));
     let exports: Arc<dyn ObjectStore> = if vars.contains_key("FHIR_EXPORT_OUTPUT") {
         fn_common::store(&Env::new(|k| vars.get(k).cloned()), "FHIR_EXPORT_OUTPUT")
             .await
@@ -163,11 +169,17 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
             source: source.clone(),
             settings: settings.clone(),
             caps: Capabilities::CURRENT,
+            schedules: Default::default(),
         },
         &config,
     );
     let status_app = status::app(jobs.clone(), exports.clone(), &config);
-    let cancel_app = cancel::app(jobs.clone(), exports.clone(), &config);
+    let cancel_app = cancel::app(
+        jobs.clone(),
+        exports.clone(),
+        Arc::new(work.clone()),
+        &config,
+    );
     let apps = Apps {
         kickoff: kickoff_app.clone(),
         status: status_app.clone(),
@@ -177,7 +189,8 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
     let gateway = Router::new().fallback(move |req: Request| {
         let (k, s, c) = (kickoff_app.clone(), status_app.clone(), cancel_app.clone());
         async move {
-            let target = if req.uri().path().ends_with("/$export") {
+            let path = req.uri().path();
+            let target = if path.ends_with("/$export") || path.contains("/_schedules") {
                 k
             } else if req.method() == axum::http::Method::DELETE {
                 c
@@ -204,8 +217,14 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
             output: exports.clone(),
             source,
             settings,
+            events: Arc::new(shared::ports::NoEvents),
         },
         dead_letter_arn: Some(dead_arn.clone()),
+        // As `Worker::from_env` reads it: scheduled runs belong to `<issuer>#<owner>`.
+        issuer: vars
+            .get("FHIR_EXPORT_AUTH_ISSUER")
+            .filter(|i| !i.is_empty())
+            .cloned(),
     });
     Some(Stack {
         base: format!("{public}/fhir"),
@@ -217,6 +236,8 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
         work_arn,
         dead_arn,
         jobs,
+        table,
+        source_objects,
         output,
         output_bucket,
         exports,
@@ -259,6 +280,21 @@ pub fn sqs_event(messages: &[aws_sdk_sqs::types::Message], arn: &str) -> Value {
 }
 
 impl Stack {
+    /// The same stack with its worker announcing the end of each export on `events` (the
+    /// deployed worker's `FHIR_EXPORT_EVENT_BUS`); call before [`Stack::spawn_harness`].
+    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> Self {
+        let old = &self.worker;
+        self.worker = Arc::new(worker::Worker {
+            deps: WorkerDeps {
+                events,
+                ..old.deps.clone()
+            },
+            dead_letter_arn: old.dead_letter_arn.clone(),
+            issuer: old.issuer.clone(),
+        });
+        self
+    }
+
     /// Receives up to `max` messages of a queue and hands them to the worker in one event,
     /// deleting those it did not report as failed (as the event source mapping does).
     /// Returns how many were received.

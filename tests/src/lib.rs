@@ -58,6 +58,10 @@ pub struct Options {
     pub auth_client_scopes: Vec<(String, String)>,
     /// Address to bind (default `127.0.0.1:0`).
     pub bind: Option<std::net::SocketAddr>,
+    /// `--schedules`, `--events-webhook`, `--events-log`.
+    pub schedules: Option<PathBuf>,
+    pub events_webhook: Option<String>,
+    pub events_log: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -73,6 +77,9 @@ impl Default for Options {
             auth_clients: Vec::new(),
             auth_client_scopes: Vec::new(),
             bind: None,
+            schedules: None,
+            events_webhook: None,
+            events_log: None,
         }
     }
 }
@@ -122,6 +129,9 @@ impl TestServer {
             .unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
         config.auth_clients = opts.auth_clients;
         config.auth_client_scopes = opts.auth_client_scopes;
+        config.schedules = opts.schedules;
+        config.events_webhook = opts.events_webhook;
+        config.events_log = opts.events_log;
         config.source = Some(
             opts.source_url
                 .unwrap_or_else(|| source.display().to_string()),

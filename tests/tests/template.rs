@@ -115,6 +115,7 @@ fn actions(text: &str) -> BTreeSet<String> {
                 "logs:",
                 "secretsmanager:",
                 "ec2:",
+                "events:",
             ]
             .iter()
             .any(|p| a.starts_with(p))
@@ -166,6 +167,37 @@ fn conditional_statement_on(role: &str, action: &str, on: &str) -> Option<(Strin
         "{role}: {action} in more than one statement"
     );
     found.pop()
+}
+
+/// The statement of `role` whose `Sid` is `sid`: the `- Sid:` line and everything indented
+/// deeper than its dash.
+fn statement_by_sid(role: &str, sid: &str) -> String {
+    let r = resource(role);
+    let lines: Vec<&str> = r.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == format!("- Sid: {sid}"))
+        .unwrap_or_else(|| panic!("{role}: no statement {sid}"));
+    let indent = indent_of(lines[at]);
+    std::iter::once(lines[at])
+        .chain(
+            lines[at + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || indent_of(l) > indent)
+                .copied(),
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `Resource` lines of a statement, trimmed.
+fn resource_lines(statement: &str) -> Vec<String> {
+    statement
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Resource"))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -268,6 +300,128 @@ fn worker_event_sources() {
 
     let sweep = block(&events, 8, "Sweep").expect("schedule event");
     assert!(sweep.contains("Type: Schedule") && sweep.contains("Schedule: rate(5 minutes)"));
+
+    let names: BTreeSet<String> = events
+        .lines()
+        .filter(|l| indent_of(l) == 8 && !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.trim().strip_suffix(':'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        names,
+        set(&["Work", "DeadLetters", "Sweep", "ExampleSchedule"])
+    );
+}
+
+/// A `!Sub '...'` value as CloudFormation substitutes it: YAML's single quotes removed (`''`
+/// is one quote) and each `${Name}` replaced by `values[Name]` (`${!Name}` is the literal
+/// `${Name}`). Panics on a `${...}` without a value.
+fn substitute(sub: &str, values: &BTreeMap<&str, String>) -> String {
+    let quoted = sub
+        .strip_prefix("!Sub '")
+        .and_then(|s| s.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("not a single-quoted !Sub: {sub}"));
+    let mut rest = quoted.replace("''", "'");
+    let mut out = String::new();
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('}').expect("unclosed ${") + at;
+        let name = &rest[at + 2..end];
+        match name.strip_prefix('!') {
+            Some(literal) => out.push_str(&format!("${{{literal}}}")),
+            None => out.push_str(
+                values
+                    .get(name)
+                    .unwrap_or_else(|| panic!("no sample value for ${{{name}}}")),
+            ),
+        }
+        rest = rest[end + 1..].to_owned();
+    }
+    out.push_str(&rest);
+    out
+}
+
+#[test]
+fn example_schedule_hands_the_worker_a_definition() {
+    let events = block(&resource("WorkerFunction"), 6, "Events").expect("worker Events");
+    let schedule = block(&events, 8, "ExampleSchedule").expect("ExampleSchedule event");
+    assert_eq!(value_of(&schedule, "Type").as_deref(), Some("ScheduleV2"));
+    // Without an expression the schedule exists, disabled, with a placeholder cadence.
+    assert_eq!(
+        value_of(&schedule, "State").as_deref(),
+        Some("!If [HasExampleSchedule, ENABLED, DISABLED]")
+    );
+    assert_eq!(
+        value_of(&schedule, "ScheduleExpression").as_deref(),
+        Some("!If [HasExampleSchedule, !Ref ExampleScheduleExpression, rate(1 day)]")
+    );
+    assert_eq!(
+        value_of(&schedule, "ScheduleExpressionTimezone").as_deref(),
+        Some("!Ref ExampleScheduleTimezone")
+    );
+    assert!(
+        value_of(&schedule, "Name").is_some_and(|n| n.contains("${AWS::StackName}")),
+        "one schedule name per stack"
+    );
+    assert!(block(&schedule, 12, "RetryPolicy").is_some());
+
+    let params = section("Parameters");
+    let default =
+        |name: &str| value_of(&block(&params, 2, name).unwrap(), "Default").unwrap_or_default();
+    let input = value_of(&schedule, "Input").expect("ExampleSchedule Input");
+    for (query, owner) in [
+        (
+            default("ExampleScheduleQuery"),
+            default("ExampleScheduleOwner"),
+        ),
+        (
+            "_type=Patient,Observation&_typeFilter=Observation%3Fstatus%3Dfinal&_elements=id"
+                .to_owned(),
+            "client-1@example.org".to_owned(),
+        ),
+    ] {
+        let values: BTreeMap<&str, String> = [
+            ("ExampleScheduleQuery", query.clone()),
+            ("ExampleScheduleOwner", owner.clone()),
+            ("AWS::StackName", "fhir-export".to_owned()),
+            ("AWS::Region", "us-east-1".to_owned()),
+            ("AWS::AccountId", "123456789012".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let text = substitute(&input, &values);
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("ExampleSchedule Input is not JSON ({e}): {text}"));
+        let object = v.as_object().expect("an object");
+        assert_eq!(
+            object.keys().collect::<Vec<_>>(),
+            [worker::SCHEDULE_KEY],
+            "{text}"
+        );
+        let def = &v[worker::SCHEDULE_KEY];
+        assert_eq!(def["name"], "example");
+        assert_eq!(def["export"], "/$export");
+        assert_eq!(def["query"], query.as_str());
+        assert_eq!(def["owner"], owner.as_str());
+        // The worker's own reading of it (unknown fields are refused there).
+        let parsed: shared::schedule::ScheduleDef = serde_json::from_value(def.clone())
+            .unwrap_or_else(|e| panic!("the worker refuses the definition ({e}): {text}"));
+        parsed.check().unwrap();
+        assert_eq!(
+            parsed.level().unwrap(),
+            shared::request::ExportLevel::System
+        );
+        // The sample event is the same shape.
+        let sample = event("worker-scheduled-export.json");
+        assert_eq!(
+            sample[worker::SCHEDULE_KEY]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<BTreeSet<_>>(),
+            def.as_object().unwrap().keys().collect::<BTreeSet<_>>()
+        );
+    }
 }
 
 #[test]
@@ -386,6 +540,11 @@ fn parameters_conditions_and_outputs() {
         ("AzureCredentialSecretArn", Some("")),
         ("WorkerSubnetIds", Some("")),
         ("WorkerSecurityGroupIds", Some("")),
+        ("EventBusName", Some("default")),
+        ("ExampleScheduleExpression", Some("")),
+        ("ExampleScheduleTimezone", Some("UTC")),
+        ("ExampleScheduleQuery", Some("_type=Patient")),
+        ("ExampleScheduleOwner", Some("anonymous")),
         ("SourceUrl", None),
     ] {
         assert_eq!(value_of(&p(name), "Default").as_deref(), default, "{name}");
@@ -474,9 +633,28 @@ fn parameters_conditions_and_outputs() {
         "HasAzureSecret",
         "AzureSourceWithSecret",
         "UseWorkerVpc",
+        "HasExampleSchedule",
+        "HasEventBus",
     ] {
         c(name);
     }
+    assert!(
+        c("HasExampleSchedule").contains("!Not [!Equals [!Ref ExampleScheduleExpression, \"\"]]")
+    );
+    assert!(c("HasEventBus").contains("!Not [!Equals [!Ref EventBusName, \"\"]]"));
+    // The example schedule's definition is JSON built by !Sub: its query and owner may not
+    // hold what would end a JSON string.
+    let query_pattern = value_of(&p("ExampleScheduleQuery"), "AllowedPattern").unwrap();
+    assert_eq!(query_pattern, "^[^\"\\\\]*$");
+    assert_eq!(
+        value_of(&p("ExampleScheduleOwner"), "AllowedPattern").as_deref(),
+        Some("^[A-Za-z0-9._@:-]+$")
+    );
+    assert!(
+        value_of(&p("ExampleScheduleExpression"), "AllowedPattern")
+            .is_some_and(|a| a.contains("^$|") && a.contains("cron|rate")),
+        "ExampleScheduleExpression: empty, cron(...) or rate(...)"
+    );
     let azure_source = c("SourceUrlIsAzure");
     for needle in [
         "!Split [\"://\", !Ref SourceUrl]], \"az\"]",
@@ -558,7 +736,11 @@ fn environment_contract() {
         ),
         (
             "CancelFunction",
-            &["FHIR_EXPORT_OUTPUT", "FHIR_EXPORT_AZURE_SECRET"][..],
+            &[
+                "FHIR_EXPORT_OUTPUT",
+                "FHIR_EXPORT_AZURE_SECRET",
+                "FHIR_EXPORT_QUEUE_URL",
+            ][..],
         ),
         (
             "WorkerFunction",
@@ -569,10 +751,34 @@ fn environment_contract() {
                 "FHIR_EXPORT_SOURCE",
                 "FHIR_EXPORT_AZURE_SECRET",
                 "FHIR_EXPORT_UPSTREAM_SECRET",
+                "FHIR_EXPORT_EVENT_BUS",
+                "FHIR_EXPORT_AUTH_ISSUER",
             ][..],
         ),
     ] {
         assert_eq!(env_vars(&resource(function)), set(vars), "{function}");
+        // Each name is one the code reads (its crate, the functions' common crate, or the
+        // shared crate), not a typo the function would never see.
+        let bin = FUNCTIONS
+            .iter()
+            .find(|(f, _)| *f == function)
+            .map(|(_, b)| *b)
+            .unwrap();
+        let code = [
+            format!("functions/{bin}/src"),
+            "functions/common/src".to_owned(),
+            "shared/src".to_owned(),
+        ]
+        .iter()
+        .flat_map(|d| rust_sources(&root().join(d)))
+        .collect::<Vec<_>>()
+        .join("\n");
+        for var in vars {
+            assert!(
+                code.contains(&format!("\"{var}\"")),
+                "{function}: {var} is set but no code reads it"
+            );
+        }
         // Every function reads the output URL's form (an Azure account root or not).
         assert!(
             resource(function).contains(
@@ -586,6 +792,56 @@ fn environment_contract() {
     assert!(worker.contains(
         "FHIR_EXPORT_OUTPUT: !If [HasOutputUrl, !Ref OutputUrl, !Sub \"s3://${OutputBucket}/exports/\"]"
     ));
+    // Export events: the bus when one is named, none otherwise (the worker then announces
+    // nothing).
+    assert_eq!(
+        value_of(&worker, "FHIR_EXPORT_EVENT_BUS").as_deref(),
+        Some("!If [HasEventBus, !Ref EventBusName, !Ref AWS::NoValue]")
+    );
+    // Scheduled runs belong to `<issuer>#<owner>`: the worker must name the issuer exactly as
+    // the kick-off does, or a schedule's owner would not see its runs.
+    let issuer = value_of(&worker, "FHIR_EXPORT_AUTH_ISSUER");
+    assert_eq!(
+        issuer.as_deref(),
+        Some("!If [UseJwt, !Ref JwtIssuer, !Ref AWS::NoValue]")
+    );
+    assert_eq!(
+        value_of(&resource("KickoffFunction"), "FHIR_EXPORT_AUTH_ISSUER"),
+        issuer
+    );
+    for function in ["StatusFunction", "CancelFunction"] {
+        assert!(
+            !resource(function).contains("FHIR_EXPORT_AUTH_ISSUER"),
+            "{function}"
+        );
+    }
+    assert_eq!(template().matches("FHIR_EXPORT_EVENT_BUS:").count(), 1);
+    // The cancel queues the announcement of a cancelled export's end on the work queue, the
+    // one the worker consumes.
+    for function in ["KickoffFunction", "CancelFunction", "WorkerFunction"] {
+        assert_eq!(
+            value_of(&resource(function), "FHIR_EXPORT_QUEUE_URL").as_deref(),
+            Some("!Ref WorkQueue"),
+            "{function}"
+        );
+    }
+}
+
+/// The text of every `.rs` file below `dir`.
+fn rust_sources(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    out
 }
 
 #[test]
@@ -621,6 +877,7 @@ fn each_function_gets_exactly_the_iam_it_calls() {
                 "dynamodb:GetItem",
                 "dynamodb:UpdateItem",
                 "dynamodb:Query",
+                "sqs:SendMessage",
                 "s3:ListBucket",
                 "s3:DeleteObject",
                 "secretsmanager:GetSecretValue",
@@ -653,6 +910,7 @@ fn each_function_gets_exactly_the_iam_it_calls() {
                 "ec2:DeleteNetworkInterface",
                 "ec2:AssignPrivateIpAddresses",
                 "ec2:UnassignPrivateIpAddresses",
+                "events:PutEvents",
             ],
         ),
     ];
@@ -711,6 +969,44 @@ fn each_function_gets_exactly_the_iam_it_calls() {
     }
 }
 
+#[test]
+fn export_events_and_notify_grants_are_exact() {
+    // The worker alone puts events, only with a bus named, and only on that bus.
+    let (condition, statement) = conditional_statement("WorkerRole", "events:PutEvents")
+        .expect("the worker's events:PutEvents grant is conditional");
+    assert_eq!(condition, "HasEventBus");
+    assert_eq!(actions(&statement), set(&["events:PutEvents"]));
+    assert_eq!(
+        resource_lines(&statement),
+        [
+            "Resource: !Sub arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"
+        ]
+    );
+    assert!(statement.contains("- !Ref AWS::NoValue"));
+    for role in ["KickoffRole", "StatusRole", "CancelRole"] {
+        assert!(!resource(role).contains("events:"), "{role}");
+    }
+    assert_eq!(template().matches("events:PutEvents").count(), 1);
+    // A bus name, not an ARN or a pattern: the grant's ARN is built from it.
+    let bus = block(&section("Parameters"), 2, "EventBusName").unwrap();
+    let pattern = value_of(&bus, "AllowedPattern").expect("EventBusName AllowedPattern");
+    assert!(
+        !pattern.contains(':') && !pattern.contains('*'),
+        "EventBusName: {pattern}"
+    );
+
+    // The cancel sends one thing, the `notify` message, on the work queue only; it reads and
+    // deletes nothing there.
+    let notify = statement_by_sid("CancelRole", "QueueNotify");
+    assert_eq!(actions(&notify), set(&["sqs:SendMessage"]));
+    assert_eq!(resource_lines(&notify), ["Resource: !GetAtt WorkQueue.Arn"]);
+    let cancel = resource("CancelRole");
+    assert_eq!(cancel.matches("sqs:").count(), 1, "CancelRole: {cancel}");
+    assert!(!cancel.contains("DeadLetterQueue"));
+    // The status function queues nothing.
+    assert!(!resource("StatusRole").contains("sqs:"));
+}
+
 /// Route key -> the integration it targets.
 fn routes() -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -763,6 +1059,10 @@ fn http_api_routes_payload_2_and_optional_jwt() {
         ("GET /fhir/_export/{job}", "StatusIntegration"),
         ("GET /fhir/_export/{job}/files/{name+}", "StatusIntegration"),
         ("GET /fhir/metadata", "KickoffIntegration"),
+        // A client's scheduled exports, and a run started now (docs/scheduled-exports.md).
+        ("GET /fhir/_schedules", "KickoffIntegration"),
+        ("GET /fhir/_schedules/{name}", "KickoffIntegration"),
+        ("POST /fhir/_schedules/{name}/$run", "KickoffIntegration"),
         (
             "GET /fhir/.well-known/smart-configuration",
             "KickoffIntegration",
@@ -1221,6 +1521,26 @@ fn worker_events_have_the_sqs_and_schedule_shapes() {
             .starts_with("arn:aws:events:")
     );
     assert!(e["detail"].is_object() && e.get("Records").is_none());
+
+    // EventBridge Scheduler hands the worker the target's input as it is: the definition
+    // under its key, and nothing of an SQS batch or an EventBridge event.
+    let e = event("worker-scheduled-export.json");
+    assert_eq!(
+        e.as_object().unwrap().keys().collect::<Vec<_>>(),
+        [worker::SCHEDULE_KEY]
+    );
+    let def: shared::schedule::ScheduleDef =
+        serde_json::from_value(e[worker::SCHEDULE_KEY].clone()).expect("a schedule definition");
+    def.check().unwrap();
+    assert_eq!(def.name, "nightly");
+    assert_eq!(def.export, "/$export");
+    assert_eq!(def.query, "_type=Patient");
+    assert_eq!(def.owner, "anonymous");
+    assert_eq!(
+        (def.cron.as_deref(), def.rate.as_deref()),
+        (None, None),
+        "on AWS the cadence is EventBridge Scheduler's"
+    );
 }
 
 #[test]
@@ -1248,6 +1568,7 @@ fn every_event_file_is_checked() {
             "status-get.json",
             "worker-dlq.json",
             "worker-schedule.json",
+            "worker-scheduled-export.json",
             "worker-sqs-plan.json",
         ],
         "a new event needs its shape checked here"

@@ -84,6 +84,9 @@ pub enum ClientError {
         lines: u64,
         count: u64,
     },
+    /// The `--since auto` state file cannot be used (see `client::since`).
+    #[error("--since auto: {}: {message}", path.display())]
+    SinceState { path: PathBuf, message: String },
     #[error("cannot write {}", path.display())]
     Io {
         path: PathBuf,

@@ -24,6 +24,10 @@
 //!   origin.
 //! - **Interrupts**: Ctrl-C stops the client; with `--cancel-on-interrupt` it first sends
 //!   `DELETE` to the status URL, otherwise the export keeps running and can be re-attached to.
+//! - **`--since auto`** ([`since`]): `_since` is the `transactionTime` of the previous
+//!   completed export of the same request, kept in `<out>/.fhir-export-since.json` (none on the
+//!   first run); each run writes into a new folder `<out>/<UTC time>/`, and the new
+//!   `transactionTime` is saved only once every file is downloaded and verified.
 
 mod download;
 mod error;
@@ -32,6 +36,7 @@ mod manifest;
 mod net;
 mod poll;
 mod progress;
+pub mod since;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -44,6 +49,8 @@ use std::time::{Duration, Instant};
 pub use error::{ClientError, DownloadError, LineProblem, SendError};
 use net::{Credentials, Http};
 use progress::Progress;
+use since::AutoRun;
+pub use since::{STATE_FILE, SavedSince, SinceAuto};
 use url::Url;
 
 /// Longest wait for the answer to the `DELETE` sent on an interrupt.
@@ -61,8 +68,12 @@ pub struct ExportArgs {
     /// Resource types to export (`_type`); repeat the flag or separate with commas.
     #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
     pub types: Vec<String>,
-    /// Only resources changed after this FHIR instant (`_since`).
-    #[arg(long, value_name = "INSTANT")]
+    /// Only resources changed after this FHIR instant (`_since`). `auto`: after the
+    /// `transactionTime` of the previous completed export of the same request into the same
+    /// `--out` folder (everything on the first run); each run then writes into a new folder
+    /// `<out>/<UTC time>/` and saves its `transactionTime` in `<out>/.fhir-export-since.json`
+    /// once every file is verified.
+    #[arg(long, value_name = "INSTANT|auto")]
     pub since: Option<String>,
     /// Only resources changed before this FHIR instant (`_until`, IG 3.0).
     #[arg(long, value_name = "INSTANT")]
@@ -82,7 +93,9 @@ pub struct ExportArgs {
     /// Ask the server to ignore parameters it does not support (`Prefer: handling=lenient`).
     #[arg(long)]
     pub lenient: bool,
-    /// Folder for the files and `manifest.json`. Default: `./export-<UTC timestamp>`.
+    /// Folder for the files and `manifest.json`. Default: `./export-<UTC timestamp>`. An
+    /// existing folder is written into (files of the same name are replaced); with
+    /// `--since auto` each run gets a new folder inside it.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Re-attach to an export by its status URL instead of starting one.
@@ -302,6 +315,8 @@ pub struct ExportSummary {
     pub bytes: u64,
     pub out_dir: PathBuf,
     pub elapsed: Duration,
+    /// What `--since auto` used and saved; `None` without it.
+    pub since_auto: Option<SinceAuto>,
 }
 
 impl ExportSummary {
@@ -353,6 +368,24 @@ impl fmt::Display for ExportSummary {
                 )?;
             }
         }
+        if let Some(a) = &self.since_auto {
+            match &a.since {
+                Some(t) => writeln!(
+                    f,
+                    "--since auto: exported with _since={t} (the previous export of this request)"
+                )?,
+                None => writeln!(
+                    f,
+                    "--since auto: exported without _since (first export of this request)"
+                )?,
+            }
+            writeln!(
+                f,
+                "--since auto: saved transactionTime {} in {} for the next run",
+                a.saved,
+                a.state_file.display()
+            )?;
+        }
         write!(f, "status URL: {}", self.status_url)
     }
 }
@@ -370,8 +403,24 @@ pub async fn run_until(
     interrupt: impl Future<Output = ()>,
 ) -> Result<ExportSummary, ClientError> {
     let started = Instant::now();
+    // `--since auto`: the flags are checked and the saved instant read before anything else.
+    let auto = if since::is_auto(&args) {
+        Some(AutoRun::prepare(&args)?)
+    } else {
+        None
+    };
+    let args = match &auto {
+        Some(a) => ExportArgs {
+            since: a.since().map(str::to_owned),
+            ..args
+        },
+        None => args,
+    };
     let http = Http::new(credentials(&args)?)?;
     let progress = Progress::new(args.no_progress);
+    if let Some(a) = &auto {
+        progress.message(format_args!("{}", a.describe()));
+    }
     tokio::pin!(interrupt);
 
     let status_url = match &args.status {
@@ -399,16 +448,29 @@ pub async fn run_until(
         "status URL: {status_url}\n  (re-attach with: fhir-export export --status '{status_url}')"
     ));
 
-    let work = complete(&http, &progress, &args, &status_url, started);
+    let work = complete(&http, &progress, &args, &status_url, started, auto.as_ref());
     tokio::select! {
         r = work => {
             progress.finish();
-            let summary = r?;
+            let mut summary = match (r, &auto) {
+                (Ok(s), _) => s,
+                (Err(e), Some(a)) => {
+                    a.discard().await;
+                    return Err(e);
+                }
+                (Err(e), None) => return Err(e),
+            };
+            if let Some(a) = &auto {
+                summary.since_auto = Some(a.finish(&mut summary).await?);
+            }
             println!("{summary}");
             Ok(summary)
         }
         () = &mut interrupt => {
             progress.finish();
+            if let Some(a) = &auto {
+                a.discard().await;
+            }
             if args.cancel_on_interrupt {
                 progress.message(format_args!("interrupted: cancelling the export"));
                 // Ctrl-C is ours now, so a second one cannot cut a hanging DELETE short.
@@ -487,6 +549,7 @@ async fn complete(
     args: &ExportArgs,
     status_url: &Url,
     started: Instant,
+    auto: Option<&AutoRun>,
 ) -> Result<ExportSummary, ClientError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.max_wait);
     let first = poll::wait_for_manifest(
@@ -502,12 +565,15 @@ async fn complete(
     let manifest =
         manifest::collect(http, progress, status_url, first, deadline, args.max_wait).await?;
 
-    let out_dir = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "export-{}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-        ))
-    });
+    let out_dir = match auto {
+        Some(a) => a.create_folder().await?,
+        None => args.out.clone().unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "export-{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            ))
+        }),
+    };
     tokio::fs::create_dir_all(&out_dir)
         .await
         .map_err(|source| ClientError::Io {
@@ -548,6 +614,7 @@ async fn complete(
         bytes,
         out_dir,
         elapsed: started.elapsed(),
+        since_auto: None,
     })
 }
 

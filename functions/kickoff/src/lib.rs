@@ -26,6 +26,7 @@ pub async fn app_from_env() -> Result<Router, Error> {
         source: fn_common::source(&env).await?,
         settings: Arc::new(config.settings.clone()),
         caps: Capabilities::CURRENT,
+        schedules: Default::default(),
     };
     Ok(app(state, &config))
 }

@@ -1,4 +1,6 @@
-//! The worker function: SQS messages from the work queue (plan, chunk, finalize), dead letters
+//! The worker function: SQS messages from the work queue (plan, chunk, finalize, notify: the
+//! export's end announced on EventBridge), scheduled exports' ticks (EventBridge Scheduler),
+//! dead letters
 //! from the dead-letter queue (their jobs are failed), and the EventBridge schedule (the sweep
 //! for stalled and expired exports).
 //!
@@ -11,18 +13,40 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::Value;
+use shared::adapters::aws::eventbridge::EventBridgeSink;
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::config::Env;
+use shared::http::{Caller, KickoffState};
+use shared::ports::{EventSink, NoEvents};
+use shared::request::Capabilities;
+use shared::schedule::{ScheduleDef, TickOutcome, tick};
 use shared::worker::{
     MessageLease, Settled, WorkerDeps, handle_dead_letter, handle_message, settle, sweep,
 };
 
 pub use fn_common::Error;
 
+/// Where the end of each export is announced: the EventBridge bus `FHIR_EXPORT_EVENT_BUS`
+/// (template `EventBusName`), or nowhere.
+pub fn events(
+    env: &Env<impl Fn(&str) -> Option<String>>,
+    aws: &aws_config::SdkConfig,
+) -> Arc<dyn EventSink> {
+    match env.get("FHIR_EXPORT_EVENT_BUS").filter(|b| !b.is_empty()) {
+        Some(bus) => Arc::new(EventBridgeSink::new(aws, &bus)),
+        None => Arc::new(NoEvents),
+    }
+}
+
+/// The key of a scheduled export's definition in an EventBridge Scheduler event.
+pub const SCHEDULE_KEY: &str = "fhir-export-schedule";
+
 pub struct Worker {
     pub deps: WorkerDeps,
     /// Records from this queue are dead letters.
     pub dead_letter_arn: Option<String>,
+    /// The token issuer whose clients own scheduled runs (`FHIR_EXPORT_AUTH_ISSUER`).
+    pub issuer: Option<String>,
 }
 
 impl Worker {
@@ -36,10 +60,12 @@ impl Worker {
             output: fn_common::store(&env, "FHIR_EXPORT_OUTPUT").await?,
             source: fn_common::source(&env).await?,
             settings: Arc::new(config.settings),
+            events: events(&env, &aws),
         };
         Ok(Worker {
             deps,
             dead_letter_arn: env.get("FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN"),
+            issuer: env.get("FHIR_EXPORT_AUTH_ISSUER").filter(|i| !i.is_empty()),
         })
     }
 
@@ -66,7 +92,45 @@ impl Worker {
                 "expired": report.expired,
             }));
         }
-        Err("the worker handles SQS batches and scheduled events only".into())
+        if let Some(def) = event.get(SCHEDULE_KEY) {
+            return self.tick(def.clone()).await;
+        }
+        Err(
+            "the worker handles SQS batches, the sweep's schedule and scheduled exports only"
+                .into(),
+        )
+    }
+
+    /// One tick of a scheduled export, as EventBridge Scheduler invokes it (its target's input
+    /// is `{"fhir-export-schedule": <definition>}`).
+    pub async fn tick(&self, def: Value) -> Result<Value, Error> {
+        let def: ScheduleDef = serde_json::from_value(def)?;
+        let caller = Caller {
+            id: match (&self.issuer, def.owner.as_str()) {
+                (Some(iss), owner) if owner != "anonymous" => format!("{iss}#{owner}"),
+                _ => "anonymous".into(),
+            },
+            grant: shared::auth::Grant::from_scopes(&def.scope),
+        };
+        let kickoff = KickoffState {
+            jobs: self.deps.jobs.clone(),
+            queue: self.deps.queue.clone(),
+            source: self.deps.source.clone(),
+            settings: self.deps.settings.clone(),
+            caps: Capabilities::CURRENT,
+            schedules: Default::default(),
+        };
+        let outcome = tick(&kickoff, self.deps.events.as_ref(), &def, &caller)
+            .await
+            .map_err(|e| Box::new(e) as Error)?;
+        Ok(match outcome {
+            TickOutcome::Started { job, since } => serde_json::json!({
+                "schedule": def.name, "started": job, "since": since,
+            }),
+            TickOutcome::StillRunning { job } => serde_json::json!({
+                "schedule": def.name, "still_running": job,
+            }),
+        })
     }
 
     pub async fn handle_sqs(&self, batch: SqsEvent) -> SqsBatchResponse {

@@ -4,6 +4,7 @@
 #[cfg(any(feature = "dynamodb", feature = "sqs", feature = "s3"))]
 pub mod aws;
 pub mod azure;
+pub mod events;
 pub mod faults;
 #[cfg(feature = "fhir-server")]
 pub mod fhir_server;

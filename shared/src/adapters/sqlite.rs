@@ -18,6 +18,7 @@ use crate::model::JobId;
 use crate::ports::{
     BoxError, ChunkCompletion, Delivery, JobStore, Naming, QueueError, StoreError, WorkQueue,
 };
+use crate::schedule::ScheduleState;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,6 +64,11 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages(queue, visible_at);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receipt ON messages(receipt);
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queue_groups (
     queue TEXT NOT NULL,
     grp TEXT NOT NULL,
@@ -710,6 +716,70 @@ impl JobStore for SqliteJobStore {
                 tx.run("DELETE FROM jobs WHERE id = ?1", [id.as_str()])
                     .map_err(backend)?;
                 tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleState>, StoreError> {
+        let name = name.to_owned();
+        self.db
+            .with(move |c| {
+                let doc: Option<String> = c
+                    .row(
+                        "SELECT doc FROM schedules WHERE name = ?1",
+                        [name.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                doc.map(|d| serde_json::from_str(&d).map_err(backend))
+                    .transpose()
+            })
+            .await
+    }
+
+    async fn put_schedule(&self, state: &ScheduleState, expected: u64) -> Result<(), StoreError> {
+        let mut next = state.clone();
+        next.version = expected + 1;
+        let doc = serde_json::to_string(&next).map_err(backend)?;
+        let name = state.name.clone();
+        self.db
+            .with(move |c| {
+                let n = if expected == 0 {
+                    c.run(
+                        "INSERT OR IGNORE INTO schedules (name, version, doc) VALUES (?1, 1, ?2)",
+                        params![name, doc],
+                    )
+                } else {
+                    c.run(
+                        "UPDATE schedules SET version = ?2, doc = ?3 WHERE name = ?1 AND version = ?4",
+                        params![name, (expected + 1) as i64, doc, expected as i64],
+                    )
+                }
+                .map_err(backend)?;
+                if n == 0 {
+                    Err(StoreError::Conflict)
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleState>, StoreError> {
+        self.db
+            .with(move |c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT doc FROM schedules ORDER BY name")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                rows.map(|r| {
+                    r.map_err(backend)
+                        .and_then(|d| serde_json::from_str(&d).map_err(backend))
+                })
+                .collect()
             })
             .await
     }

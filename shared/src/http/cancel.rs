@@ -24,6 +24,9 @@ pub(super) async fn cancel(
 
 async fn run(state: &CancelState, caller: &Caller, id: &str) -> Result<Response, ApiError> {
     let job = owned_job(state.jobs.as_ref(), caller, id).await?;
+    if job.state.is_active() {
+        crate::worker::notify::announce(state.queue.as_ref(), &job.id).await?;
+    }
     let now = chrono::Utc::now();
     let cancelled = update_job(state.jobs.as_ref(), &job.id, |j| {
         let mut next = j.transitioned(JobState::Cancelled, now)?;

@@ -49,6 +49,10 @@ pub enum ApiError {
     },
     #[error("the token cannot be checked right now")]
     AuthUnavailable,
+    #[error("no schedule of this name (for this client)")]
+    ScheduleNotFound,
+    #[error("{0}")]
+    Schedule(String),
     #[error("this route does not exist")]
     RouteNotFound,
     #[error("method not allowed here")]
@@ -85,6 +89,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyExports { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ScheduleNotFound => StatusCode::NOT_FOUND,
+            ApiError::Schedule(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Object(ObjectError::Refused { .. } | ObjectError::Access(_))
             | ApiError::Source(SourceError::Refused { .. } | SourceError::Access(_)) => {
@@ -137,9 +143,10 @@ impl ApiError {
             }
             ApiError::Forbidden(_) => Issue::error(IssueCode::Forbidden, text),
             ApiError::TooManyExports { .. } => Issue::error(IssueCode::Throttled, text),
-            ApiError::AuthUnavailable => {
+            ApiError::AuthUnavailable | ApiError::Schedule(_) => {
                 Issue::error(IssueCode::Transient, format!("{text}; try again later"))
             }
+            ApiError::ScheduleNotFound => Issue::error(IssueCode::NotFound, text),
             ApiError::MethodNotAllowed => Issue::error(IssueCode::NotSupported, text),
             // A refusal will not pass on a retry: said in words, without the store's internals.
             ApiError::Object(ObjectError::Refused { reason, .. }) => Issue::error(

@@ -123,11 +123,6 @@ async fn kickoff(
         });
     }
     let body = body.map_err(|r| ApiError::BodyRejected(r.status()))?;
-    let path = match &level {
-        ExportLevel::System => "/$export".to_owned(),
-        ExportLevel::Patient => "/Patient/$export".to_owned(),
-        ExportLevel::Group(id) => format!("/Group/{id}/$export"),
-    };
     let input = KickoffInput {
         level: level.clone(),
         method: if method == HttpMethod::POST {
@@ -142,13 +137,62 @@ async fn kickoff(
             .and_then(|v| v.to_str().ok()),
         accept: header_values(headers, header::ACCEPT),
         prefer: header_values(headers, header::HeaderName::from_static("prefer")),
-        url: format!("{}{}", state.settings.public_base_url, path),
+        url: format!("{}{}", state.settings.public_base_url, level_path(&level)),
     };
-    let mut request = parse_kickoff(&input, &state.caps)?;
-    check_limits(&request, limits)?;
+    let job = prepare(state, &caller, &input).await?;
+
+    // Before any work is queued: a running identical export is answered again, and a
+    // client at its limit waits.
+    let running = state.jobs.active_of(&caller.id).await?;
+    if !no_cache(headers)
+        && let Some(same) = running
+            .iter()
+            .find(|j| same_request(&j.request, &job.request))
+    {
+        tracing::info!(job_id = %same.id, client_id = %caller.client_id(), "identical kick-off answered with the running export");
+        return Ok(accepted(
+            state,
+            &same.id,
+            &same.request,
+            "an identical export is running",
+        ));
+    }
+    if running.len() >= limits.active_exports {
+        return Err(ApiError::TooManyExports {
+            active: running.len(),
+            limit: limits.active_exports,
+            retry_after_secs: state.settings.retry_after.as_secs().max(1) * 5,
+        });
+    }
+    state.jobs.create(&job).await?;
+    queue_plan(state, &job).await?;
+    Ok(accepted(state, &job.id, &job.request, "export accepted"))
+}
+
+/// The path of a level's kick-off, relative to the FHIR base.
+pub(crate) fn level_path(level: &ExportLevel) -> String {
+    match level {
+        ExportLevel::System => "/$export".to_owned(),
+        ExportLevel::Patient => "/Patient/$export".to_owned(),
+        ExportLevel::Group(id) => format!("/Group/{id}/$export"),
+    }
+}
+
+/// A kick-off checked as the HTTP route checks it (parameters, limits, the caller's scopes,
+/// the Group and the patients), made into the job it starts; not stored yet.
+pub(crate) async fn prepare(
+    state: &KickoffState,
+    caller: &Caller,
+    input: &KickoffInput<'_>,
+) -> Result<Job, ApiError> {
+    let mut request = parse_kickoff(input, &state.caps)?;
+    check_limits(&request, &state.settings.limits)?;
     narrow_to_grant(&mut request, &caller.grant).map_err(ApiError::Forbidden)?;
-    let now = chrono::Utc::now();
-    match &level {
+    // Whole milliseconds, as the manifest writes it: the `_since` of the next export of a
+    // chain is then this instant exactly (what changed in the cut-off fraction is after it,
+    // so in the next export).
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
+    match &input.level {
         ExportLevel::Group(id) => {
             let Some(group) = state.source.read(ResourceType::GROUP, id).await? else {
                 return Err(KickoffError::GroupNotFound { id: id.to_string() }.into());
@@ -175,29 +219,6 @@ async fn kickoff(
         }
         _ => {}
     }
-
-    // Before any work is queued: a running identical export is answered again, and a
-    // client at its limit waits.
-    let running = state.jobs.active_of(&caller.id).await?;
-    if !no_cache(headers)
-        && let Some(same) = running.iter().find(|j| same_request(&j.request, &request))
-    {
-        tracing::info!(job_id = %same.id, client_id = %caller.client_id(), "identical kick-off answered with the running export");
-        return Ok(accepted(
-            state,
-            &same.id,
-            &same.request,
-            "an identical export is running",
-        ));
-    }
-    if running.len() >= limits.active_exports {
-        return Err(ApiError::TooManyExports {
-            active: running.len(),
-            limit: limits.active_exports,
-            retry_after_secs: state.settings.retry_after.as_secs().max(1) * 5,
-        });
-    }
-
     let id = JobId::new();
     // On a store whose top-level folders are containers (an Azure account), an export
     // without `_container` gets a container of its own.
@@ -207,7 +228,7 @@ async fn kickoff(
             .container_per_export
             .then(|| layout::new_container(now, &id))
     });
-    let job = Job {
+    Ok(Job {
         output_prefix: layout::export_prefix(container.as_deref(), &id),
         id,
         owner: caller.id.clone(),
@@ -224,8 +245,13 @@ async fn kickoff(
         completed_at: None,
         failure: None,
         plan: Default::default(),
-    };
-    state.jobs.create(&job).await?;
+        schedule: None,
+    })
+}
+
+/// Queues the plan of a stored job; without its plan message nobody would ever run it, so a
+/// job that cannot be queued is deleted (no half-created jobs).
+pub(crate) async fn queue_plan(state: &KickoffState, job: &Job) -> Result<(), ApiError> {
     if let Err(e) = state
         .queue
         .send(
@@ -239,7 +265,6 @@ async fn kickoff(
         )
         .await
     {
-        // No half-created jobs: without its plan message nobody would ever run it.
         if let Err(cleanup) = state.jobs.delete(&job.id).await {
             tracing::error!(job_id = %job.id, error = %crate::error_chain(&cleanup), "could not remove unqueued job");
         }
@@ -251,9 +276,10 @@ async fn kickoff(
         types = job.request.types.as_ref().map_or(0, Vec::len),
         since = ?job.request.since,
         ignored = job.request.ignored.len(),
+        schedule = job.schedule.as_deref().unwrap_or(""),
         "export accepted"
     );
-    Ok(accepted(state, &job.id, &job.request, "export accepted"))
+    Ok(())
 }
 
 /// 202 with the status URL of `id` in `Content-Location`.

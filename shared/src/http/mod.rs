@@ -5,7 +5,7 @@
 //!
 //! | router | routes |
 //! | --- | --- |
-//! | kick-off | `GET/POST /$export`, `/Patient/$export`, `/Group/{id}/$export` |
+//! | kick-off | `GET/POST /$export`, `/Patient/$export`, `/Group/{id}/$export`; `GET /_schedules`, `GET /_schedules/{name}`, `POST /_schedules/{name}/$run` |
 //! | status | `GET /_export/{job}` |
 //! | cancel | `DELETE /_export/{job}` |
 //! | files | `GET /_export/{job}/files/{*name}` |
@@ -18,6 +18,7 @@ pub mod error;
 mod files;
 mod kickoff;
 mod metadata;
+mod schedules;
 mod status;
 
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use axum::routing::{delete, get};
 pub use caller::Caller;
 pub use error::ApiError;
 pub use files::NDJSON;
+pub(crate) use kickoff::{level_path, prepare, queue_plan};
 pub use metadata::Capability;
+pub use schedules::ScheduleBook;
 pub use status::{http_date, progress_text};
 
 use crate::job::Job;
@@ -49,6 +52,8 @@ pub struct KickoffState {
     pub source: Arc<dyn ResourceSource>,
     pub settings: Arc<Settings>,
     pub caps: Capabilities,
+    /// The schedules this host keeps (the `_schedules` routes).
+    pub schedules: ScheduleBook,
 }
 
 /// What the status function needs: it reads jobs, and signs file URLs when so configured.
@@ -59,11 +64,13 @@ pub struct StatusState {
     pub settings: Arc<Settings>,
 }
 
-/// What the cancel function needs: it updates jobs and deletes their files.
+/// What the cancel function needs: it updates jobs, deletes their files, and queues the
+/// announcement of their end.
 #[derive(Clone)]
 pub struct CancelState {
     pub jobs: Arc<dyn JobStore>,
     pub output: Arc<dyn ObjectStore>,
+    pub queue: Arc<dyn WorkQueue>,
     pub settings: Arc<Settings>,
 }
 
@@ -101,6 +108,16 @@ pub fn kickoff_router(state: KickoffState) -> Router {
         .route("/Patient/%24export", patient)
         .route("/Group/{id}/$export", group.clone())
         .route("/Group/{id}/%24export", group)
+        .route("/_schedules", get(schedules::list))
+        .route("/_schedules/{name}", get(schedules::one))
+        .route(
+            "/_schedules/{name}/$run",
+            axum::routing::post(schedules::run_now),
+        )
+        .route(
+            "/_schedules/{name}/%24run",
+            axum::routing::post(schedules::run_now),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(
             state.settings.limits.body_bytes,
         ))

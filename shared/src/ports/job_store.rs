@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use super::BoxError;
 use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
 use crate::model::JobId;
+use crate::schedule::ScheduleState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -185,4 +186,14 @@ pub trait JobStore: Send + Sync {
 
     /// Deletes a job with its chunks and outputs. Deleting a missing job is not an error.
     async fn delete(&self, id: &JobId) -> Result<(), StoreError>;
+
+    /// The stored state of schedule `name`, `None` if it never ran.
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleState>, StoreError>;
+
+    /// Compare-and-set: stores `state` with version `expected + 1` if the stored version is
+    /// `expected` (0: not stored yet), else `Conflict`.
+    async fn put_schedule(&self, state: &ScheduleState, expected: u64) -> Result<(), StoreError>;
+
+    /// Every stored schedule, by name.
+    async fn schedules(&self) -> Result<Vec<ScheduleState>, StoreError>;
 }

@@ -5,11 +5,15 @@
 //! domain can act on it (a version conflict is retried or lost gracefully, a missing object is
 //! a 404), and every other failure is `Backend` with its source kept.
 
+mod events;
 mod job_store;
 mod object_store;
 mod queue;
 mod source;
 
+pub use events::{
+    AllSinks, EVENT_SOURCE, Event, EventError, EventSink, ExportEvent, NoEvents, TypeTotals,
+};
 pub use job_store::{ChunkCompletion, JobStore, Naming, StoreError};
 pub use object_store::{
     AccessFault, AccessProblem, ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore,

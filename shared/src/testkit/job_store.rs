@@ -43,6 +43,7 @@ fn output(name: &str, n: u64) -> OutputFile {
 pub async fn run(store: Arc<dyn JobStore>) {
     let now = Utc::now();
     let s = store.as_ref();
+    schedules(s).await;
 
     // create / get / duplicate create
     let job = sample_job(JobState::Accepted, now);
@@ -377,4 +378,37 @@ pub async fn run(store: Arc<dyn JobStore>) {
     assert!(s.get(&job.id).await.expect("get").is_none());
     assert!(s.chunks(&job.id).await.expect("chunks").is_empty());
     assert!(s.outputs(&job.id).await.expect("outputs").is_empty());
+}
+
+/// Schedules' state: compare-and-set on the version, listing, and names unique per store
+/// run (the store may be shared with other suites).
+async fn schedules(s: &dyn JobStore) {
+    let name = format!("testkit-{}", JobId::new());
+    assert!(s.schedule(&name).await.expect("schedule").is_none());
+    let mut st =
+        crate::schedule::ScheduleState::new(&name, "iss#client", serde_json::json!({"name": name}));
+    s.put_schedule(&st, 0).await.expect("first write");
+    assert!(
+        matches!(s.put_schedule(&st, 0).await, Err(StoreError::Conflict)),
+        "a second first write loses"
+    );
+    let stored = s.schedule(&name).await.expect("schedule").expect("stored");
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.owner, "iss#client");
+    let job = JobId::new();
+    st.in_flight = Some(job.clone());
+    s.put_schedule(&st, 1).await.expect("second write");
+    assert!(
+        matches!(s.put_schedule(&st, 1).await, Err(StoreError::Conflict)),
+        "a stale version loses"
+    );
+    let stored = s.schedule(&name).await.expect("schedule").expect("stored");
+    assert_eq!((stored.version, stored.in_flight), (2, Some(job)));
+    assert!(
+        s.schedules()
+            .await
+            .expect("list")
+            .iter()
+            .any(|x| x.name == name && x.version == 2)
+    );
 }

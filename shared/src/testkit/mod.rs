@@ -50,6 +50,7 @@ pub fn sample_job(state: JobState, now: DateTime<Utc>) -> Job {
         completed_at: None,
         failure: None,
         plan: JobPlan::default(),
+        schedule: None,
     }
 }
 

@@ -538,6 +538,7 @@ mod tests {
                 batches: batches.clone(),
             }),
             settings: Arc::new(Settings::new("http://localhost/fhir")),
+            events: Arc::new(crate::ports::NoEvents),
         };
         let msg = WorkMessage::Chunk {
             job: job.id.clone(),

@@ -11,12 +11,18 @@ pub async fn handle_dead_letter(deps: &WorkerDeps, body: &str) -> Result<(), Wor
             return Ok(());
         }
     };
+    if let WorkMessage::Notify { job } = &msg {
+        // The export is over either way; only its announcement is lost.
+        tracing::error!(job_id = %job, sink = %deps.events.describe(), "the export's end could not be announced: event not delivered");
+        return Ok(());
+    }
     let reason = match &msg {
         WorkMessage::Plan { .. } => "planning the export failed repeatedly".to_owned(),
         WorkMessage::Chunk { chunk, .. } => {
             format!("exporting chunk {chunk} failed repeatedly and was given up")
         }
         WorkMessage::Finalize { .. } => "publishing the export failed repeatedly".to_owned(),
+        WorkMessage::Notify { .. } => return Ok(()),
     };
     fail_job(deps, msg.job(), &reason).await
 }

@@ -66,6 +66,7 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
         outputs.extend(files);
     }
     deps.jobs.put_outputs(id, &outputs).await?;
+    super::notify::announce(deps.queue.as_ref(), id).await?;
     let t = now();
     let completed = update_job(deps.jobs.as_ref(), id, |j| {
         if j.state != JobState::Finalizing {

@@ -15,6 +15,9 @@ pub enum WorkMessage {
     Chunk { job: JobId, chunk: u32 },
     /// Publish the files and the manifest once every chunk is done.
     Finalize { job: JobId },
+    /// Announce the end of the export (completed, failed, cancelled) to the event sink; sent
+    /// just before the job's last transition, so that no end goes unannounced.
+    Notify { job: JobId },
 }
 
 impl WorkMessage {
@@ -22,7 +25,8 @@ impl WorkMessage {
         match self {
             WorkMessage::Plan { job }
             | WorkMessage::Chunk { job, .. }
-            | WorkMessage::Finalize { job } => job,
+            | WorkMessage::Finalize { job }
+            | WorkMessage::Notify { job } => job,
         }
     }
 

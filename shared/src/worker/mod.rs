@@ -9,6 +9,7 @@ mod context;
 mod dead_letter;
 mod finalize;
 pub mod messages;
+pub mod notify;
 mod plan;
 mod provenance;
 mod publish;
@@ -48,6 +49,8 @@ pub struct WorkerDeps {
     pub output: Arc<dyn ObjectStore>,
     pub source: Arc<dyn ResourceSource>,
     pub settings: Arc<Settings>,
+    /// Where the end of each export is announced.
+    pub events: Arc<dyn crate::ports::EventSink>,
 }
 
 /// How a message failed, which decides what happens to it.
@@ -162,6 +165,7 @@ pub async fn handle_message(
         WorkMessage::Plan { job } => plan::plan(deps, job).await,
         WorkMessage::Chunk { job, chunk } => chunk::chunk(deps, job, *chunk, lease).await,
         WorkMessage::Finalize { job } => finalize::finalize(deps, job).await,
+        WorkMessage::Notify { job } => return notify::notify(deps, job).await,
     };
     if let Err(WorkError::Permanent(reason)) = &result {
         tracing::warn!(job_id = %msg.job(), %reason, "permanent failure; failing the job");
@@ -205,6 +209,10 @@ pub(crate) async fn clean_if_stopped(deps: &WorkerDeps, job: &Job) -> Result<boo
 /// Moves a job to `Failed` with a reason and removes its files. A job already finished,
 /// failed or cancelled is left as it is.
 pub async fn fail_job(deps: &WorkerDeps, id: &JobId, reason: &str) -> Result<(), WorkError> {
+    match deps.jobs.state(id).await? {
+        Some(state) if state.is_active() => notify::announce(deps.queue.as_ref(), id).await?,
+        _ => return Ok(()),
+    }
     let t = now();
     let failed = update_job(deps.jobs.as_ref(), id, |job| {
         if !job.state.is_active() {

@@ -239,6 +239,7 @@ mod pool_tests {
             output: Arc::new(LocalFsStore::new(dir.path()).expect("store")),
             source: Arc::new(PanickingSource(panics.clone())),
             settings: Arc::new(Settings::new("http://localhost/fhir")),
+            events: Arc::new(crate::ports::NoEvents),
         };
         let job = crate::testkit::sample_job(JobState::Accepted, chrono::Utc::now());
         jobs.create(&job).await.expect("create");

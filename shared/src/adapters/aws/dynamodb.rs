@@ -6,6 +6,7 @@
 //! | chunk | `JOB#<id>` | `CHUNK#<index>` | `spec`, `result`, `published` (JSON), `renamed` |
 //! | counter | `JOB#<id>` | `COUNTER#<name>` | `n` |
 //! | published file | `JOB#<id>` | `OUT#<seq>` | `file` (JSON) |
+//! | schedule | `SCHEDULES` | `SCHEDULE#<name>` | `doc` (its state, JSON), `version` |
 //!
 //! Every state change is an `UpdateItem` conditioned on `version`; a `ConditionalCheckFailed`
 //! is a version conflict, not an error. Chunk completion is conditioned on the chunk having no
@@ -31,10 +32,13 @@ use futures::StreamExt;
 use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
 use crate::model::JobId;
 use crate::ports::{ChunkCompletion, JobStore, StoreError};
+use crate::schedule::ScheduleState;
 
 type Item = HashMap<String, AttributeValue>;
 
 const JOB_SK: &str = "#JOB";
+/// The one partition of schedule items (few, read together by the API).
+const SCHEDULES_PK: &str = "SCHEDULES";
 const ACTIVE_INDEX: &str = "active";
 const EXPIRY_INDEX: &str = "expiry";
 /// DynamoDB deletes a job's record this long after it expired (TTL deletion is lazy anyway).
@@ -722,5 +726,79 @@ impl JobStore for DynamoJobStore {
             );
         }
         self.batch_write(requests).await
+    }
+
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleState>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(SCHEDULES_PK))
+            .key("sk", s(format!("SCHEDULE#{name}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?
+            .item;
+        item.map(|i| {
+            json::<ScheduleState>(&i, "doc")?
+                .ok_or_else(|| backend(std::io::Error::other("schedule item without doc")))
+        })
+        .transpose()
+    }
+
+    async fn put_schedule(&self, state: &ScheduleState, expected: u64) -> Result<(), StoreError> {
+        let mut next = state.clone();
+        next.version = expected + 1;
+        let doc = serde_json::to_string(&next).map_err(backend)?;
+        let mut item: Item = HashMap::new();
+        item.insert("pk".into(), s(SCHEDULES_PK));
+        item.insert("sk".into(), s(format!("SCHEDULE#{}", state.name)));
+        item.insert("version".into(), n(next.version));
+        item.insert("doc".into(), s(doc));
+        let req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        let req = if expected == 0 {
+            req.condition_expression("attribute_not_exists(pk)")
+        } else {
+            req.condition_expression("#version = :expected")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":expected", n(expected))
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleState>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(SCHEDULES_PK))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(backend)?;
+            for item in page.items.unwrap_or_default() {
+                if let Some(st) = json::<ScheduleState>(&item, "doc")? {
+                    out.push(st);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! AWS adapters: `JobStore` on DynamoDB, `WorkQueue` on SQS, `ObjectStore` on S3. Each sits
+//! AWS adapters: `JobStore` on DynamoDB, `WorkQueue` on SQS, `ObjectStore` on S3, `EventSink`
+//! on EventBridge. Each sits
 //! behind its own cargo feature so that every function links only the SDKs it calls.
 //!
 //! Clients come from `aws-config` defaults, so `AWS_ENDPOINT_URL`, `AWS_REGION` and the usual
@@ -6,6 +7,8 @@
 
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
+#[cfg(feature = "eventbridge")]
+pub mod eventbridge;
 #[cfg(feature = "s3")]
 pub mod s3;
 #[cfg(feature = "sqs")]
