@@ -22,6 +22,7 @@ mod azure;
 mod compression;
 mod filters;
 mod latency;
+pub mod scale;
 #[cfg(feature = "fhir-server")]
 mod upstream;
 
@@ -63,6 +64,11 @@ pub struct BenchArgs {
     /// `$export` when it has one (needs the `fhir-server` feature).
     #[arg(long, value_name = "URL")]
     pub fhir_server: Option<String>,
+    /// Plan a system export of this many synthetic resources (a listing with sizes, no data)
+    /// and report its chunks, store items, messages, manifest, writes per partition and wall
+    /// time at 100, 500 and 1,000 workers (`docs/cost.md`).
+    #[arg(long, value_name = "RESOURCES")]
+    pub scale: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +115,10 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
     }
     if args.latency {
         latency::run(&args).await?;
+        return Ok(Vec::new());
+    }
+    if let Some(n) = args.scale {
+        scale::run(&args, n).await?;
         return Ok(Vec::new());
     }
     if let Some(url) = &args.fhir_server {
