@@ -813,3 +813,65 @@ async fn the_export_command_gets_its_tokens_from_the_smart_configuration() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_export_command_gets_a_new_token_when_the_server_no_longer_takes_its_own() {
+    // A server restart: its signing key is new, so tokens it issued before are refused (401)
+    // and the command must get another one to go on polling.
+    let app = TestClient::new("app", false);
+    let state = tempfile::tempdir().unwrap();
+    let source = integration_tests::dataset(20).0;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = |workers: usize| {
+        let mut c = fhir_export::serve::ServeConfig::new(state.path().join("state"));
+        c.bind = format!("127.0.0.1:{port}").parse().unwrap();
+        c.source = Some(source.path().display().to_string());
+        c.workers = workers;
+        c.auth_clients = vec![app.registration()];
+        c.env = vec![("FHIR_EXPORT_RETRY_AFTER_SECS".into(), "1".into())];
+        c
+    };
+    // First server: no workers, so the export waits for the second.
+    let first = fhir_export::serve::start(config(0)).await.unwrap();
+    let base = first.base_url.clone();
+    let out = tempfile::tempdir().unwrap();
+    let args = fhir_export::client::ExportArgs {
+        base: Some(base.clone()),
+        types: vec!["Patient".into()],
+        out: Some(out.path().join("x")),
+        client_id: Some("app".into()),
+        private_key: Some(app.pem_path()),
+        no_progress: true,
+        ..Default::default()
+    };
+    // Wait for the kick-off, then restart the server, while the command polls.
+    let restart = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let jobs = first
+                .deps
+                .jobs
+                .stalled(chrono::Utc::now() + chrono::Duration::days(1))
+                .await
+                .unwrap();
+            if !jobs.is_empty() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no kick-off");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        first.stop().await;
+        fhir_export::serve::start(config(2)).await.unwrap()
+    };
+    let (summary, second) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(fhir_export::client::run(args), restart)
+    })
+    .await
+    .expect("the command finished");
+    let summary = summary.expect("the export completed after the restart");
+    assert!(summary.resources > 0);
+    second.stop().await;
+}

@@ -88,6 +88,26 @@ impl Http {
         with_token: bool,
         extra: &[(&str, &str)],
     ) -> Result<(Response, Url), SendError> {
+        let (resp, at) = self.get_once(url, accept, with_token, extra).await?;
+        // A token the server no longer takes (it restarted, or revoked it) is replaced once
+        // when the client can get another.
+        if resp.status() == StatusCode::UNAUTHORIZED
+            && with_token
+            && let Some(Credentials::Smart { auth, .. }) = &self.credentials
+        {
+            auth.invalidate().await;
+            return self.get_once(url, accept, with_token, extra).await;
+        }
+        Ok((resp, at))
+    }
+
+    async fn get_once(
+        &self,
+        url: &Url,
+        accept: &str,
+        with_token: bool,
+        extra: &[(&str, &str)],
+    ) -> Result<(Response, Url), SendError> {
         let mut current = url.clone();
         let mut token = if with_token {
             self.bearer().await?
