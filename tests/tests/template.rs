@@ -545,10 +545,18 @@ fn parameters_conditions_and_outputs() {
         ("ExampleScheduleTimezone", Some("UTC")),
         ("ExampleScheduleQuery", Some("_type=Patient")),
         ("ExampleScheduleOwner", Some("anonymous")),
+        ("WorkerReservedConcurrency", Some("0")),
         ("SourceUrl", None),
     ] {
         assert_eq!(value_of(&p(name), "Default").as_deref(), default, "{name}");
     }
+    // The worker's reserved concurrency: none unless asked for.
+    assert!(section("Conditions").contains(
+        "HasWorkerReservedConcurrency: !Not [!Equals [!Ref WorkerReservedConcurrency, 0]]"
+    ));
+    assert!(resource("WorkerFunction").contains(
+        "ReservedConcurrentExecutions: !If [HasWorkerReservedConcurrency, !Ref WorkerReservedConcurrency, !Ref AWS::NoValue]"
+    ));
     assert!(p("FileAccess").contains("AllowedValues: [redirect, signed]"));
     let output = p("OutputUrl");
     assert!(output.contains("az://") && output.contains("abfss://"));
