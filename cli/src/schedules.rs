@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use shared::http::{Caller, KickoffState, ScheduleBook};
+use shared::http::{KickoffState, ScheduleBook};
 use shared::ports::EventSink;
 use shared::schedule::{ScheduleDef, TickOutcome, tick};
 use tokio::task::JoinHandle;
@@ -103,15 +103,6 @@ pub fn load(path: &Path) -> Result<Vec<(ScheduleDef, Cadence)>, ServeError> {
     Ok(out)
 }
 
-/// Who a definition's runs belong to on this server: `<issuer>#<owner>` when tokens are
-/// checked, `anonymous` when they are not.
-pub fn owner_key(issuer: Option<&str>, def: &ScheduleDef) -> String {
-    match issuer {
-        Some(iss) if def.owner != "anonymous" => format!("{iss}#{}", def.owner),
-        _ => "anonymous".into(),
-    }
-}
-
 /// The `_schedules` routes' view of the file.
 pub fn book(defs: &[(ScheduleDef, Cadence)], issuer: Option<String>) -> ScheduleBook {
     let cadences: Vec<(String, Cadence)> = defs
@@ -127,7 +118,7 @@ pub fn book(defs: &[(ScheduleDef, Cadence)], issuer: Option<String>) -> Schedule
                 .and_then(|(_, c)| c.next_after(Utc::now()))
         })),
         owner_key: Some(Arc::new(move |d: &ScheduleDef| {
-            owner_key(issuer.as_deref(), d)
+            d.caller(issuer.as_deref()).id
         })),
     }
 }
@@ -143,10 +134,7 @@ pub fn spawn(
     defs.into_iter()
         .map(|(def, cadence)| {
             let (kickoff, events, shutdown) = (kickoff.clone(), events.clone(), shutdown.clone());
-            let caller = Caller {
-                id: owner_key(issuer.as_deref(), &def),
-                grant: shared::auth::Grant::from_scopes(&def.scope),
-            };
+            let caller = def.caller(issuer.as_deref());
             tokio::spawn(async move {
                 let mut last = Utc::now();
                 while let Some(next) = cadence.next_after(last) {

@@ -17,10 +17,11 @@ use aws_sdk_eventbridge::types::{RuleState, Target};
 use aws_sdk_sqs::types::QueueAttributeName;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use integration_tests::aws::{Stack, stack};
+use integration_tests::aws::{Stack, queue_arn, stack};
 use integration_tests::unique;
 use serde_json::{Value, json};
 use shared::adapters::aws::sdk_config;
+use shared::adapters::aws::sqs::SqsQueue;
 use shared::config::Env;
 use shared::job::{Job, JobState};
 use shared::model::JobId;
@@ -395,17 +396,7 @@ impl EventQueue {
             .unwrap()
             .queue_url
             .unwrap();
-        let arn = sqs
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes
-            .unwrap()
-            .remove(&QueueAttributeName::QueueArn)
-            .unwrap();
+        let arn = queue_arn(&SqsQueue::new(&aws, &url)).await;
         let rule = unique("fhir-export-events");
         let rule_arn = events
             .put_rule()

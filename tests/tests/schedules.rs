@@ -465,14 +465,7 @@ async fn two_ticks_at_once_start_one_run() {
         ..Options::default()
     };
     let (s, _dir) = server(opts, json!([]), &hook).await;
-    let kickoff = shared::http::KickoffState {
-        jobs: s.server.deps.jobs.clone(),
-        queue: s.server.deps.queue.clone(),
-        source: s.server.deps.source.clone(),
-        settings: s.server.deps.settings.clone(),
-        caps: shared::request::Capabilities::CURRENT,
-        schedules: Default::default(),
-    };
+    let kickoff = shared::http::KickoffState::of_worker(&s.server.deps);
     let caller = shared::http::Caller::anonymous();
     for i in 0..5 {
         let def: shared::schedule::ScheduleDef =

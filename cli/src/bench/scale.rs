@@ -188,18 +188,11 @@ pub async fn plan_at_scale(
         jobs: jobs.clone(),
         queue: queue.clone(),
         output,
-        source: source.clone(),
+        source,
         settings: settings.clone(),
         events: Arc::new(NoEvents),
     };
-    let router = kickoff_router(KickoffState {
-        jobs: jobs.clone(),
-        queue: queue.clone(),
-        source,
-        settings: settings.clone(),
-        caps: shared::request::Capabilities::CURRENT,
-        schedules: Default::default(),
-    });
+    let router = kickoff_router(KickoffState::of_worker(&deps));
     let mut req = axum::http::Request::get("/$export")
         .header("accept", "application/fhir+json")
         .header("prefer", "respond-async")

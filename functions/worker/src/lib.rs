@@ -16,9 +16,8 @@ use serde_json::Value;
 use shared::adapters::aws::eventbridge::EventBridgeSink;
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::config::Env;
-use shared::http::{Caller, KickoffState};
+use shared::http::KickoffState;
 use shared::ports::{EventSink, NoEvents};
-use shared::request::Capabilities;
 use shared::schedule::{ScheduleDef, TickOutcome, tick};
 use shared::worker::{
     MessageLease, Settled, WorkerDeps, handle_dead_letter, handle_message, settle, sweep,
@@ -105,21 +104,8 @@ impl Worker {
     /// is `{"fhir-export-schedule": <definition>}`).
     pub async fn tick(&self, def: Value) -> Result<Value, Error> {
         let def: ScheduleDef = serde_json::from_value(def)?;
-        let caller = Caller {
-            id: match (&self.issuer, def.owner.as_str()) {
-                (Some(iss), owner) if owner != "anonymous" => format!("{iss}#{owner}"),
-                _ => "anonymous".into(),
-            },
-            grant: shared::auth::Grant::from_scopes(&def.scope),
-        };
-        let kickoff = KickoffState {
-            jobs: self.deps.jobs.clone(),
-            queue: self.deps.queue.clone(),
-            source: self.deps.source.clone(),
-            settings: self.deps.settings.clone(),
-            caps: Capabilities::CURRENT,
-            schedules: Default::default(),
-        };
+        let caller = def.caller(self.issuer.as_deref());
+        let kickoff = KickoffState::of_worker(&self.deps);
         let outcome = tick(&kickoff, self.deps.events.as_ref(), &def, &caller)
             .await
             .map_err(|e| Box::new(e) as Error)?;

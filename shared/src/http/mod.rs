@@ -56,6 +56,20 @@ pub struct KickoffState {
     pub schedules: ScheduleBook,
 }
 
+impl KickoffState {
+    /// What a worker starts exports with (a scheduled run): its own ports, no schedule book.
+    pub fn of_worker(deps: &crate::worker::WorkerDeps) -> Self {
+        KickoffState {
+            jobs: deps.jobs.clone(),
+            queue: deps.queue.clone(),
+            source: deps.source.clone(),
+            settings: deps.settings.clone(),
+            caps: Capabilities::CURRENT,
+            schedules: ScheduleBook::default(),
+        }
+    }
+}
+
 /// What the status function needs: it reads jobs, and signs file URLs when so configured.
 #[derive(Clone)]
 pub struct StatusState {

@@ -145,26 +145,50 @@ impl ScheduleDef {
     /// allows), without the source: what a host can refuse before the first tick.
     pub fn check_request(&self, caps: &crate::request::Capabilities) -> Result<(), ScheduleError> {
         self.check()?;
-        let level = self.level()?;
         let query = self.query_since(None);
-        let prefer = if self.lenient {
-            vec!["respond-async, handling=lenient"]
-        } else {
-            vec!["respond-async"]
-        };
-        let input = KickoffInput {
-            url: crate::http::level_path(&level),
+        crate::request::parse_kickoff(&self.kickoff_input(self.level()?, &query, ""), caps)
+            .map(|_| ())
+            .map_err(|e| self.invalid(e.to_string()))
+    }
+
+    /// The kick-off a run makes: `GET` of `query` at `level`, as a client would send it.
+    fn kickoff_input<'a>(
+        &self,
+        level: ExportLevel,
+        query: &'a str,
+        base_url: &str,
+    ) -> KickoffInput<'a> {
+        KickoffInput {
+            url: format!("{base_url}{}", crate::http::level_path(&level)),
             level,
             method: Method::Get,
-            query: (!query.is_empty()).then_some(query.as_str()),
+            query: (!query.is_empty()).then_some(query),
             body: &[],
             content_type: None,
             accept: vec!["application/fhir+json"],
-            prefer,
-        };
-        crate::request::parse_kickoff(&input, caps)
-            .map(|_| ())
-            .map_err(|e| self.invalid(e.to_string()))
+            prefer: if self.lenient {
+                vec!["respond-async, handling=lenient"]
+            } else {
+                vec!["respond-async"]
+            },
+        }
+    }
+
+    /// Who the runs belong to on a host whose tokens come from `issuer` (none: a host
+    /// without authentication): `<issuer>#<owner>` with the definition's scopes, or the
+    /// anonymous owner.
+    pub fn caller(&self, issuer: Option<&str>) -> Caller {
+        let grant = crate::auth::Grant::from_scopes(&self.scope);
+        match issuer {
+            Some(iss) if self.owner != "anonymous" => Caller {
+                grant,
+                ..Caller::client(iss, &self.owner, "")
+            },
+            _ => Caller {
+                grant,
+                ..Caller::anonymous()
+            },
+        }
     }
 
     /// The kick-off of a run exporting changes since `since` (everything when `None`).
@@ -257,26 +281,7 @@ pub async fn tick(
         }
         let since = st.last_completed.as_ref().map(|l| l.transaction_time);
         let query = def.query_since(since);
-        let url = format!(
-            "{}{}",
-            state.settings.public_base_url,
-            crate::http::level_path(&level)
-        );
-        let prefer = if def.lenient {
-            vec!["respond-async, handling=lenient"]
-        } else {
-            vec!["respond-async"]
-        };
-        let input = KickoffInput {
-            level: level.clone(),
-            method: Method::Get,
-            query: (!query.is_empty()).then_some(query.as_str()),
-            body: &[],
-            content_type: None,
-            accept: vec!["application/fhir+json"],
-            prefer,
-            url,
-        };
+        let input = def.kickoff_input(level.clone(), &query, &state.settings.public_base_url);
         let kickoff = |source| ScheduleError::Kickoff {
             name: def.name.clone(),
             source,
