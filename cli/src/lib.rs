@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bench;
 pub mod client;
+pub mod cost;
 pub mod demo;
 pub mod events;
 pub mod listener;

@@ -94,6 +94,9 @@ enum Command {
     Export(fhir_export::client::ExportArgs),
     /// Measure export throughput and peak memory at several sizes, beside a raw copy.
     Bench(fhir_export::bench::BenchArgs),
+    /// Price an export's usage record on AWS (the completion event's `usage`, or the
+    /// manifest's `extension.usage`): a table per service, totals, cost per million resources.
+    Cost(fhir_export::cost::CostArgs),
     /// Make a SMART Backend Services client key: <out>/<id>.private.pem (keep it) and
     /// <out>/<id>.jwks.json (register it: `serve --auth-client ID=<out>/<id>.jwks.json`).
     Keygen {
@@ -216,6 +219,10 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
         }
         Command::Bench(args) => {
             fhir_export::bench::run(args).await?;
+            Ok(())
+        }
+        Command::Cost(args) => {
+            fhir_export::cost::run(&args)?;
             Ok(())
         }
         Command::Demo { state, source } => {

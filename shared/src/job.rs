@@ -148,12 +148,18 @@ pub struct JobPlan {
     /// Provenance selected by association.
     #[serde(default)]
     pub records_refs: bool,
-    /// Chunks that publish files, in publishing order (manifest pages follow it).
-    #[serde(default)]
+    /// Chunks that publish files, in publishing order (manifest pages follow it). Stored as
+    /// runs (`[first, last]`), which it mostly is: the job's item stays small however many
+    /// chunks an export has (every read and write of it is billed by its size).
+    #[serde(default, with = "runs")]
     pub publishing: Vec<u32>,
     /// Publishing chunks per manifest page.
     #[serde(default)]
     pub page_chunks: u32,
+    /// File numbers the plan gave chunks ([`ChunkSpec::numbers`]), by counter (type): the
+    /// counter's numbers come after them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub numbered: std::collections::BTreeMap<String, u32>,
     /// How Provenance is chosen.
     #[serde(default)]
     pub provenance: ProvenanceMode,
@@ -232,6 +238,35 @@ pub struct ChunkSpec {
     /// The patients whose resources this chunk keeps (see [`SourcePiece::owners`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owners: Option<Vec<String>>,
+    /// Where the chunk's completion is counted: on a group item that counts itself on the job
+    /// once its last chunk is done, so that the job's item is not written by every chunk of
+    /// a large export (see [`CountGroup`]). `None`: on the job directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<CountGroup>,
+    /// The number of the published file of each type it reads (in the order of
+    /// [`ChunkSpec::reads`]), decided by the plan: most chunks publish one file per type, named
+    /// without a write to a shared counter. Further files (a rollover inside the chunk) take
+    /// numbers from the counter, after [`JobPlan::numbered`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numbers: Vec<u32>,
+}
+
+/// A group of chunks of one phase whose completions are counted together. A DynamoDB item
+/// takes at most 1,000 writes a second: the job's item, counted on by every chunk, would be
+/// over that from a few hundred workers on. A group of `size` chunks takes at most `size`
+/// writes per chunk-time however many workers run, and the job's item one write per group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountGroup {
+    pub id: u32,
+    pub size: u32,
+}
+
+impl CountGroup {
+    /// The job counter its completions are counted on (beside the file-number counters,
+    /// which are named after types and kinds: none starts with `#`).
+    pub fn counter(&self) -> String {
+        format!("#group-{}", self.id)
+    }
 }
 
 /// A type a chunk reads after its own.
@@ -468,9 +503,75 @@ pub async fn update_job(
     ))
 }
 
+/// A list of numbers as runs: `[0, 1, 2, 3, 7]` is `[[0, 3], 7]`. A plain list of numbers
+/// (as jobs stored before runs were) reads the same.
+mod runs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Run {
+        One(u32),
+        Span([u32; 2]),
+    }
+
+    pub fn serialize<S: Serializer>(list: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut i = 0;
+        while i < list.len() {
+            let mut j = i;
+            while j + 1 < list.len() && list[j].checked_add(1) == Some(list[j + 1]) {
+                j += 1;
+            }
+            runs.push(if j > i {
+                Run::Span([list[i], list[j]])
+            } else {
+                Run::One(list[i])
+            });
+            i = j + 1;
+        }
+        runs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        let runs = Vec::<Run>::deserialize(d)?;
+        let mut out = Vec::new();
+        for r in runs {
+            match r {
+                Run::One(n) => out.push(n),
+                Run::Span([a, b]) if a <= b => out.extend(a..=b),
+                Run::Span(_) => {
+                    return Err(serde::de::Error::custom("a run that ends before it starts"));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publishing_is_stored_as_runs_and_read_either_way() {
+        let plan = JobPlan {
+            publishing: vec![0, 1, 2, 3, 7, 9, 10],
+            ..JobPlan::default()
+        };
+        let json = serde_json::to_value(&plan).expect("json");
+        assert_eq!(json["publishing"], serde_json::json!([[0, 3], 7, [9, 10]]));
+        let back: JobPlan = serde_json::from_value(json).expect("parse");
+        assert_eq!(back.publishing, plan.publishing);
+        // As stored before runs.
+        let mut old = serde_json::to_value(&plan).expect("json");
+        old["publishing"] = serde_json::json!([0, 1, 2, 3, 7, 9, 10]);
+        let old: JobPlan = serde_json::from_value(old).expect("parse");
+        assert_eq!(old.publishing, plan.publishing);
+        let mut bad = serde_json::to_value(&plan).expect("json");
+        bad["publishing"] = serde_json::json!([[5, 2]]);
+        assert!(serde_json::from_value::<JobPlan>(bad).is_err());
+    }
 
     #[test]
     fn read_specs_stored_before_the_port_took_criteria_still_read() {

@@ -29,6 +29,7 @@ pub mod search;
 pub mod settings;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod usage;
 pub mod worker;
 
 /// An error and its sources, `a: b: c`, for logs.

@@ -7,6 +7,7 @@ pub mod aws;
 pub mod azure;
 pub mod helios;
 pub mod proxy;
+pub mod recorder;
 pub mod wrappers;
 
 use std::collections::BTreeMap;

@@ -1,12 +1,19 @@
 //! A system export of 100 million resources, planned for real over a source that only lists
 //! its files with their sizes (`fhir-export bench --scale`): every job-store item and every
-//! work message stays under half of DynamoDB's and SQS's limits, and the manifest is paged.
-//! (The writes per second on the job's partition at 1,000 workers are reported by the bench
-//! command, from a per-chunk time measured there: `docs/cost.md`.)
+//! work message stays under half of DynamoDB's and SQS's limits, the manifest is paged, and
+//! no single item takes more than half of DynamoDB's per-item throughput with 1,000 workers
+//! at the fastest chunk time measured (0.09 s a chunk, `docs/cost.md`): chunks count in
+//! groups, the plan numbers the files, and the job's item stays small.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fhir_export::bench::scale::{DYNAMODB_ITEM_LIMIT, SQS_MESSAGE_LIMIT, plan_at_scale};
+use fhir_export::bench::scale::{
+    DYNAMODB_ITEM_LIMIT, ITEM_READ_UNITS_PER_SEC, ITEM_WRITE_UNITS_PER_SEC, SQS_MESSAGE_LIMIT,
+    plan_at_scale,
+};
+
+/// The fastest per-chunk time measured (a 32 MiB chunk on one core, local disk, release).
+const FASTEST_CHUNK_SECS: f64 = 0.09;
 
 #[tokio::test]
 async fn a_hundred_million_resources_plan_within_the_stores_limits() {
@@ -38,4 +45,37 @@ async fn a_hundred_million_resources_plan_within_the_stores_limits() {
     // Paged: no page holds more than 1,000 publishing chunks' files.
     assert!(f.manifest_pages >= f.chunks / 1000);
     assert!(f.largest_page_bytes < 1 << 20, "{}", f.largest_page_bytes);
+
+    // Hot items at 1,000 workers: the job's item (one write per group of chunks, billed by
+    // its size), a group's item (at most its chunks at once), the busiest file counter.
+    let (w, t) = (1000, FASTEST_CHUNK_SECS);
+    assert!(
+        f.job_item_bytes <= 2048,
+        "job item {} bytes",
+        f.job_item_bytes
+    );
+    // The job's item (1 KB and a little: 2 write units a write) under the limit at the
+    // fastest pace, under half of it at Lambda's S3-bound pace (0.5 s a chunk).
+    assert!(
+        f.job_item_write_units_per_sec(w, t) < ITEM_WRITE_UNITS_PER_SEC,
+        "job item: {} WCU/s",
+        f.job_item_write_units_per_sec(w, t)
+    );
+    assert!(f.job_item_write_units_per_sec(w, 0.5) < ITEM_WRITE_UNITS_PER_SEC / 2.0);
+    assert!(
+        f.group_item_writes_per_sec(w, t) < ITEM_WRITE_UNITS_PER_SEC / 2.0,
+        "group item: {} writes/s",
+        f.group_item_writes_per_sec(w, t)
+    );
+    assert_eq!(
+        f.counter_writes_per_chunk, 0.0,
+        "every file numbered by the plan"
+    );
+    // Reads of the job's item are what limits the workers (docs/cost.md): at the S3-bound
+    // pace of Lambda (0.5 s a chunk), 500 workers take at most half the item's read units.
+    assert!(
+        f.job_item_read_units_per_sec(500, 0.5) <= ITEM_READ_UNITS_PER_SEC / 2.0,
+        "job item: {} RCU/s",
+        f.job_item_read_units_per_sec(500, 0.5)
+    );
 }

@@ -25,6 +25,8 @@ mod latency;
 pub mod scale;
 #[cfg(feature = "fhir-server")]
 mod upstream;
+#[cfg(feature = "aws")]
+mod usage;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -69,6 +71,11 @@ pub struct BenchArgs {
     /// time at 100, 500 and 1,000 workers (`docs/cost.md`).
     #[arg(long, value_name = "RESOURCES")]
     pub scale: Option<u64>,
+    /// Measure what exports use and cost: each size exported on the AWS adapters against
+    /// moto (`AWS_ENDPOINT_URL`) and on the embedded defaults, their usage records priced as
+    /// `fhir-export cost` prices them (needs the `aws` feature; `docs/cost.md`).
+    #[arg(long)]
+    pub usage: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +138,17 @@ pub async fn run(args: BenchArgs) -> Result<Vec<BenchRow>, BenchError> {
         return Err(BenchError::Protocol(format!(
             "--fhir-server {url} needs a build with the `fhir-server` feature"
         )));
+    }
+    if args.usage {
+        #[cfg(feature = "aws")]
+        {
+            usage::run(&args).await?;
+            return Ok(Vec::new());
+        }
+        #[cfg(not(feature = "aws"))]
+        return Err(BenchError::Protocol(
+            "--usage needs a build with the `aws` feature".into(),
+        ));
     }
     if args.azure {
         #[cfg(feature = "azure")]

@@ -142,7 +142,26 @@ pub struct ScaleFigures {
     /// Writes to the job's partition key per completed chunk (DynamoDB adapter).
     pub partition_writes_per_chunk: f64,
     pub chunk_bytes: u64,
+    /// Writes to the job's item per completed chunk: 1 when every chunk counts on it, 1/32
+    /// when chunks count in groups (see `CountGroup`).
+    pub job_item_writes_per_chunk: f64,
+    /// Reads of the job's item per chunk, in strongly consistent reads: its first look
+    /// (eventually consistent: half), the state again after it published (a cancel's
+    /// clean-up may have run meanwhile); plus one per second it runs, added by
+    /// [`ScaleFigures::job_item_read_units_per_sec`] (`state_check_interval`).
+    pub job_item_reads_per_chunk: f64,
+    /// Chunks of the largest count group: a group item takes at most this many writes per
+    /// chunk-time.
+    pub largest_group: u32,
+    /// Writes per chunk to the busiest file-number counter (`COUNTER#<type>`): only files the
+    /// plan did not number take numbers from it.
+    pub counter_writes_per_chunk: f64,
 }
+
+/// DynamoDB's per-item limits: 1,000 write units and 3,000 read units a second; a write unit
+/// is 1 KB of the item, a (strongly consistent) read unit 4 KB.
+pub const ITEM_WRITE_UNITS_PER_SEC: f64 = 1000.0;
+pub const ITEM_READ_UNITS_PER_SEC: f64 = 3000.0;
 
 /// Bytes a manifest entry takes (`{"type":...,"url":".../files/Observation-12345.ndjson","count":...}`).
 const MANIFEST_ENTRY_BYTES: usize = 160;
@@ -246,13 +265,32 @@ pub async fn plan_at_scale(
         }
         page_sizes[page] += files * MANIFEST_ENTRY_BYTES;
     }
-    // complete_chunk (chunk item + the job's count), one reservation per type it writes,
-    // the published names, the rename mark: all under the job's partition key.
-    let per_chunk = chunks
+    // Per chunk, under the job's partition key: its result, the count (on its group, and the
+    // group's last on the job), a number from a counter for each file the plan did not
+    // number, its published names, the rename mark, its usage record.
+    let n = chunks.len().max(1) as f64;
+    let groups: std::collections::BTreeSet<u32> = chunks
         .iter()
-        .map(|c| 4.0 + (1 + c.spec.packed.len()) as f64)
-        .sum::<f64>()
-        / chunks.len().max(1) as f64;
+        .filter_map(|c| c.spec.group.map(|g| g.id))
+        .collect();
+    let ungrouped = chunks.iter().filter(|c| c.spec.group.is_none()).count();
+    let largest_group = chunks
+        .iter()
+        .filter_map(|c| c.spec.group.map(|g| g.size))
+        .max()
+        .unwrap_or(0);
+    let mut unnumbered: std::collections::BTreeMap<String, u64> = Default::default();
+    for c in &chunks {
+        for (i, (t, _)) in c.spec.reads().enumerate() {
+            if c.spec.numbers.get(i).is_none() {
+                *unnumbered.entry(t.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let counter_writes = unnumbered.values().sum::<u64>() as f64;
+    let group_writes = chunks.len() - ungrouped;
+    let per_chunk = (chunks.len() * 4 + group_writes + groups.len() + ungrouped) as f64 / n
+        + counter_writes / n;
     Ok(ScaleFigures {
         resources,
         source_bytes,
@@ -268,6 +306,10 @@ pub async fn plan_at_scale(
         largest_page_bytes: page_sizes.iter().copied().max().unwrap_or(0),
         partition_writes_per_chunk: per_chunk,
         chunk_bytes: settings.chunk_bytes,
+        job_item_writes_per_chunk: (groups.len() + ungrouped) as f64 / n,
+        job_item_reads_per_chunk: 1.5,
+        largest_group,
+        counter_writes_per_chunk: unnumbered.values().copied().max().unwrap_or(0) as f64 / n,
     })
 }
 
@@ -276,6 +318,38 @@ impl ScaleFigures {
     /// taking `chunk_secs`.
     pub fn partition_writes_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
         workers as f64 / chunk_secs.max(1e-9) * self.partition_writes_per_chunk
+    }
+
+    /// Chunks completed per second with `workers` at once, each taking `chunk_secs`.
+    fn completions_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
+        workers.min(self.chunks as u64) as f64 / chunk_secs.max(1e-9)
+    }
+
+    /// Write units a second on the job's item (each write is billed on the whole item).
+    pub fn job_item_write_units_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
+        self.completions_per_sec(workers, chunk_secs)
+            * self.job_item_writes_per_chunk
+            * self.job_item_bytes.div_ceil(1024) as f64
+    }
+
+    /// Read units a second on the job's item.
+    pub fn job_item_read_units_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
+        let reads = self.job_item_reads_per_chunk + chunk_secs.floor();
+        self.completions_per_sec(workers, chunk_secs)
+            * reads
+            * self.job_item_bytes.div_ceil(4096) as f64
+    }
+
+    /// Writes a second on one group's item: its chunks are at most `largest_group` at once,
+    /// whatever the number of workers.
+    pub fn group_item_writes_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
+        let at_once = workers.min(u64::from(self.largest_group)) as f64;
+        at_once / chunk_secs.max(1e-9)
+    }
+
+    /// Writes a second on the busiest file-number counter.
+    pub fn counter_writes_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
+        self.completions_per_sec(workers, chunk_secs) * self.counter_writes_per_chunk
     }
 
     /// Wall time of the chunks with `workers` running at once, each taking `chunk_secs`.
@@ -389,13 +463,32 @@ pub async fn run(args: &super::BenchArgs, resources: u64) -> Result<(), BenchErr
         f.chunk_bytes as f64 / chunk_secs / 1e6,
         f.partition_writes_per_chunk
     );
-    println!("workers | chunks' wall time | writes/s on the job's partition (limit 1,000)");
-    for w in [100u64, 500, 1000] {
-        println!(
-            "{w:>7} | {:>10.0} s | {:>8.0}",
-            f.wall_secs(w, chunk_secs),
-            f.partition_writes_per_sec(w, chunk_secs)
-        );
+    println!(
+        "per chunk: {:.3} writes and {:.1} reads on the job's item ({}), a group of at most {} chunks, {:.3} writes on the busiest file counter",
+        f.job_item_writes_per_chunk,
+        f.job_item_reads_per_chunk,
+        kb(f.job_item_bytes),
+        f.largest_group,
+        f.counter_writes_per_chunk
+    );
+    println!(
+        "per item and second (DynamoDB: 1,000 write units, 3,000 read units), at the measured chunk time and at 0.5 s (S3-bound):"
+    );
+    println!(
+        "workers | chunk s | chunks' wall time | partition writes/s | job item WCU/s | job item RCU/s | group item writes/s | counter writes/s"
+    );
+    for t in [chunk_secs, 0.5] {
+        for w in [100u64, 500, 1000] {
+            println!(
+                "{w:>7} | {t:>7.2} | {:>15.0} s | {:>18.0} | {:>14.0} | {:>14.0} | {:>19.0} | {:>16.0}",
+                f.wall_secs(w, t),
+                f.partition_writes_per_sec(w, t),
+                f.job_item_write_units_per_sec(w, t),
+                f.job_item_read_units_per_sec(w, t),
+                f.group_item_writes_per_sec(w, t),
+                f.counter_writes_per_sec(w, t),
+            );
+        }
     }
     Ok(())
 }

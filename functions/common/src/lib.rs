@@ -180,25 +180,59 @@ impl FunctionConfig {
 
 /// JSON log lines (CloudWatch), filtered by `RUST_LOG` (default `info`); the audit events
 /// (target `audit`) are kept whatever the level (`docs/security.md`).
+///
+/// `RUST_LOG` takes `target=level` directives (`warn`, `shared::worker=debug,info`): a
+/// `Targets` filter, without `EnvFilter`'s span and field matching, which would link the regex
+/// engine into every function (`docs/benchmarks.md`, binary size).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let filter = match "audit=info".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter)
         .without_time() // CloudWatch stamps every line
         .with_current_span(false)
+        .finish()
+        .with(filter)
         .try_init();
+}
+
+/// The filter of `RUST_LOG` (`info` when unset, empty or not understood), with the audit
+/// events kept at `info`.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::filter::Targets {
+    let filter = rust_log
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+        });
+    filter.with_target("audit", tracing_subscriber::filter::LevelFilter::INFO)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn log_filter_from_rust_log() {
+        use tracing_subscriber::filter::LevelFilter;
+        let f = log_filter(None);
+        assert!(f.would_enable("shared::worker", &tracing::Level::INFO));
+        assert!(!f.would_enable("shared::worker", &tracing::Level::DEBUG));
+        let f = log_filter(Some("warn,shared::worker=debug"));
+        assert!(f.would_enable("shared::worker", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("aws_config", &tracing::Level::INFO));
+        // Audit events are kept whatever the level.
+        assert!(f.would_enable("audit", &tracing::Level::INFO));
+        assert!(log_filter(Some("error")).would_enable("audit", &tracing::Level::INFO));
+        assert_eq!(
+            log_filter(Some("")).default_level(),
+            Some(LevelFilter::INFO)
+        );
+    }
 
     #[test]
     fn config_from_env() {

@@ -13,12 +13,13 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
-use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
+use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, CountGroup, Job, JobState, OutputFile};
 use crate::model::JobId;
 use crate::ports::{
     BoxError, ChunkCompletion, Delivery, JobStore, Naming, QueueError, StoreError, WorkQueue,
 };
 use crate::schedule::ScheduleState;
+use crate::usage::Usage;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -64,6 +65,12 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages(queue, visible_at);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receipt ON messages(receipt);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (job_id, key)
+);
 CREATE TABLE IF NOT EXISTS schedules (
     name TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -537,10 +544,11 @@ impl JobStore for SqliteJobStore {
         index: u32,
         result: &ChunkResult,
         now: DateTime<Utc>,
+        group: Option<CountGroup>,
     ) -> Result<ChunkCompletion, StoreError> {
         let result = serde_json::to_string(result).map_err(backend)?;
         self.db
-            .write_tx(|tx| complete_in(tx, id, index, &result, now))
+            .write_tx(|tx| complete_in(tx, id, index, &result, now, group))
             .await
     }
 
@@ -567,12 +575,13 @@ impl JobStore for SqliteJobStore {
         index: u32,
         result: &ChunkResult,
         now: DateTime<Utc>,
+        group: Option<CountGroup>,
         naming: Option<Naming<'_>>,
     ) -> Result<(ChunkCompletion, Option<Vec<OutputFile>>), StoreError> {
         let result = serde_json::to_string(result).map_err(backend)?;
         self.db
             .write_tx(|tx| {
-                let done = complete_in(tx, id, index, &result, now)?;
+                let done = complete_in(tx, id, index, &result, now, group)?;
                 let named = match naming {
                     Some(naming) if done.names_files() => {
                         let firsts = naming
@@ -706,7 +715,7 @@ impl JobStore for SqliteJobStore {
         self.db
             .with(move |c| {
                 let tx = Tx::begin(c, false).map_err(backend)?;
-                for table in ["outputs", "chunks", "counters"] {
+                for table in ["outputs", "chunks", "counters", "usage"] {
                     tx.run(
                         &format!("DELETE FROM {table} WHERE job_id = ?1"),
                         [id.as_str()],
@@ -716,6 +725,42 @@ impl JobStore for SqliteJobStore {
                 tx.run("DELETE FROM jobs WHERE id = ?1", [id.as_str()])
                     .map_err(backend)?;
                 tx.commit().map_err(backend)
+            })
+            .await
+    }
+
+    async fn record_usage(&self, id: &JobId, key: &str, usage: &Usage) -> Result<(), StoreError> {
+        let (id, key) = (id.clone(), key.to_owned());
+        let doc = serde_json::to_string(usage).map_err(backend)?;
+        self.db
+            .with(move |c| {
+                c.run(
+                    "INSERT OR REPLACE INTO usage (job_id, key, doc) VALUES (?1, ?2, ?3)",
+                    params![id.as_str(), key, doc],
+                )
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn usage(&self, id: &JobId) -> Result<Usage, StoreError> {
+        let id = id.clone();
+        self.db
+            .with(move |c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT doc FROM usage WHERE job_id = ?1")
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map([id.as_str()], |r| r.get::<_, String>(0))
+                    .map_err(backend)?;
+                let mut total = Usage::default();
+                for row in rows {
+                    let part: Usage =
+                        serde_json::from_str(&row.map_err(backend)?).map_err(backend)?;
+                    total.add(&part);
+                }
+                Ok(total)
             })
             .await
     }
@@ -792,6 +837,7 @@ fn complete_in(
     index: u32,
     result: &str,
     now: DateTime<Utc>,
+    group: Option<CountGroup>,
 ) -> Result<ChunkCompletion, StoreError> {
     let first = tx
         .run(
@@ -801,9 +847,27 @@ fn complete_in(
         .map_err(backend)?
         == 1;
     if first {
+        // Counted as DynamoDB counts (see `CountGroup`), so that the job's count means the
+        // same on both stores.
+        let counted = match group {
+            None => 1,
+            Some(g) => {
+                let reached = reserve_in(tx, id, &g.counter(), 1)?;
+                if reached < u64::from(g.size) {
+                    return Ok(ChunkCompletion {
+                        first,
+                        counted: false,
+                        done: 0,
+                        total: 0,
+                        state: JobState::Running,
+                    });
+                }
+                g.size
+            }
+        };
         tx.run(
-            "UPDATE jobs SET chunks_done = chunks_done + 1, updated_at = ?2 WHERE id = ?1",
-            params![id.as_str(), ms(now)],
+            "UPDATE jobs SET chunks_done = chunks_done + ?3, updated_at = ?2 WHERE id = ?1",
+            params![id.as_str(), ms(now), counted],
         )
         .map_err(backend)?;
     } else {
@@ -829,6 +893,7 @@ fn complete_in(
     let job = read_job(doc, done)?;
     Ok(ChunkCompletion {
         first,
+        counted: true,
         done: job.chunks_done,
         total: job.chunks_total,
         state: job.state,

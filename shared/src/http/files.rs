@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::{Caller, FilesState, owned_job};
 use crate::job::{JobState, OutputFile};
 use crate::layout::is_published_name;
+use crate::model::JobId;
 use crate::ports::{ByteStream, Encoding, ObjectError};
 use crate::settings::FileAccess;
 
@@ -45,7 +46,7 @@ async fn published_file(
     caller: &Caller,
     id: &str,
     name: &str,
-) -> Result<(String, OutputFile), ApiError> {
+) -> Result<(String, OutputFile, JobId), ApiError> {
     let job = owned_job(state.jobs.as_ref(), caller, id).await?;
     if !is_published_name(name) {
         return Err(ApiError::FileNotFound);
@@ -68,7 +69,7 @@ async fn published_file(
         .into_iter()
         .find(|f| f.name == name)
         .ok_or(ApiError::FileNotFound)?;
-    Ok((format!("{}/{}", job.output_prefix, file.name), file))
+    Ok((format!("{}/{}", job.output_prefix, file.name), file, job.id))
 }
 
 async fn serve(
@@ -78,7 +79,7 @@ async fn serve(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (key, file) = published_file(state, caller, id, name).await?;
+    let (key, file, id) = published_file(state, caller, id, name).await?;
     if state.settings.file_access != FileAccess::Served
         && let Some(signer) = state.output.signer()
     {
@@ -120,6 +121,7 @@ async fn serve(
         (stored, _, Some(r)) => (Body::from_stream(stream), stored, Some(r.end - r.start)),
         (stored, _, None) => (Body::from_stream(stream), stored, Some(file.bytes)),
     };
+    let body = metered(body, state, id);
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
@@ -142,6 +144,74 @@ async fn serve(
         }
     }
     Ok(resp)
+}
+
+/// The body, counting what it sends: once it ends (or the client goes away), the bytes sent
+/// are recorded with the export's usage (egress is most of what a download costs).
+fn metered(body: Body, state: &FilesState, id: JobId) -> Body {
+    let jobs = state.jobs.clone();
+    Body::from_stream(Metered {
+        inner: body.into_data_stream(),
+        sent: 0,
+        record: Some(Box::new(move |sent| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                let usage = crate::usage::Usage {
+                    bytes_sent: sent,
+                    downloads: 1,
+                    ..Default::default()
+                };
+                let key = format!("download-{}", uuid::Uuid::new_v4().simple());
+                if let Err(e) = jobs.record_usage(&id, &key, &usage).await {
+                    tracing::warn!(job_id = %id, error = %crate::error_chain(&e), "download not recorded in the usage");
+                }
+            });
+        })),
+    })
+}
+
+type Record = Box<dyn FnOnce(u64) + Send>;
+
+struct Metered<S> {
+    inner: S,
+    sent: u64,
+    record: Option<Record>,
+}
+
+impl<S> Metered<S> {
+    fn finish(&mut self) {
+        if let Some(record) = self.record.take() {
+            record(self.sent);
+        }
+    }
+}
+
+impl<S> futures::Stream for Metered<S>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+{
+    type Item = Result<bytes::Bytes, axum::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(b))) => self.sent += b.len() as u64,
+            std::task::Poll::Ready(None) => self.finish(),
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Metered<S> {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 /// 416 with the size, as RFC 9110 asks, and an `OperationOutcome` saying why.

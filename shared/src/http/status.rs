@@ -114,7 +114,7 @@ async fn poll(
                 };
             };
             let next = partial_page(&job, &chunks, k + 1).map(|_| page_url(state, &job, k + 1));
-            let mut resp = manifest_response(state, &job, &files, next).await?;
+            let mut resp = manifest_response(state, &job, &files, next, None).await?;
             *resp.status_mut() = StatusCode::ACCEPTED;
             add_progress(state, &job, &mut resp);
             Ok(resp)
@@ -128,7 +128,14 @@ async fn poll(
             }
             let files: Vec<OutputFile> = all.into_iter().filter(|f| f.page == k).collect();
             let next = (k < pages).then(|| page_url(state, &job, k + 1));
-            let mut resp = manifest_response(state, &job, &files, next).await?;
+            // What the export used, for its owner (the only caller who gets this far), on
+            // the first page: the manifest's `extension`, which the IG leaves to servers.
+            let usage = if k == 1 {
+                Some(serde_json::json!({ "usage": state.jobs.usage(&job.id).await? }))
+            } else {
+                None
+            };
+            let mut resp = manifest_response(state, &job, &files, next, usage).await?;
             if let Ok(v) = HeaderValue::from_str(&http_date(&job.expires_at)) {
                 resp.headers_mut().insert(header::EXPIRES, v);
             }
@@ -175,18 +182,22 @@ async fn manifest_response(
     job: &Job,
     files: &[OutputFile],
     next: Option<String>,
+    extension: Option<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let urls = file_urls(state, job, files).await?;
     let access = state
         .settings
         .file_access_for(state.output.signer().is_some());
-    let body = manifest(
+    let mut body = manifest(
         job,
         files,
         &urls,
         state.settings.requires_access_token_for(access),
         next,
     );
+    if let Some(extension) = extension {
+        body["extension"] = extension;
+    }
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

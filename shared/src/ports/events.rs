@@ -57,6 +57,10 @@ pub struct ExportEvent {
     /// Why it failed (failed exports): the export's own words, never resource content.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the export used (see [`crate::usage`]): its worker messages, recorded by the time
+    /// the event went out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::Usage>,
 }
 
 impl ExportEvent {
@@ -107,6 +111,7 @@ impl ExportEvent {
             ended_at,
             duration_ms: (ended_at - job.created_at).num_milliseconds(),
             reason: job.failure.clone(),
+            usage: None,
         })
     }
 }

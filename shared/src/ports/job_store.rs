@@ -4,9 +4,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::BoxError;
-use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
+use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, CountGroup, Job, JobState, OutputFile};
 use crate::model::JobId;
 use crate::schedule::ScheduleState;
+use crate::usage::Usage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,6 +30,11 @@ pub enum StoreError {
 pub struct ChunkCompletion {
     /// False when the chunk was already done (a duplicate delivery): nothing changed.
     pub first: bool,
+    /// Whether `done`, `total` and `state` were read off the job: true when the completion
+    /// was counted on the job (a chunk without a group, the last chunk of its group) or was
+    /// not the first. A first completion counted on its group only leaves the job's item
+    /// alone: `done` and `total` are then 0 and `state` is `Running`, unknown.
+    pub counted: bool,
     pub done: u32,
     pub total: u32,
     /// The job's state as the completion left it, so that a cancel that came in meanwhile is
@@ -64,6 +70,13 @@ pub trait JobStore: Send + Sync {
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
 
+    /// The job as it was a moment ago, perhaps: where a read that may miss the latest write is
+    /// cheaper (DynamoDB: half the read units), for the chunk's first look, which every chunk
+    /// of an export makes. Stores without the distinction read as [`JobStore::get`].
+    async fn peek(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        self.get(id).await
+    }
+
     /// The state of a job, `None` if it does not exist: what a running chunk asks between
     /// batches to learn of a cancel. Stores that can read it alone override this.
     async fn state(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
@@ -90,15 +103,18 @@ pub trait JobStore: Send + Sync {
     /// All chunks of a job, by index.
     async fn chunks(&self, id: &JobId) -> Result<Vec<ChunkRecord>, StoreError>;
 
-    /// Atomically marks a chunk done with its result and counts it on the job, once: a second
-    /// completion of the same chunk changes nothing and reports `first: false`. Also records
-    /// progress (`updated_at = now`). `NotFound` if the chunk does not exist.
+    /// Atomically marks a chunk done with its result and counts it, once: a second
+    /// completion of the same chunk changes nothing and reports `first: false`. Without a
+    /// `group`, it is counted on the job (`chunks_done`), which records progress
+    /// (`updated_at = now`); with one, on the group's counter, and the group's last chunk
+    /// counts the whole group on the job. `NotFound` if the chunk does not exist.
     async fn complete_chunk(
         &self,
         id: &JobId,
         index: u32,
         result: &ChunkResult,
         now: DateTime<Utc>,
+        group: Option<CountGroup>,
     ) -> Result<ChunkCompletion, StoreError>;
 
     /// Reserves `n` consecutive numbers of a per-job counter (the first number ever given is
@@ -135,15 +151,17 @@ pub trait JobStore: Send + Sync {
     /// cancelled, `name_files`; the names that stand come back with the completion. A store
     /// that can does both in one transaction (the default makes the calls one by one; a
     /// crash between them leaves a done chunk without names, which publishing makes good).
+    #[allow(clippy::too_many_arguments)]
     async fn complete_and_name(
         &self,
         id: &JobId,
         index: u32,
         result: &ChunkResult,
         now: DateTime<Utc>,
+        group: Option<CountGroup>,
         naming: Option<Naming<'_>>,
     ) -> Result<(ChunkCompletion, Option<Vec<OutputFile>>), StoreError> {
-        let completion = self.complete_chunk(id, index, result, now).await?;
+        let completion = self.complete_chunk(id, index, result, now, group).await?;
         let named = match naming {
             Some(naming) if completion.names_files() => {
                 Some(self.name_files(id, index, naming).await?)
@@ -186,6 +204,13 @@ pub trait JobStore: Send + Sync {
 
     /// Deletes a job with its chunks and outputs. Deleting a missing job is not an error.
     async fn delete(&self, id: &JobId) -> Result<(), StoreError>;
+
+    /// Records what one handling of a message of the job used, under `key` (unique per
+    /// handling; recording the same key again replaces it). Deleted with the job.
+    async fn record_usage(&self, id: &JobId, key: &str, usage: &Usage) -> Result<(), StoreError>;
+
+    /// The sum of every usage recorded for the job (empty when none was).
+    async fn usage(&self, id: &JobId) -> Result<Usage, StoreError>;
 
     /// The stored state of schedule `name`, `None` if it never ran.
     async fn schedule(&self, name: &str) -> Result<Option<ScheduleState>, StoreError>;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 
 use super::{sample_chunk, sample_job};
-use crate::job::{ChunkResult, FileKind, JobState, OutputFile, StagedFile};
+use crate::job::{ChunkResult, ChunkSpec, FileKind, JobState, OutputFile, StagedFile};
 use crate::model::{JobId, ResourceType};
 use crate::ports::{JobStore, Naming, StoreError};
 
@@ -92,14 +92,14 @@ pub async fn run(store: Arc<dyn JobStore>) {
     assert!(listed.iter().all(|c| !c.is_done()));
     assert_eq!(listed[2].spec, chunks[2]);
     let c = s
-        .complete_chunk(&job.id, 1, &result(5), now)
+        .complete_chunk(&job.id, 1, &result(5), now, None)
         .await
         .expect("complete");
     assert!(c.first);
     assert_eq!((c.done, c.total), (1, 3));
     assert_eq!(c.state, JobState::Planning);
     let again = s
-        .complete_chunk(&job.id, 1, &result(99), now)
+        .complete_chunk(&job.id, 1, &result(99), now, None)
         .await
         .expect("complete again");
     assert!(!again.first, "a second completion must not count");
@@ -107,13 +107,13 @@ pub async fn run(store: Arc<dyn JobStore>) {
     let rec = s.chunk(&job.id, 1).await.expect("chunk").expect("exists");
     assert_eq!(rec.result, Some(result(5)), "the first result stays");
     assert!(matches!(
-        s.complete_chunk(&job.id, 42, &result(1), now).await,
+        s.complete_chunk(&job.id, 42, &result(1), now, None).await,
         Err(StoreError::NotFound)
     ));
 
     // a state change does not lose chunk completions made after it was read
     let stale = s.get(&job.id).await.expect("get").expect("exists");
-    s.complete_chunk(&job.id, 0, &result(1), now)
+    s.complete_chunk(&job.id, 0, &result(1), now, None)
         .await
         .expect("complete 0");
     let running = stale
@@ -135,7 +135,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
     s.create(&job3).await.expect("create");
     s.put_chunks(&job3.id, &chunks).await.expect("put_chunks");
     let c = s
-        .complete_chunk(&job3.id, 0, &result(1), now)
+        .complete_chunk(&job3.id, 0, &result(1), now, None)
         .await
         .expect("complete");
     assert_eq!(c.state, JobState::Running);
@@ -145,15 +145,56 @@ pub async fn run(store: Arc<dyn JobStore>) {
         .expect("transition");
     s.update(&cancelled, current.version).await.expect("cancel");
     let c = s
-        .complete_chunk(&job3.id, 1, &result(1), now)
+        .complete_chunk(&job3.id, 1, &result(1), now, None)
         .await
         .expect("complete");
     assert_eq!((c.first, c.state), (true, JobState::Cancelled));
     let c = s
-        .complete_chunk(&job3.id, 1, &result(1), now)
+        .complete_chunk(&job3.id, 1, &result(1), now, None)
         .await
         .expect("complete again");
     assert_eq!((c.first, c.state), (false, JobState::Cancelled));
+
+    // a group counts on the job once, when its last chunk is done; a chunk outside any
+    // group counts at once; a duplicate reads the job
+    let mut grouped = sample_job(JobState::Running, now);
+    grouped.chunks_total = 4;
+    s.create(&grouped).await.expect("create");
+    let group = crate::job::CountGroup { id: 7, size: 3 };
+    let specs: Vec<ChunkSpec> = (0..4)
+        .map(|i| ChunkSpec {
+            group: (i < 3).then_some(group),
+            ..sample_chunk(i)
+        })
+        .collect();
+    s.put_chunks(&grouped.id, &specs).await.expect("put_chunks");
+    let done_of = |c: &crate::ports::ChunkCompletion| (c.first, c.counted, c.done, c.total);
+    let c = s
+        .complete_chunk(&grouped.id, 0, &result(1), now, Some(group))
+        .await
+        .expect("complete");
+    assert_eq!(done_of(&c), (true, false, 0, 0));
+    let c = s
+        .complete_chunk(&grouped.id, 3, &result(1), now, None)
+        .await
+        .expect("complete");
+    assert_eq!(done_of(&c), (true, true, 1, 4));
+    let c = s
+        .complete_chunk(&grouped.id, 1, &result(1), now, Some(group))
+        .await
+        .expect("complete");
+    assert_eq!(done_of(&c), (true, false, 0, 0));
+    let c = s
+        .complete_chunk(&grouped.id, 1, &result(1), now, Some(group))
+        .await
+        .expect("complete again");
+    assert_eq!(done_of(&c), (false, true, 1, 4));
+    let c = s
+        .complete_chunk(&grouped.id, 2, &result(1), now, Some(group))
+        .await
+        .expect("complete");
+    assert_eq!(done_of(&c), (true, true, 4, 4));
+    assert_eq!(c.state, JobState::Running);
 
     // concurrent completions: each counted once, exactly one sees the last one
     let job2 = sample_job(JobState::Running, now);
@@ -169,7 +210,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
             let id = job2.id.clone();
             tasks.push(tokio::spawn(async move {
                 store
-                    .complete_chunk(&id, i, &result(u64::from(i)), Utc::now())
+                    .complete_chunk(&id, i, &result(u64::from(i)), Utc::now(), None)
                     .await
             }));
         }
@@ -277,7 +318,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
     };
     let names = |ns: &[&str]| ns.iter().map(|n| output(n, 1)).collect::<Vec<_>>();
     let (c, named) = s
-        .complete_and_name(&job4.id, 1, &result(2), now, Some(naming()))
+        .complete_and_name(&job4.id, 1, &result(2), now, None, Some(naming()))
         .await
         .expect("complete and name");
     assert!(c.first);
@@ -287,7 +328,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
     assert_eq!(rec.published, Some(expected.clone()));
     assert_eq!(rec.result, Some(result(2)));
     let (c, named) = s
-        .complete_and_name(&job4.id, 1, &result(2), now, Some(naming()))
+        .complete_and_name(&job4.id, 1, &result(2), now, None, Some(naming()))
         .await
         .expect("duplicate");
     assert!(!c.first);
@@ -298,7 +339,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
         "a duplicate completion takes no numbers"
     );
     assert!(matches!(
-        s.complete_and_name(&job4.id, 9, &result(1), now, Some(naming()))
+        s.complete_and_name(&job4.id, 9, &result(1), now, None, Some(naming()))
             .await,
         Err(StoreError::NotFound)
     ));
@@ -308,7 +349,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
         .expect("transition");
     s.update(&cancelled, current.version).await.expect("cancel");
     let (c, named) = s
-        .complete_and_name(&job4.id, 2, &result(1), now, Some(naming()))
+        .complete_and_name(&job4.id, 2, &result(1), now, None, Some(naming()))
         .await
         .expect("complete after cancel");
     assert_eq!((c.first, c.state, named), (true, JobState::Cancelled, None));
@@ -372,12 +413,43 @@ pub async fn run(store: Arc<dyn JobStore>) {
     assert!(expired.iter().any(|j| j.id == gone.id));
     assert!(!expired.iter().any(|j| j.id == job.id));
 
-    // delete removes job, chunks and outputs; deleting again is fine
+    // usage: parts summed, a key recorded again replaced, other jobs apart
+    assert!(s.usage(&job.id).await.expect("usage").is_empty());
+    let mut part = crate::usage::Usage {
+        messages: 1,
+        wall_ms: 40,
+        max_wall_ms: 40,
+        dynamodb_write_units: 2.5,
+        ..Default::default()
+    };
+    part.count(crate::usage::S3, "PutObject", 3);
+    s.record_usage(&job.id, "chunk-0-a", &part)
+        .await
+        .expect("record");
+    s.record_usage(&job.id, "chunk-1-b", &part)
+        .await
+        .expect("record");
+    s.record_usage(&job.id, "chunk-1-b", &part)
+        .await
+        .expect("record again");
+    s.record_usage(&gone.id, "plan-c", &part)
+        .await
+        .expect("record");
+    let total = s.usage(&job.id).await.expect("usage");
+    assert_eq!(total.messages, 2);
+    assert_eq!(total.wall_ms, 80);
+    assert_eq!(total.max_wall_ms, 40);
+    assert_eq!(total.requests_of(crate::usage::S3, "PutObject"), 6);
+    assert_eq!(total.dynamodb_write_units, 5.0);
+
+    // delete removes job, chunks, outputs and usage; deleting again is fine
     s.delete(&job.id).await.expect("delete");
     s.delete(&job.id).await.expect("delete again");
     assert!(s.get(&job.id).await.expect("get").is_none());
     assert!(s.chunks(&job.id).await.expect("chunks").is_empty());
     assert!(s.outputs(&job.id).await.expect("outputs").is_empty());
+    assert!(s.usage(&job.id).await.expect("usage").is_empty());
+    assert_eq!(s.usage(&gone.id).await.expect("usage").messages, 1);
 }
 
 /// Schedules' state: compare-and-set on the version, listing, and names unique per store

@@ -70,6 +70,8 @@ pub fn sample_chunk(index: u32) -> ChunkSpec {
         bytes: 100,
         packed: Vec::new(),
         owners: None,
+        group: None,
+        numbers: Vec::new(),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::job::{ChunkRecord, ChunkRole, FileKind, Job, JobState, ReadSpec, Stag
 use crate::layout;
 use crate::model::{JobId, ResourceType};
 use crate::outcome::{Issue, IssueCode};
+use crate::usage::Meter;
 
 pub(super) async fn chunk(
     deps: &WorkerDeps,
@@ -24,7 +25,13 @@ pub(super) async fn chunk(
     index: u32,
     lease: &dyn Lease,
 ) -> Result<(), WorkError> {
-    let Some(job) = deps.jobs.get(id).await? else {
+    // Most chunks find their job running, and a chunk that starts on a job cancelled a moment
+    // ago stops at its first look at the state; anything else is read again for certain.
+    let job = match deps.jobs.peek(id).await? {
+        Some(job) if job.state == JobState::Running => Some(job),
+        _ => deps.jobs.get(id).await?,
+    };
+    let Some(job) = job else {
         return Ok(());
     };
     match job.state {
@@ -118,7 +125,8 @@ pub(super) async fn chunk(
             index,
             &result,
             now(),
-            publishing.then(|| naming(&job, index, &result)),
+            record.spec.group,
+            publishing.then(|| naming(&job, &record.spec, &result)),
         )
         .await?;
     tracing::info!(
@@ -141,6 +149,12 @@ pub(super) async fn chunk(
         deps.output.delete_prefix(&dir).await?;
         return Ok(());
     }
+    Meter::current(|u| {
+        u.bytes_written += result.files.iter().map(|f| f.bytes).sum::<u64>();
+        if publishing {
+            u.resources += result.resources;
+        }
+    });
     if completion.state == JobState::Cancelled {
         // Cancelled while we worked: the cancel's clean-up may have run before our files
         // existed (nor is the rest of the export's folder anybody's now). The completion
@@ -162,7 +176,17 @@ pub(super) async fn chunk(
         }
         published?;
     }
-    advance(deps, &job, completion.done, completion.total).await
+    if completion.counted {
+        return advance(deps, &job, completion.done, completion.total).await;
+    }
+    // Counted on its group only: the job's item, which the sweep reads for signs of life,
+    // hears of the export once per group. A group takes long when its chunks do, or when
+    // few workers run: then a heartbeat, if the job looked quiet when this chunk began.
+    let quiet = deps.settings.stall_timeout / 4;
+    if now() - job.updated_at > chrono::Duration::from_std(quiet).unwrap_or(chrono::Duration::MAX) {
+        deps.jobs.heartbeat(&job.id, now()).await?;
+    }
+    Ok(())
 }
 
 /// Whether every chunk of the phases before `phase` is done. The job's counter says so
@@ -171,6 +195,16 @@ pub(super) async fn chunk(
 async fn previous_phases_done(deps: &WorkerDeps, job: &Job, phase: u32) -> Result<bool, WorkError> {
     let start = job.plan.phase_range(phase as usize).start;
     if job.chunks_done >= start {
+        return Ok(true);
+    }
+    // The first look may have been a moment old: the job, read for certain, before the
+    // chunks (a query of every chunk of the export).
+    if deps
+        .jobs
+        .get(&job.id)
+        .await?
+        .is_some_and(|j| j.chunks_done >= start)
+    {
         return Ok(true);
     }
     let done = deps

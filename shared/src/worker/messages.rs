@@ -30,6 +30,16 @@ impl WorkMessage {
         }
     }
 
+    /// What the message asks, in a word (`chunk-7` for a chunk), for logs and usage keys.
+    pub fn kind(&self) -> String {
+        match self {
+            WorkMessage::Plan { .. } => "plan".to_owned(),
+            WorkMessage::Chunk { chunk, .. } => format!("chunk-{chunk}"),
+            WorkMessage::Finalize { .. } => "finalize".to_owned(),
+            WorkMessage::Notify { .. } => "notify".to_owned(),
+        }
+    }
+
     pub fn encode(&self) -> String {
         #[derive(Serialize)]
         struct Envelope<'a> {

@@ -39,6 +39,7 @@ use crate::ports::{
     StoreError, WorkQueue,
 };
 use crate::settings::Settings;
+use crate::usage::Meter;
 
 /// What the worker needs. The kick-off, status and cancel functions need less (see
 /// [`crate::http`]).
@@ -154,14 +155,34 @@ impl Lease for NoLease {
     }
 }
 
-/// Handles one message body.
+/// Handles one message body, and records what the handling used with its job (see
+/// [`crate::usage`]).
 pub async fn handle_message(
     deps: &WorkerDeps,
     body: &str,
     lease: &dyn Lease,
 ) -> Result<(), WorkError> {
     let msg = WorkMessage::decode(body).map_err(|e| WorkError::Permanent(e.to_string()))?;
-    let result = match &msg {
+    let meter = Meter::default();
+    let result = meter.measure(handle(deps, &msg, lease)).await;
+    if let WorkMessage::Chunk { .. } = msg {
+        meter.with(|u| u.chunks += 1);
+    }
+    // Every attempt is recorded, a failed one too: it was billed. The record cannot count
+    // its own write (one per message; `fhir-export cost` adds it).
+    let key = format!("{}-{}", msg.kind(), uuid::Uuid::new_v4().simple());
+    if let Err(e) = deps
+        .jobs
+        .record_usage(msg.job(), &key, &meter.snapshot())
+        .await
+    {
+        log_failure("usage not recorded", &e);
+    }
+    result
+}
+
+async fn handle(deps: &WorkerDeps, msg: &WorkMessage, lease: &dyn Lease) -> Result<(), WorkError> {
+    let result = match msg {
         WorkMessage::Plan { job } => plan::plan(deps, job).await,
         WorkMessage::Chunk { job, chunk } => chunk::chunk(deps, job, *chunk, lease).await,
         WorkMessage::Finalize { job } => finalize::finalize(deps, job).await,

@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use super::{WorkError, WorkMessage, WorkerDeps};
+use crate::job::Job;
 use crate::model::JobId;
 use crate::ports::{ExportEvent, QueueError, WorkQueue};
+use crate::usage::{self, Usage};
 
 /// How long the handler waits for the transition that follows its message.
 const SETTLE_WAIT: Duration = Duration::from_millis(200);
@@ -22,6 +24,28 @@ pub async fn announce(queue: &dyn WorkQueue, job: &JobId) -> Result<(), QueueErr
             vec![WorkMessage::Notify { job: job.clone() }.encode()],
         )
         .await
+}
+
+/// The completion log event's usage line: the figures a dashboard sums, and the whole record
+/// (what `fhir-export cost` reads).
+fn log_usage(job: &Job, usage: &Usage) {
+    tracing::info!(
+        job_id = %job.id,
+        state = job.state.as_str(),
+        messages = usage.messages,
+        chunks = usage.chunks,
+        resources = usage.resources,
+        wall_ms = usage.wall_ms,
+        cpu_ms = usage.cpu_ms,
+        s3_requests = usage.requests_to(usage::S3),
+        sqs_requests = usage.requests_to(usage::SQS),
+        dynamodb_requests = usage.requests_to(usage::DYNAMODB),
+        dynamodb_write_units = usage.dynamodb_write_units,
+        dynamodb_read_units = usage.dynamodb_read_units,
+        bytes_written = usage.bytes_written,
+        usage = %serde_json::to_string(usage).unwrap_or_default(),
+        "export usage"
+    );
 }
 
 pub(super) async fn notify(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError> {
@@ -46,9 +70,12 @@ pub(super) async fn notify(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkErro
         crate::job::JobState::Completed => deps.jobs.outputs(id).await?,
         _ => Vec::new(),
     };
-    let Some(event) = ExportEvent::of(&job, &outputs, deps.settings.status_url(id)) else {
+    let Some(mut event) = ExportEvent::of(&job, &outputs, deps.settings.status_url(id)) else {
         return Ok(());
     };
+    let usage = deps.jobs.usage(id).await?;
+    log_usage(&job, &usage);
+    event.usage = Some(usage);
     deps.events
         .publish(&(&event).into())
         .await

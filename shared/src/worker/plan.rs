@@ -6,6 +6,8 @@
 //! 3. Provenance select chunks (when Provenance is chosen by association);
 //! 4. reduce chunks, one per partition (output organized by patient).
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use super::{WorkError, WorkMessage, WorkerDeps, clean_if_stopped, now};
@@ -13,8 +15,8 @@ use crate::compartment::in_patient_compartment;
 use crate::group::current_members;
 use crate::job::update_job;
 use crate::job::{
-    ChunkRole, ChunkSpec, FileKind, Job, JobPlan, JobState, OutputFile, PackedRead, ProvenanceMode,
-    SourcePiece,
+    ChunkRole, ChunkSpec, CountGroup, FileKind, Job, JobPlan, JobState, OutputFile, PackedRead,
+    ProvenanceMode, SourcePiece,
 };
 use crate::layout;
 use crate::model::{JobId, LogicalId, ResourceType};
@@ -168,6 +170,59 @@ pub(super) fn largest_first(
         .collect();
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     order.into_iter().map(|(_, index)| index)
+}
+
+/// Phases of more chunks than this count their completions in groups (see [`CountGroup`]).
+const GROUPED_FROM: u32 = 256;
+/// Chunks per group: a group item then takes at most this many writes per chunk-time
+/// (about 350 a second at 0.09 s a chunk, the fastest measured), and the job's item one
+/// per group (350 a second with 1,000 workers at that pace); both under DynamoDB's 1,000.
+const GROUP_SIZE: u32 = 32;
+
+/// Puts the chunks of each large phase in groups of [`GROUP_SIZE`], in the order they are
+/// sent ([`largest_first`]), so that groups finish one after the other and the job's count
+/// moves steadily.
+fn count_in_groups(chunks: &mut [ChunkSpec], phases: &[u32]) {
+    let mut start = 0u32;
+    let mut next_group = 0u32;
+    for &n in phases {
+        let range = start..start + n;
+        start += n;
+        if n < GROUPED_FROM {
+            continue;
+        }
+        let order: Vec<u32> = largest_first(chunks, range).collect();
+        for run in order.chunks(GROUP_SIZE as usize) {
+            let group = CountGroup {
+                id: next_group,
+                size: u32::try_from(run.len()).unwrap_or(GROUP_SIZE),
+            };
+            next_group += 1;
+            for index in run {
+                if let Some(c) = chunks.get_mut(*index as usize) {
+                    c.group = Some(group);
+                }
+            }
+        }
+    }
+}
+
+/// Numbers the published file of each type of each export chunk, in chunk order; returns how
+/// many numbers each type took.
+fn number_files(chunks: &mut [ChunkSpec]) -> BTreeMap<String, u32> {
+    let mut next: BTreeMap<String, u32> = BTreeMap::new();
+    for c in chunks.iter_mut().filter(|c| c.role == ChunkRole::Export) {
+        let types: Vec<ResourceType> = c.reads().map(|(t, _)| t).collect();
+        c.numbers = types
+            .iter()
+            .map(|t| {
+                let n = next.entry(t.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            })
+            .collect();
+    }
+    next
 }
 
 /// The patients of a Group export (its current members, narrowed by `patient`), or of a
@@ -396,6 +451,8 @@ async fn cut(
                 read,
                 packed,
                 owners,
+                group: None,
+                numbers: Vec::new(),
             });
         }
     };
@@ -424,6 +481,12 @@ async fn cut(
                 .collect(),
         );
     }
+    count_in_groups(&mut chunks, &sizes);
+    let numbered = if organized {
+        BTreeMap::new()
+    } else {
+        number_files(&mut chunks)
+    };
     let publishing = chunks
         .iter()
         .filter(|c| match c.role {
@@ -441,6 +504,7 @@ async fn cut(
             records_refs: associated,
             publishing,
             page_chunks: 0,
+            numbered,
             provenance: mode,
             notes: Vec::new(),
             dispatched: false,

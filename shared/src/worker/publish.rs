@@ -6,7 +6,10 @@
 use futures::{StreamExt, TryStreamExt};
 
 use super::{WorkError, WorkerDeps};
-use crate::job::{ChunkRecord, ChunkResult, ChunkRole, FileKind, Job, OutputFile, StagedFile};
+use crate::job::{
+    ChunkRecord, ChunkResult, ChunkRole, ChunkSpec, FileKind, Job, OutputFile, StagedFile,
+};
+use crate::model::ResourceType;
 use crate::ports::{Naming, ObjectError};
 
 /// Staged files of one chunk moved at once.
@@ -52,17 +55,40 @@ pub(crate) fn page_of(job: &Job, index: u32) -> u32 {
     u32::try_from(rank / per_page + 1).unwrap_or(u32::MAX)
 }
 
-/// How the published files of chunk `index`, which produced `result`, are named: one counter
-/// per resource type (and one for error files), numbers taken in the order of the staged
-/// files.
-pub(crate) fn naming<'a>(job: &'a Job, index: u32, result: &'a ChunkResult) -> Naming<'a> {
+/// How the published files of chunk `spec`, which produced `result`, are named: the first
+/// output file of each type it reads takes the number the plan gave it (no counter is
+/// written); any other file takes the next numbers of its counter (one per resource type, one
+/// for error files), after those the plan gave, in the order of the staged files.
+pub(crate) fn naming<'a>(job: &'a Job, spec: &ChunkSpec, result: &'a ChunkResult) -> Naming<'a> {
     let staged: Vec<&StagedFile> = result
         .files
         .iter()
         .filter(|f| f.kind.is_published())
         .collect();
+    // Each staged file's number from the plan, if it has one.
+    let planned: Vec<Option<u64>> = {
+        let reads: Vec<ResourceType> = spec.reads().map(|(t, _)| t).collect();
+        let mut taken: Vec<ResourceType> = Vec::new();
+        staged
+            .iter()
+            .map(|f| match (f.kind, f.resource_type) {
+                (FileKind::Output, Some(t)) if !taken.contains(&t) => {
+                    let n = reads
+                        .iter()
+                        .position(|r| *r == t)
+                        .and_then(|i| spec.numbers.get(i))?;
+                    taken.push(t);
+                    Some(u64::from(*n))
+                }
+                _ => None,
+            })
+            .collect()
+    };
     let mut counters: Vec<(String, u32)> = Vec::new();
-    for f in &staged {
+    for (f, p) in staged.iter().zip(&planned) {
+        if p.is_some() {
+            continue;
+        }
         let c = counter(f);
         match counters.iter_mut().find(|(name, _)| *name == c) {
             Some((_, n)) => *n = n.saturating_add(1),
@@ -70,19 +96,26 @@ pub(crate) fn naming<'a>(job: &'a Job, index: u32, result: &'a ChunkResult) -> N
         }
     }
     let order: Vec<String> = counters.iter().map(|(c, _)| c.clone()).collect();
-    let page = page_of(job, index);
+    let page = page_of(job, spec.index);
     Naming {
         counters,
         name: Box::new(move |firsts: &[u64]| {
             let mut next: Vec<u64> = firsts.to_vec();
             let mut names: Vec<OutputFile> = Vec::with_capacity(staged.len());
-            for f in &staged {
+            for (f, planned) in staged.iter().zip(&planned) {
                 let c = counter(f);
-                let slot = order.iter().position(|o| *o == c).unwrap_or(0);
-                let k = next.get(slot).copied().unwrap_or(1);
-                if let Some(n) = next.get_mut(slot) {
-                    *n += 1;
-                }
+                let k = match planned {
+                    Some(k) => *k,
+                    None => {
+                        let slot = order.iter().position(|o| *o == c).unwrap_or(0);
+                        let k = next.get(slot).copied().unwrap_or(1);
+                        if let Some(n) = next.get_mut(slot) {
+                            *n += 1;
+                        }
+                        // After the numbers the plan gave.
+                        k + u64::from(job.plan.numbered.get(&c).copied().unwrap_or(0))
+                    }
+                };
                 names.push(OutputFile {
                     kind: f.kind,
                     resource_type: f.resource_type,
@@ -132,7 +165,7 @@ pub(crate) async fn publish(
                 .name_files(
                     &job.id,
                     record.spec.index,
-                    naming(job, record.spec.index, result),
+                    naming(job, &record.spec, result),
                 )
                 .await?
         }

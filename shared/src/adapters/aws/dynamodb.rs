@@ -6,12 +6,15 @@
 //! | chunk | `JOB#<id>` | `CHUNK#<index>` | `spec`, `result`, `published` (JSON), `renamed` |
 //! | counter | `JOB#<id>` | `COUNTER#<name>` | `n` |
 //! | published file | `JOB#<id>` | `OUT#<seq>` | `file` (JSON) |
+//! | usage of one message | `JOB#<id>` | `USAGE#<key>` | `doc` (JSON) |
 //! | schedule | `SCHEDULES` | `SCHEDULE#<name>` | `doc` (its state, JSON), `version` |
 //!
 //! Every state change is an `UpdateItem` conditioned on `version`; a `ConditionalCheckFailed`
 //! is a version conflict, not an error. Chunk completion is conditioned on the chunk having no
 //! result, and the job's `chunks_done` is then incremented with `ADD` returning the new value,
-//! so exactly one completion sees the last chunk. Two sparse indexes answer the sweep without
+//! so exactly one completion sees the last chunk. Chunks of a large phase count on their
+//! group's counter first (`COUNTER##group-<n>`); the group's last chunk adds the group to
+//! `chunks_done`, so that the job's item is not written by every chunk. Two sparse indexes answer the sweep without
 //! scanning: `active` (`active`, `updated_at`) for stalled jobs, `expiry` (`expiry_bucket`,
 //! `expires_at`) for expired ones; `ttl` lets DynamoDB drop a job's record a day after it
 //! expires (the sweep deletes its files first).
@@ -29,10 +32,11 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, Job, JobState, OutputFile};
+use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, CountGroup, Job, JobState, OutputFile};
 use crate::model::JobId;
 use crate::ports::{ChunkCompletion, JobStore, StoreError};
 use crate::schedule::ScheduleState;
+use crate::usage::{self, Usage, scope::CountRequests};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -43,6 +47,9 @@ const ACTIVE_INDEX: &str = "active";
 const EXPIRY_INDEX: &str = "expiry";
 /// DynamoDB deletes a job's record this long after it expired (TTL deletion is lazy anyway).
 const TTL_GRACE_SECS: i64 = 86_400;
+/// Usage items outlive any export's retention; the sweep deletes them with the job, and the
+/// TTL removes those of a job whose item went by its own TTL.
+const USAGE_TTL_SECS: i64 = 90 * 86_400;
 /// Concurrent writes when storing many chunks.
 const PARALLEL_WRITES: usize = 16;
 
@@ -125,7 +132,11 @@ fn chunk_from(item: &Item) -> Result<ChunkRecord, StoreError> {
 impl DynamoJobStore {
     pub fn new(config: &aws_config::SdkConfig, table: &str) -> Self {
         DynamoJobStore {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(config)
+                    .interceptor(CountRequests::new(usage::DYNAMODB))
+                    .build(),
+            ),
             table: table.to_owned(),
         }
     }
@@ -331,13 +342,22 @@ impl DynamoJobStore {
     }
 
     async fn get_item(&self, id: &JobId, sk: AttributeValue) -> Result<Option<Item>, StoreError> {
+        self.read_item(id, sk, true).await
+    }
+
+    async fn read_item(
+        &self,
+        id: &JobId,
+        sk: AttributeValue,
+        consistent: bool,
+    ) -> Result<Option<Item>, StoreError> {
         Ok(self
             .client
             .get_item()
             .table_name(&self.table)
             .key("pk", pk(id))
             .key("sk", sk)
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(backend)?
@@ -379,6 +399,14 @@ impl JobStore for DynamoJobStore {
             .transpose()
     }
 
+    /// Eventually consistent: half a read unit.
+    async fn peek(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        self.read_item(id, s(JOB_SK), false)
+            .await?
+            .map(|item| job_from(&item))
+            .transpose()
+    }
+
     async fn state(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
         let item = self
             .client
@@ -401,9 +429,11 @@ impl JobStore for DynamoJobStore {
         .transpose()
     }
 
-    /// A consistent read per check is a billed round trip: four a second at most.
+    /// A consistent read per check is a billed round trip, and every running chunk of the
+    /// export reads the same item (3,000 read units a second at most): once a second. A cancel
+    /// is seen a second later at most; what a chunk writes meanwhile is cleaned up.
     fn state_check_interval(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(250)
+        std::time::Duration::from_secs(1)
     }
 
     async fn update(&self, job: &Job, expected_version: u64) -> Result<(), StoreError> {
@@ -494,6 +524,7 @@ impl JobStore for DynamoJobStore {
         index: u32,
         result: &ChunkResult,
         now: DateTime<Utc>,
+        group: Option<CountGroup>,
     ) -> Result<ChunkCompletion, StoreError> {
         let body = serde_json::to_string(result).map_err(backend)?;
         let recorded = self
@@ -517,6 +548,7 @@ impl JobStore for DynamoJobStore {
                 let job = self.get(id).await?.ok_or(StoreError::NotFound)?;
                 return Ok(ChunkCompletion {
                     first: false,
+                    counted: true,
                     done: job.chunks_done,
                     total: job.chunks_total,
                     state: job.state,
@@ -524,17 +556,34 @@ impl JobStore for DynamoJobStore {
             }
             Err(e) => return Err(backend(e)),
         }
-        // A crash right here leaves the chunk recorded but not counted; finalize and the
-        // phase checks count chunk records, so the job still moves on.
+        // A crash right here (or between the group's count and the job's) leaves the chunk
+        // recorded but not counted; finalize, the phase checks and the sweep count chunk
+        // records, so the job still moves on.
+        let counted = match group {
+            None => 1,
+            Some(g) => {
+                let reached = self.reserve(id, &g.counter(), 1).await?;
+                if reached < u64::from(g.size) {
+                    return Ok(ChunkCompletion {
+                        first: true,
+                        counted: false,
+                        done: 0,
+                        total: 0,
+                        state: JobState::Running,
+                    });
+                }
+                g.size
+            }
+        };
         let updated = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", pk(id))
             .key("sk", s(JOB_SK))
-            .update_expression("ADD chunks_done :one SET updated_at = :now")
+            .update_expression("ADD chunks_done :counted SET updated_at = :now")
             .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":counted", n(counted))
             .expression_attribute_values(":now", n(now.timestamp_millis()))
             .return_values(ReturnValue::AllNew)
             .send()
@@ -549,6 +598,7 @@ impl JobStore for DynamoJobStore {
         let item = updated.attributes.unwrap_or_default();
         Ok(ChunkCompletion {
             first: true,
+            counted: true,
             done: u32::try_from(get_n(&item, "chunks_done")?).map_err(backend)?,
             total: u32::try_from(get_n(&item, "chunks_total")?).map_err(backend)?,
             // The item's `state` attribute, written with every doc: no need to parse the doc.
@@ -726,6 +776,36 @@ impl JobStore for DynamoJobStore {
             );
         }
         self.batch_write(requests).await
+    }
+
+    async fn record_usage(&self, id: &JobId, key: &str, usage: &Usage) -> Result<(), StoreError> {
+        let mut item: Item = HashMap::new();
+        item.insert("pk".into(), pk(id));
+        item.insert("sk".into(), s(format!("USAGE#{key}")));
+        item.insert(
+            "doc".into(),
+            s(serde_json::to_string(usage).map_err(backend)?),
+        );
+        // Gone with the job's record, a day after it expires (as the job item).
+        item.insert("ttl".into(), n(Utc::now().timestamp() + USAGE_TTL_SECS));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn usage(&self, id: &JobId) -> Result<Usage, StoreError> {
+        let mut total = Usage::default();
+        for item in self.query_all(id, "USAGE#", false).await? {
+            if let Some(part) = json::<Usage>(&item, "doc")? {
+                total.add(&part);
+            }
+        }
+        Ok(total)
     }
 
     async fn schedule(&self, name: &str) -> Result<Option<ScheduleState>, StoreError> {

@@ -17,7 +17,13 @@ impl EventBridgeSink {
     /// `bus`: a bus name or ARN (`default` for the account's default bus).
     pub fn new(config: &aws_config::SdkConfig, bus: &str) -> Self {
         EventBridgeSink {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_eventbridge::config::Builder::from(config)
+                    .interceptor(crate::usage::scope::CountRequests::new(
+                        crate::usage::EVENTBRIDGE,
+                    ))
+                    .build(),
+            ),
             bus: bus.to_owned(),
         }
     }

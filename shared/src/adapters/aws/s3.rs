@@ -160,6 +160,7 @@ impl S3Store {
     ) -> S3Store {
         let conf = aws_sdk_s3::config::Builder::from(config)
             .force_path_style(path_style)
+            .interceptor(crate::usage::scope::CountRequests::new(crate::usage::S3))
             .build();
         S3Store::from_client(Client::from_conf(conf), location)
     }

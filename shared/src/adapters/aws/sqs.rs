@@ -36,17 +36,26 @@ fn stale_receipt(code: Option<&str>) -> bool {
     )
 }
 
+/// A client whose requests are counted in the usage record.
+fn client(config: &aws_config::SdkConfig) -> Client {
+    Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(config)
+            .interceptor(crate::usage::scope::CountRequests::new(crate::usage::SQS))
+            .build(),
+    )
+}
+
 impl SqsQueue {
     pub fn new(config: &aws_config::SdkConfig, url: &str) -> Self {
         SqsQueue {
-            client: Client::new(config),
+            client: client(config),
             url: url.to_owned(),
         }
     }
 
     /// The queue named `name` (its URL is looked up).
     pub async fn named(config: &aws_config::SdkConfig, name: &str) -> Result<Self, QueueError> {
-        let client = Client::new(config);
+        let client = client(config);
         let url = client
             .get_queue_url()
             .queue_name(name)
@@ -75,7 +84,7 @@ pub async fn create_queue_pair(
     visibility: Duration,
     max_receives: u32,
 ) -> Result<(SqsQueue, SqsQueue), QueueError> {
-    let client = Client::new(config);
+    let client = client(config);
     let dead_url = client
         .create_queue()
         .queue_name(format!("{name}-dlq"))
