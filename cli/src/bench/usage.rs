@@ -129,11 +129,7 @@ async fn moto_usage(
     size: u64,
     env: &[(&str, &str)],
 ) -> Result<Usage, BenchError> {
-    let run = format!(
-        "usage-{size}-{}-{}",
-        std::process::id(),
-        uuid_like()
-    );
+    let run = format!("usage-{size}-{}-{}", std::process::id(), uuid_like());
     let (source_bucket, output_bucket) = (format!("{run}-src"), format!("{run}-out"));
     let source = S3Store::new(
         aws,
