@@ -299,6 +299,11 @@ impl Stack {
     /// deleting those it did not report as failed (as the event source mapping does).
     /// Returns how many were received.
     pub async fn pump(&self, dead: bool, max: i32) -> usize {
+        self.pump_with(&self.worker, dead, max).await
+    }
+
+    /// [`Stack::pump`] into another worker (one whose clients differ, say).
+    pub async fn pump_with(&self, worker: &worker::Worker, dead: bool, max: i32) -> usize {
         let (q, arn) = if dead {
             (&self.dead, &self.dead_arn)
         } else {
@@ -319,7 +324,7 @@ impl Stack {
         if got.is_empty() {
             return 0;
         }
-        let response = self.worker.handle(sqs_event(&got, arn)).await.unwrap();
+        let response = worker.handle(sqs_event(&got, arn)).await.unwrap();
         let failed: BTreeSet<String> = response["batchItemFailures"]
             .as_array()
             .into_iter()

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
-use integration_tests::aws::{sqs_event, stack};
+use integration_tests::aws::stack;
 use integration_tests::moto;
 use integration_tests::recorder::Recorder;
 use serde_json::Value;
@@ -17,7 +15,6 @@ use shared::adapters::aws::dynamodb::DynamoJobStore;
 use shared::adapters::aws::s3::{S3Location, S3Store};
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::adapters::ndjson_source::NdjsonSource;
-use shared::ports::WorkQueue;
 use shared::usage::Usage;
 use shared::worker::WorkerDeps;
 
@@ -62,42 +59,10 @@ async fn the_usage_record_counts_what_moto_was_asked() {
     // so they go straight to moto too; the batch is one message, as the template has it.
     let mut idle = 0;
     while idle < 3 {
-        let got = stack
-            .work
-            .client()
-            .receive_message()
-            .queue_url(stack.work.url())
-            .max_number_of_messages(1)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .unwrap()
-            .messages
-            .unwrap_or_default();
-        if got.is_empty() {
+        if stack.pump_with(&worker, false, 1).await == 0 {
             idle += 1;
-            continue;
-        }
-        idle = 0;
-        let answer = worker
-            .handle(sqs_event(&got, &stack.work_arn))
-            .await
-            .unwrap();
-        let failed: BTreeSet<&str> = answer["batchItemFailures"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["itemIdentifier"].as_str())
-            .collect();
-        for m in &got {
-            if !failed.contains(m.message_id().unwrap()) {
-                stack
-                    .work
-                    .delete(m.receipt_handle().unwrap())
-                    .await
-                    .unwrap();
-            }
+        } else {
+            idle = 0;
         }
     }
 

@@ -524,14 +524,8 @@ pub(crate) fn exported(manifest: &serde_json::Value) -> u64 {
         .sum()
 }
 
-/// One export kicked off by `kickoff` (a GET or a POST), its status polled every `poll`:
-/// seconds from kick-off to manifest.
-pub(crate) async fn run_request(
-    http: &reqwest::Client,
-    kickoff: reqwest::RequestBuilder,
-    poll: Duration,
-) -> Result<(f64, serde_json::Value), BenchError> {
-    let started = Instant::now();
+/// Sends a kick-off (a GET or a POST) with the Bulk Data headers; its status URL.
+pub(crate) async fn kick_off(kickoff: reqwest::RequestBuilder) -> Result<String, BenchError> {
     let resp = kickoff
         .header("Accept", "application/fhir+json")
         .header("Prefer", "respond-async")
@@ -544,12 +538,23 @@ pub(crate) async fn run_request(
             resp.text().await.unwrap_or_default()
         )));
     }
-    let status = resp
+    Ok(resp
         .headers()
         .get("content-location")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-        .to_owned();
+        .to_owned())
+}
+
+/// One export kicked off by `kickoff` (a GET or a POST), its status polled every `poll`:
+/// seconds from kick-off to manifest.
+pub(crate) async fn run_request(
+    http: &reqwest::Client,
+    kickoff: reqwest::RequestBuilder,
+    poll: Duration,
+) -> Result<(f64, serde_json::Value), BenchError> {
+    let started = Instant::now();
+    let status = kick_off(kickoff).await?;
     let manifest: serde_json::Value = loop {
         let resp = http.get(&status).send().await?;
         match resp.status().as_u16() {

@@ -188,25 +188,7 @@ fn uuid_like() -> String {
 /// Runs an export and reads its usage once every message has been recorded (the last ones
 /// are recorded a moment after the manifest is ready).
 async fn settled_usage(server: &Server) -> Result<Usage, BenchError> {
-    let resp = server
-        .http
-        .get(format!("{}/$export", server.base))
-        .header("Accept", "application/fhir+json")
-        .header("Prefer", "respond-async")
-        .send()
-        .await?;
-    if resp.status() != 202 {
-        return Err(BenchError::Protocol(format!(
-            "kick-off answered {}",
-            resp.status()
-        )));
-    }
-    let status = resp
-        .headers()
-        .get("content-location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let status = super::kick_off(server.http.get(format!("{}/$export", server.base))).await?;
     let read = || async {
         let resp = server.http.get(&status).send().await?;
         match resp.status().as_u16() {
