@@ -53,7 +53,7 @@ def main():
         "FHIR_EXPORT_PUBLIC_URL": "https://api.example.org",
         "FHIR_EXPORT_TABLE": "fhir-export",
         "FHIR_EXPORT_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/work",
-        "FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN": "arn:aws:sqs:us-east-1:123456789012:work-dlq",
+        "FHIR_EXPORT_DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/work-dlq",
         "FHIR_EXPORT_OUTPUT": "s3://out/exports/",
         "FHIR_EXPORT_SOURCE": "s3://src/data/",
         "RUST_LOG": "warn",

@@ -219,7 +219,8 @@ pub async fn stack(patients: u64, env: &[(&str, &str)], max_receives: u32) -> Op
             settings,
             events: Arc::new(shared::ports::NoEvents),
         },
-        dead_letter_arn: Some(dead_arn.clone()),
+        dead_letters: Some(dead.clone()),
+        idle: None,
         // As `Worker::from_env` reads it: scheduled runs belong to `<issuer>#<owner>`.
         issuer: vars
             .get("FHIR_EXPORT_AUTH_ISSUER")
@@ -289,32 +290,34 @@ impl Stack {
                 events,
                 ..old.deps.clone()
             },
-            dead_letter_arn: old.dead_letter_arn.clone(),
+            dead_letters: old.dead_letters.clone(),
+            idle: old.idle.clone(),
             issuer: old.issuer.clone(),
         });
         self
     }
 
-    /// Receives up to `max` messages of a queue and hands them to the worker in one event,
-    /// deleting those it did not report as failed (as the event source mapping does).
-    /// Returns how many were received.
+    /// Receives up to `max` messages of the work queue and hands them to the worker in one
+    /// event, deleting those it did not report as failed (as the event source mapping does);
+    /// with `dead`, drains the dead-letter queue as the sweep does. Returns how many were
+    /// received (dead letters: handled).
     pub async fn pump(&self, dead: bool, max: i32) -> usize {
         self.pump_with(&self.worker, dead, max).await
     }
 
     /// [`Stack::pump`] into another worker (one whose clients differ, say).
     pub async fn pump_with(&self, worker: &worker::Worker, dead: bool, max: i32) -> usize {
-        let (q, arn) = if dead {
-            (&self.dead, &self.dead_arn)
-        } else {
-            (&self.work, &self.work_arn)
-        };
+        if dead {
+            let batches = usize::try_from(max).unwrap().div_ceil(10);
+            return worker.drain_dead_letters(batches).await.unwrap();
+        }
+        let q = &self.work;
         let got = q
             .client()
             .receive_message()
             .queue_url(q.url())
             .max_number_of_messages(max)
-            .wait_time_seconds(if dead { 0 } else { 1 })
+            .wait_time_seconds(1)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
@@ -324,7 +327,10 @@ impl Stack {
         if got.is_empty() {
             return 0;
         }
-        let response = worker.handle(sqs_event(&got, arn)).await.unwrap();
+        let response = worker
+            .handle(sqs_event(&got, &self.work_arn))
+            .await
+            .unwrap();
         let failed: BTreeSet<String> = response["batchItemFailures"]
             .as_array()
             .into_iter()

@@ -28,11 +28,18 @@ impl Recorded {
     }
 }
 
+/// Called with each request's method, path and body before it is forwarded: a test's way of
+/// making something happen at an exact point of an adapter's sequence of calls.
+pub type Hook = Arc<
+    dyn Fn(String, String, bytes::Bytes) -> futures::future::BoxFuture<'static, ()> + Send + Sync,
+>;
+
 #[derive(Clone)]
 struct Inner {
     upstream: String,
     http: reqwest::Client,
     seen: Arc<Mutex<Recorded>>,
+    hook: Option<Hook>,
 }
 
 pub struct Recorder {
@@ -43,6 +50,11 @@ pub struct Recorder {
 impl Recorder {
     /// Starts a recorder forwarding to `upstream` (moto's URL).
     pub async fn start(upstream: &str) -> Recorder {
+        Self::start_with(upstream, None).await
+    }
+
+    /// [`Recorder::start`], with `hook` run before each request is forwarded.
+    pub async fn start_with(upstream: &str, hook: Option<Hook>) -> Recorder {
         let seen = Arc::new(Mutex::new(Recorded::default()));
         let inner = Inner {
             upstream: upstream.trim_end_matches('/').to_owned(),
@@ -52,6 +64,7 @@ impl Recorder {
                 .build()
                 .expect("client"),
             seen: seen.clone(),
+            hook,
         };
         let app = axum::Router::new().fallback(forward).with_state(inner);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -111,6 +124,14 @@ async fn forward(State(inner): State<Inner>, req: Request) -> Response {
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
+    if let Some(hook) = &inner.hook {
+        hook(
+            parts.method.to_string(),
+            parts.uri.path().to_owned(),
+            body.clone(),
+        )
+        .await;
+    }
     {
         let mut seen = inner.seen.lock().expect("lock");
         if service == "s3" && (op == "PutObject" || op == "UploadPart") {

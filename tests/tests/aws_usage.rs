@@ -49,7 +49,8 @@ async fn the_usage_record_counts_what_moto_was_asked() {
     };
     let worker = worker::Worker {
         deps,
-        dead_letter_arn: None,
+        dead_letters: None,
+        idle: None,
         issuer: None,
     };
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use axum::Router;
 use integration_tests::aws::{Stack, stack};
 use serde_json::Value;
-use shared::ports::JobStore;
+use shared::ports::{JobStore, WorkQueue};
 
 fn event(name: &str) -> String {
     std::fs::read_to_string(
@@ -90,18 +90,26 @@ async fn sqs_and_schedule_events_drive_the_worker() {
         .unwrap();
     assert_eq!(response["batchItemFailures"], serde_json::json!([]));
 
-    // A dead letter arrives from the dead-letter queue (recognised by its ARN): it fails its
-    // job. Here the job exists and runs.
+    // A dead letter waits in the dead-letter queue; the schedule runs the sweep, which
+    // drains it: it fails its job. Here the job exists and runs.
     let status = s.kickoff("/$export", "_type=Patient").await;
     let id = status.rsplit('/').next().unwrap().to_owned();
-    let mut dead: Value = serde_json::from_str(&event("worker-dlq.json")).unwrap();
-    let record = &mut dead["Records"][0];
-    record["eventSourceARN"] = Value::String(s.dead_arn.clone());
-    record["body"] = Value::String(format!(
-        r#"{{"v":1,"type":"chunk","job":"{id}","chunk":0}}"#
-    ));
-    let response = s.worker.handle(dead).await.unwrap();
-    assert_eq!(response["batchItemFailures"], serde_json::json!([]));
+    s.dead
+        .send(
+            &id,
+            vec![format!(
+                r#"{{"v":1,"type":"chunk","job":"{id}","chunk":0}}"#
+            )],
+        )
+        .await
+        .unwrap();
+    let response = s
+        .worker
+        .handle(serde_json::from_str(&event("worker-schedule.json")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response["dead_letters"], 1, "{response}");
+    assert!(response.get("restarted").is_some(), "{response}");
     let resp = s.http.get(&status).send().await.unwrap();
     assert_eq!(resp.status(), 500);
     let oo: Value = resp.json().await.unwrap();
@@ -111,13 +119,10 @@ async fn sqs_and_schedule_events_drive_the_worker() {
             .unwrap()
             .contains("chunk 0")
     );
-
-    // The schedule runs the sweep.
-    let response = s
-        .worker
-        .handle(serde_json::from_str(&event("worker-schedule.json")).unwrap())
-        .await
-        .unwrap();
-    assert!(response.get("restarted").is_some(), "{response}");
+    assert_eq!(
+        s.dead.depth().await.unwrap(),
+        0,
+        "the dead letter is deleted"
+    );
     s.stop.cancel();
 }

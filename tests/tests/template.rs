@@ -116,6 +116,7 @@ fn actions(text: &str) -> BTreeSet<String> {
                 "secretsmanager:",
                 "ec2:",
                 "events:",
+                "lambda:",
             ]
             .iter()
             .any(|p| a.starts_with(p))
@@ -293,13 +294,17 @@ fn worker_event_sources() {
     assert_eq!(value_of(&work, "BatchSize").as_deref(), Some("1"));
     assert!(work.contains("FunctionResponseTypes: [ReportBatchItemFailures]"));
 
-    let dead = block(&events, 8, "DeadLetters").expect("dead-letter queue event");
-    assert!(dead.contains("Type: SQS") && dead.contains("Queue: !GetAtt DeadLetterQueue.Arn"));
-    assert_eq!(value_of(&dead, "BatchSize").as_deref(), Some("10"));
-    assert!(dead.contains("FunctionResponseTypes: [ReportBatchItemFailures]"));
+    // The sweep drains the dead letters: an event source on their queue would poll it all
+    // the time.
+    assert!(!events.contains("DeadLetterQueue"), "{events}");
 
     let sweep = block(&events, 8, "Sweep").expect("schedule event");
     assert!(sweep.contains("Type: Schedule") && sweep.contains("Schedule: rate(5 minutes)"));
+    // Named as the worker is told (FHIR_EXPORT_SWEEP_RULE), so that it can pause it.
+    assert_eq!(
+        value_of(&sweep, "Name").as_deref(),
+        Some("!Sub ${AWS::StackName}-sweep")
+    );
 
     let names: BTreeSet<String> = events
         .lines()
@@ -307,10 +312,7 @@ fn worker_event_sources() {
         .filter_map(|l| l.trim().strip_suffix(':'))
         .map(str::to_owned)
         .collect();
-    assert_eq!(
-        names,
-        set(&["Work", "DeadLetters", "Sweep", "ExampleSchedule"])
-    );
+    assert_eq!(names, set(&["Work", "Sweep", "ExampleSchedule"]));
 }
 
 /// A `!Sub '...'` value as CloudFormation substitutes it: YAML's single quotes removed (`''`
@@ -736,6 +738,8 @@ fn environment_contract() {
                 "FHIR_EXPORT_MAX_ACTIVE_EXPORTS",
                 "FHIR_EXPORT_AUTH_ISSUER",
                 "FHIR_EXPORT_AUTH_TOKEN_URL",
+                "FHIR_EXPORT_WORK_QUEUE_ARN",
+                "FHIR_EXPORT_WORKER_FUNCTION",
             ][..],
         ),
         (
@@ -748,13 +752,16 @@ fn environment_contract() {
                 "FHIR_EXPORT_OUTPUT",
                 "FHIR_EXPORT_AZURE_SECRET",
                 "FHIR_EXPORT_QUEUE_URL",
+                "FHIR_EXPORT_WORK_QUEUE_ARN",
             ][..],
         ),
         (
             "WorkerFunction",
             &[
                 "FHIR_EXPORT_QUEUE_URL",
-                "FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN",
+                "FHIR_EXPORT_DEAD_LETTER_QUEUE_URL",
+                "FHIR_EXPORT_WORK_QUEUE_ARN",
+                "FHIR_EXPORT_SWEEP_RULE",
                 "FHIR_EXPORT_OUTPUT",
                 "FHIR_EXPORT_SOURCE",
                 "FHIR_EXPORT_AZURE_SECRET",
@@ -796,7 +803,7 @@ fn environment_contract() {
         );
     }
     let worker = resource("WorkerFunction");
-    assert!(worker.contains("FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN: !GetAtt DeadLetterQueue.Arn"));
+    assert!(worker.contains("FHIR_EXPORT_DEAD_LETTER_QUEUE_URL: !Ref DeadLetterQueue"));
     assert!(worker.contains(
         "FHIR_EXPORT_OUTPUT: !If [HasOutputUrl, !Ref OutputUrl, !Sub \"s3://${OutputBucket}/exports/\"]"
     ));
@@ -868,6 +875,9 @@ fn each_function_gets_exactly_the_iam_it_calls() {
                 "s3:GetObject",
                 "s3:ListBucket",
                 "secretsmanager:GetSecretValue",
+                "lambda:UpdateEventSourceMapping",
+                "lambda:GetEventSourceMapping",
+                "lambda:ListEventSourceMappings",
             ],
         ),
         (
@@ -884,6 +894,7 @@ fn each_function_gets_exactly_the_iam_it_calls() {
             vec![
                 "dynamodb:GetItem",
                 "dynamodb:UpdateItem",
+                "dynamodb:PutItem",
                 "dynamodb:Query",
                 "sqs:SendMessage",
                 "s3:ListBucket",
@@ -919,6 +930,11 @@ fn each_function_gets_exactly_the_iam_it_calls() {
                 "ec2:AssignPrivateIpAddresses",
                 "ec2:UnassignPrivateIpAddresses",
                 "events:PutEvents",
+                "events:EnableRule",
+                "events:DisableRule",
+                "lambda:UpdateEventSourceMapping",
+                "lambda:GetEventSourceMapping",
+                "lambda:ListEventSourceMappings",
             ],
         ),
     ];
@@ -940,12 +956,20 @@ fn each_function_gets_exactly_the_iam_it_calls() {
             !r.contains("ManagedPolicyArns"),
             "{role}: no managed policies"
         );
-        // The one wildcard: EC2's Describe actions have no resource-level permissions, and
-        // that statement exists only with the worker in a VPC (`worker_vpc_is_optional`).
-        let r = match conditional_statement(&role, "ec2:CreateNetworkInterface") {
-            Some((_, vpc)) => r.replace(&vpc, ""),
-            None => r,
-        };
+        // The wildcards: EC2's Describe actions have no resource-level permissions, and that
+        // statement exists only with the worker in a VPC (`worker_vpc_is_optional`); nor do
+        // Lambda's List/GetEventSourceMapping name a mapping whose id is known only once
+        // deployed (`idle_pause_grants_are_exact`).
+        let mut r = r;
+        for action in [
+            "ec2:CreateNetworkInterface",
+            "lambda:GetEventSourceMapping",
+            "lambda:UpdateEventSourceMapping",
+        ] {
+            if let Some((_, statement)) = conditional_statement(&role, action) {
+                r = r.replace(&statement, "");
+            }
+        }
         assert!(
             !r.contains("Resource: \"*\"") && !r.contains(":*\n") && !r.contains("Action: \"*\""),
             "{role}: no wildcards"
@@ -975,6 +999,92 @@ fn each_function_gets_exactly_the_iam_it_calls() {
     for role in ["KickoffRole", "WorkerRole"] {
         assert!(resource(role).contains("arn:${AWS::Partition}:s3:::${Path}/*"));
     }
+}
+
+#[test]
+fn idle_pause_grants_are_exact() {
+    let p = block(&section("Parameters"), 2, "PauseWhenIdle").expect("PauseWhenIdle");
+    assert_eq!(value_of(&p, "Default").as_deref(), Some("true"));
+    assert!(template().contains("UsePauseWhenIdle: !Equals [!Ref PauseWhenIdle, \"true\"]"));
+    // Mappings are changed only on the worker's function; reading them has no resource-level
+    // grant to narrow to.
+    for (role, sid, function) in [
+        (
+            "KickoffRole",
+            "ResumeWork",
+            "lambda:FunctionArn: !GetAtt WorkerFunction.Arn",
+        ),
+        (
+            "WorkerRole",
+            "PauseWork",
+            "lambda:FunctionArn: !Sub arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-WorkerFunction-*",
+        ),
+    ] {
+        let (condition, change) = conditional_statement(role, "lambda:UpdateEventSourceMapping")
+            .unwrap_or_else(|| panic!("{role}: no conditional UpdateEventSourceMapping"));
+        assert_eq!(condition, "UsePauseWhenIdle", "{role}");
+        assert!(change.contains(&format!("Sid: {sid}")), "{role}: {change}");
+        assert_eq!(
+            actions(&change),
+            set(&["lambda:UpdateEventSourceMapping"]),
+            "{role}"
+        );
+        assert!(change.contains(function), "{role}: {change}");
+        let (condition, read) = conditional_statement(role, "lambda:GetEventSourceMapping")
+            .unwrap_or_else(|| panic!("{role}: no conditional GetEventSourceMapping"));
+        assert_eq!(condition, "UsePauseWhenIdle", "{role}");
+        assert_eq!(
+            actions(&read),
+            set(&[
+                "lambda:GetEventSourceMapping",
+                "lambda:ListEventSourceMappings"
+            ]),
+            "{role}"
+        );
+    }
+    // The worker pauses its own sweep rule, by the name the rule is given.
+    let (condition, rule) = conditional_statement("WorkerRole", "events:DisableRule")
+        .expect("the worker's rule grant is conditional");
+    assert_eq!(condition, "UsePauseWhenIdle");
+    assert_eq!(
+        actions(&rule),
+        set(&["events:EnableRule", "events:DisableRule"])
+    );
+    assert_eq!(
+        resource_lines(&rule),
+        [
+            "Resource: !Sub arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/${AWS::StackName}-sweep"
+        ]
+    );
+    let worker = resource("WorkerFunction");
+    assert_eq!(
+        value_of(&worker, "FHIR_EXPORT_SWEEP_RULE").as_deref(),
+        Some("!If [UsePauseWhenIdle, !Sub \"${AWS::StackName}-sweep\", !Ref AWS::NoValue]")
+    );
+    for function in ["KickoffFunction", "WorkerFunction"] {
+        assert_eq!(
+            value_of(&resource(function), "FHIR_EXPORT_WORK_QUEUE_ARN").as_deref(),
+            Some("!If [UsePauseWhenIdle, !GetAtt WorkQueue.Arn, !Ref AWS::NoValue]"),
+            "{function}"
+        );
+    }
+    assert_eq!(
+        value_of(&resource("KickoffFunction"), "FHIR_EXPORT_WORKER_FUNCTION").as_deref(),
+        Some("!If [UsePauseWhenIdle, !Ref WorkerFunction, !Ref AWS::NoValue]")
+    );
+    for role in ["StatusRole", "CancelRole"] {
+        assert!(!resource(role).contains("lambda:"), "{role}");
+    }
+    // The cancel marks its announcement, and may write no other item.
+    let (condition, mark) = conditional_statement("CancelRole", "dynamodb:PutItem")
+        .expect("the cancel's mark grant is conditional");
+    assert_eq!(condition, "UsePauseWhenIdle");
+    assert_eq!(actions(&mark), set(&["dynamodb:PutItem"]));
+    assert!(mark.contains("dynamodb:LeadingKeys: [ACTIVITY]"), "{mark}");
+    assert_eq!(
+        value_of(&resource("CancelFunction"), "FHIR_EXPORT_WORK_QUEUE_ARN").as_deref(),
+        Some("!If [UsePauseWhenIdle, !GetAtt WorkQueue.Arn, !Ref AWS::NoValue]")
+    );
 }
 
 #[test]
@@ -1512,13 +1622,6 @@ fn worker_events_have_the_sqs_and_schedule_shapes() {
     let malformed: Value = serde_json::from_str(&bodies[1]).unwrap();
     assert_eq!(malformed, serde_json::json!({"v": 99}));
 
-    let bodies = sqs_event("worker-dlq.json", "fhir-export-dlq");
-    let chunk: Value = serde_json::from_str(&bodies[0]).unwrap();
-    assert_eq!(
-        chunk,
-        serde_json::json!({"v": 1, "type": "chunk", "job": job, "chunk": 3})
-    );
-
     let e = event("worker-schedule.json");
     assert_eq!(e["source"], "aws.events");
     assert_eq!(e["detail-type"], "Scheduled Event");
@@ -1574,7 +1677,6 @@ fn every_event_file_is_checked() {
             "kickoff-system-get.json",
             "metadata-get.json",
             "status-get.json",
-            "worker-dlq.json",
             "worker-schedule.json",
             "worker-scheduled-export.json",
             "worker-sqs-plan.json",

@@ -73,8 +73,8 @@ pub const HOURS_PER_MONTH: f64 = 730.0;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 const NOTE_ESM: &str = "Lambda's SQS event source mapping (its pollers, not our code) receives and \
-     deletes each message: 2 requests per message (batch size 1). Its idle long polling of the \
-     work queue and the dead-letter queue is a standing cost, not in this estimate (docs/cost.md).";
+     deletes each message: 2 requests per message (batch size 1). Its long polling while the \
+     queue is empty (until the idle pause stops it) is not in this estimate (docs/cost.md).";
 const NOTE_API: &str = "Modeled, not measured: 1 kick-off, --polls status requests and the \
      downloads through the server, each --api-ms long.";
 const NOTE_WALL: &str = "Worker wall time summed over messages; Lambda bills each invocation's \

@@ -41,6 +41,49 @@ pub fn job_store<F: Fn(&str) -> Option<String>>(
     )))
 }
 
+/// The idle pause (template `PauseWhenIdle`), when `FHIR_EXPORT_WORK_QUEUE_ARN` names the work
+/// queue: the mapping from it to the worker (`FHIR_EXPORT_WORKER_FUNCTION`, or this function
+/// when it is the worker), paused after `FHIR_EXPORT_IDLE_QUIET_SECS` (default 600) without
+/// new work.
+#[cfg(feature = "idle")]
+pub fn idle_switch<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    aws: &aws_config::SdkConfig,
+) -> Result<Option<shared::adapters::aws::idle::IdleSwitch>, ConfigError> {
+    let Some(queue_arn) = env.get("FHIR_EXPORT_WORK_QUEUE_ARN") else {
+        return Ok(None);
+    };
+    let function = match env.get("FHIR_EXPORT_WORKER_FUNCTION") {
+        Some(f) => f,
+        None => env.require("AWS_LAMBDA_FUNCTION_NAME")?,
+    };
+    let quiet = env
+        .secs("FHIR_EXPORT_IDLE_QUIET_SECS")?
+        .unwrap_or(std::time::Duration::from_secs(600));
+    Ok(Some(shared::adapters::aws::idle::IdleSwitch::new(
+        aws,
+        DynamoJobStore::new(aws, &env.require("FHIR_EXPORT_TABLE")?),
+        &function,
+        &queue_arn,
+        quiet,
+    )))
+}
+
+/// The idle pause's activity mark alone (the cancel function, whose announcement is work on
+/// an export that is still active), when `FHIR_EXPORT_WORK_QUEUE_ARN` says the pause is on.
+#[cfg(feature = "idle")]
+pub fn activity_mark<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    aws: &aws_config::SdkConfig,
+) -> Result<Option<shared::adapters::aws::idle::ActivityMark>, ConfigError> {
+    if env.get("FHIR_EXPORT_WORK_QUEUE_ARN").is_none() {
+        return Ok(None);
+    }
+    Ok(Some(shared::adapters::aws::idle::ActivityMark::new(
+        DynamoJobStore::new(aws, &env.require("FHIR_EXPORT_TABLE")?),
+    )))
+}
+
 /// The store named by an environment variable (`FHIR_EXPORT_OUTPUT`, `FHIR_EXPORT_SOURCE`).
 pub async fn store<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use fn_common::{FunctionConfig, host};
+use shared::adapters::aws::idle::WakingQueue;
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::config::Env;
 use shared::http::{KickoffState, MetadataState, kickoff_router, metadata_router};
+use shared::ports::WorkQueue;
 use shared::request::Capabilities;
 
 pub use fn_common::Error;
@@ -20,9 +22,16 @@ pub async fn app_from_env() -> Result<Router, Error> {
     let env = Env::process();
     let config = FunctionConfig::from(&env)?;
     let aws = shared::adapters::aws::sdk_config().await;
+    let work: Arc<dyn WorkQueue> =
+        Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?));
+    // With the idle pause, queueing a plan first wakes the work queue's event source.
+    let queue: Arc<dyn WorkQueue> = match fn_common::idle_switch(&env, &aws)? {
+        Some(switch) => Arc::new(WakingQueue::resuming(work, Arc::new(switch))),
+        None => work,
+    };
     let state = KickoffState {
         jobs: fn_common::job_store(&env, &aws)?,
-        queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
+        queue,
         source: fn_common::source(&env).await?,
         settings: Arc::new(config.settings.clone()),
         caps: Capabilities::CURRENT,

@@ -1,8 +1,8 @@
 //! The worker function: SQS messages from the work queue (plan, chunk, finalize, notify: the
 //! export's end announced on EventBridge), scheduled exports' ticks (EventBridge Scheduler),
-//! dead letters
-//! from the dead-letter queue (their jobs are failed), and the EventBridge schedule (the sweep
-//! for stalled and expired exports).
+//! and the EventBridge schedule: the sweep, which drains the dead-letter queue (their jobs are
+//! failed), restarts stalled exports, deletes expired ones and, when nothing is left to do,
+//! pauses the work queue's event source and its own schedule (`adapters::aws::idle`).
 //!
 //! SQS batches answer with partial failures (`batchItemFailures`): a message that failed in a
 //! way a retry can fix is reported, so that only it is delivered again — after a short
@@ -10,17 +10,21 @@
 //! already failed its job and is dropped.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::Value;
 use shared::adapters::aws::eventbridge::EventBridgeSink;
+use shared::adapters::aws::idle::{IdleSwitch, WakingQueue};
 use shared::adapters::aws::sqs::SqsQueue;
 use shared::config::Env;
 use shared::http::KickoffState;
-use shared::ports::{EventSink, NoEvents};
+use shared::ports::{EventSink, NoEvents, WorkQueue};
 use shared::schedule::{ScheduleDef, TickOutcome, tick};
+use shared::worker::messages::WorkMessage;
 use shared::worker::{
-    MessageLease, Settled, WorkerDeps, handle_dead_letter, handle_message, settle, sweep,
+    MessageLease, Settled, WorkerDeps, handle_dead_letter, handle_message, log_failure, settle,
+    sweep,
 };
 
 pub use fn_common::Error;
@@ -40,10 +44,16 @@ pub fn events(
 /// The key of a scheduled export's definition in an EventBridge Scheduler event.
 pub const SCHEDULE_KEY: &str = "fhir-export-schedule";
 
+/// Batches of dead letters one sweep handles at most (10 to a batch); the rest wait for the
+/// next sweep.
+const DEAD_LETTER_BATCHES: usize = 50;
+
 pub struct Worker {
     pub deps: WorkerDeps,
-    /// Records from this queue are dead letters.
-    pub dead_letter_arn: Option<String>,
+    /// The dead-letter queue (`FHIR_EXPORT_DEAD_LETTER_QUEUE_URL`), drained by the sweep.
+    pub dead_letters: Option<SqsQueue>,
+    /// The idle pause (`FHIR_EXPORT_WORK_QUEUE_ARN`, template `PauseWhenIdle`).
+    pub idle: Option<Arc<IdleSwitch>>,
     /// The token issuer whose clients own scheduled runs (`FHIR_EXPORT_AUTH_ISSUER`).
     pub issuer: Option<String>,
 }
@@ -53,9 +63,29 @@ impl Worker {
         let env = Env::process();
         let config = fn_common::FunctionConfig::from(&env)?;
         let aws = shared::adapters::aws::sdk_config().await;
+        let work = SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?);
+        let dead_letters = env
+            .get("FHIR_EXPORT_DEAD_LETTER_QUEUE_URL")
+            .map(|url| SqsQueue::new(&aws, &url));
+        let idle = fn_common::idle_switch(&env, &aws)?.map(|switch| {
+            let switch = switch.watching(
+                [Some(work.clone()), dead_letters.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            );
+            Arc::new(match env.get("FHIR_EXPORT_SWEEP_RULE") {
+                Some(rule) => switch.with_sweep_rule(&rule),
+                None => switch,
+            })
+        });
+        let queue: Arc<dyn WorkQueue> = match &idle {
+            Some(switch) => Arc::new(WakingQueue::marking(Arc::new(work), switch.marks())),
+            None => Arc::new(work),
+        };
         let deps = WorkerDeps {
             jobs: fn_common::job_store(&env, &aws)?,
-            queue: Arc::new(SqsQueue::new(&aws, &env.require("FHIR_EXPORT_QUEUE_URL")?)),
+            queue,
             output: fn_common::store(&env, "FHIR_EXPORT_OUTPUT").await?,
             source: fn_common::source(&env).await?,
             settings: Arc::new(config.settings),
@@ -63,7 +93,8 @@ impl Worker {
         };
         Ok(Worker {
             deps,
-            dead_letter_arn: env.get("FHIR_EXPORT_DEAD_LETTER_QUEUE_ARN"),
+            dead_letters,
+            idle,
             issuer: env.get("FHIR_EXPORT_AUTH_ISSUER").filter(|i| !i.is_empty()),
         })
     }
@@ -76,20 +107,7 @@ impl Worker {
             return Ok(serde_json::to_value(response)?);
         }
         if event.get("source").and_then(Value::as_str) == Some("aws.events") {
-            let report = sweep(&self.deps, chrono::Utc::now())
-                .await
-                .map_err(|e| Box::new(e) as Error)?;
-            tracing::info!(
-                restarted = report.restarted,
-                failed = report.failed,
-                expired = report.expired,
-                "sweep"
-            );
-            return Ok(serde_json::json!({
-                "restarted": report.restarted,
-                "failed": report.failed,
-                "expired": report.expired,
-            }));
+            return self.sweep().await;
         }
         if let Some(def) = event.get(SCHEDULE_KEY) {
             return self.tick(def.clone()).await;
@@ -100,12 +118,81 @@ impl Worker {
         )
     }
 
+    /// The sweep's schedule: dead letters first (they fail their jobs, which then need no
+    /// restart), then stalled and expired exports, then the idle pause, which sees what is
+    /// left.
+    pub async fn sweep(&self) -> Result<Value, Error> {
+        let dead_letters = self.drain_dead_letters(DEAD_LETTER_BATCHES).await?;
+        let report = sweep(&self.deps, chrono::Utc::now())
+            .await
+            .map_err(|e| Box::new(e) as Error)?;
+        let idle = match &self.idle {
+            Some(switch) => match switch.pause_if_idle(chrono::Utc::now()).await {
+                Ok(state) => Some(state.as_str()),
+                Err(e) => {
+                    log_failure("idle pause not decided", &e);
+                    None
+                }
+            },
+            None => None,
+        };
+        tracing::info!(
+            dead_letters,
+            restarted = report.restarted,
+            failed = report.failed,
+            expired = report.expired,
+            idle,
+            "sweep"
+        );
+        Ok(serde_json::json!({
+            "dead_letters": dead_letters,
+            "restarted": report.restarted,
+            "failed": report.failed,
+            "expired": report.expired,
+            "idle": idle,
+        }))
+    }
+
+    /// Handles what waits in the dead-letter queue, up to `batches` batches of 10: each fails
+    /// its job, with the reason. Returns how many were handled. A dead letter that could not
+    /// be handled stays for the next sweep.
+    pub async fn drain_dead_letters(&self, batches: usize) -> Result<usize, Error> {
+        let Some(dead) = &self.dead_letters else {
+            return Ok(0);
+        };
+        // The count first: a long poll of an empty queue would bill the sweep its wait.
+        if dead.depth().await? == 0 {
+            return Ok(0);
+        }
+        let mut handled = 0;
+        for _ in 0..batches {
+            let batch = dead.receive(10, Duration::from_secs(1)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for letter in batch {
+                match handle_dead_letter(&self.deps, &letter.body).await {
+                    Ok(()) => {
+                        dead.delete(&letter.receipt).await?;
+                        handled += 1;
+                    }
+                    Err(e) => log_failure("dead letter not handled; will retry", &e),
+                }
+            }
+        }
+        Ok(handled)
+    }
+
     /// One tick of a scheduled export, as EventBridge Scheduler invokes it (its target's input
     /// is `{"fhir-export-schedule": <definition>}`).
     pub async fn tick(&self, def: Value) -> Result<Value, Error> {
         let def: ScheduleDef = serde_json::from_value(def)?;
         let caller = def.caller(self.issuer.as_deref());
-        let kickoff = KickoffState::of_worker(&self.deps);
+        let mut kickoff = KickoffState::of_worker(&self.deps);
+        // A new export: the work queue's event source may be paused.
+        if let Some(switch) = &self.idle {
+            kickoff.queue = Arc::new(WakingQueue::resuming(kickoff.queue.clone(), switch.clone()));
+        }
         let outcome = tick(&kickoff, self.deps.events.as_ref(), &def, &caller)
             .await
             .map_err(|e| Box::new(e) as Error)?;
@@ -135,18 +222,13 @@ impl Worker {
     /// recorded on its job).
     async fn handle_record(&self, record: &SqsMessage) -> bool {
         let body = record.body.as_deref().unwrap_or("");
-        let from_dead_letters = self
-            .dead_letter_arn
-            .as_deref()
-            .is_some_and(|arn| record.event_source_arn.as_deref() == Some(arn));
-        if from_dead_letters {
-            return match handle_dead_letter(&self.deps, body).await {
-                Ok(()) => true,
-                Err(e) => {
-                    shared::worker::log_failure("dead letter not handled; will retry", &e);
-                    false
-                }
-            };
+        // An export starts: the sweep must run while it does (the idle pause may have
+        // stopped it). Without it the export still runs, so a failure is only logged.
+        if let Some(switch) = &self.idle
+            && matches!(WorkMessage::decode(body), Ok(WorkMessage::Plan { .. }))
+            && let Err(e) = switch.wake_sweep().await
+        {
+            log_failure("the sweep's schedule could not be resumed", &e);
         }
         let Some(receipt) = record.receipt_handle.clone() else {
             tracing::warn!(message_id = ?record.message_id, "SQS record without a receipt handle");

@@ -8,6 +8,7 @@
 //! | published file | `JOB#<id>` | `OUT#<seq>` | `file` (JSON) |
 //! | usage of one message | `JOB#<id>` | `USAGE#<key>` | `doc` (JSON) |
 //! | schedule | `SCHEDULES` | `SCHEDULE#<name>` | `doc` (its state, JSON), `version` |
+//! | work queued (the idle pause's mark) | `ACTIVITY` | `#QUEUED` | `mark` (new with every mark), `at` (ms) |
 //!
 //! Every state change is an `UpdateItem` conditioned on `version`; a `ConditionalCheckFailed`
 //! is a version conflict, not an error. Chunk completion is conditioned on the chunk having no
@@ -43,6 +44,8 @@ type Item = HashMap<String, AttributeValue>;
 const JOB_SK: &str = "#JOB";
 /// The one partition of schedule items (few, read together by the API).
 const SCHEDULES_PK: &str = "SCHEDULES";
+/// The partition of the mark that work was queued (see [`DynamoJobStore::mark_activity`]).
+const ACTIVITY_PK: &str = "ACTIVITY";
 const ACTIVE_INDEX: &str = "active";
 const EXPIRY_INDEX: &str = "expiry";
 /// DynamoDB deletes a job's record this long after it expired (TTL deletion is lazy anyway).
@@ -52,6 +55,13 @@ const TTL_GRACE_SECS: i64 = 86_400;
 const USAGE_TTL_SECS: i64 = 90 * 86_400;
 /// Concurrent writes when storing many chunks.
 const PARALLEL_WRITES: usize = 16;
+
+/// The last mark that work was queued: unique to that mark, and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub mark: String,
+    pub at: DateTime<Utc>,
+}
 
 #[derive(Clone)]
 pub struct DynamoJobStore {
@@ -308,6 +318,80 @@ impl DynamoJobStore {
                 _ => return Ok(jobs),
             }
         }
+    }
+
+    /// Whether one item answers `condition` on `index` (a query of one item, not a listing).
+    async fn index_has_any(
+        &self,
+        index: &str,
+        condition: &str,
+        value: (&str, AttributeValue),
+    ) -> Result<bool, StoreError> {
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression(condition)
+            .expression_attribute_values(value.0, value.1)
+            .limit(1)
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(page.count > 0)
+    }
+
+    /// Whether any export is active (accepted, planning, running, finalizing). The index is
+    /// eventually consistent: a job created a moment ago may not be seen yet.
+    pub async fn any_active(&self) -> Result<bool, StoreError> {
+        self.index_has_any(ACTIVE_INDEX, "active = :one", (":one", s("1")))
+            .await
+    }
+
+    /// Whether any export is kept at all (active, or finished and not yet expired).
+    pub async fn any_job(&self) -> Result<bool, StoreError> {
+        self.index_has_any(EXPIRY_INDEX, "expiry_bucket = :b", (":b", s("jobs")))
+            .await
+    }
+
+    /// Marks that work was queued at `at`: every producer marks before it queues, so that the
+    /// idle pause (`adapters::aws::idle`) can tell a kick-off that raced it. A `PutItem` (the
+    /// kick-off may not update items).
+    pub async fn mark_activity(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(ACTIVITY_PK))
+            .item("sk", s("#QUEUED"))
+            .item("mark", s(uuid::Uuid::new_v4().to_string()))
+            .item("at", n(at.timestamp_millis()))
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// The last mark (strongly consistent).
+    pub async fn last_activity(&self) -> Result<Option<Activity>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(ACTIVITY_PK))
+            .key("sk", s("#QUEUED"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?
+            .item;
+        let Some(item) = item else { return Ok(None) };
+        let at = i64::try_from(get_n(&item, "at")?).map_err(backend)?;
+        Ok(Some(Activity {
+            mark: get_s(&item, "mark").unwrap_or_default().to_owned(),
+            at: DateTime::from_timestamp_millis(at)
+                .ok_or_else(|| StoreError::Backend("activity mark out of range".into()))?,
+        }))
     }
 
     /// Writes or deletes items, 25 to a request, retrying what DynamoDB leaves unprocessed.

@@ -5,10 +5,14 @@
 //! Clients come from `aws-config` defaults, so `AWS_ENDPOINT_URL`, `AWS_REGION` and the usual
 //! credential variables point them at a stand-in (moto) without a code change.
 
+#[cfg(feature = "idle")]
+pub mod control;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 #[cfg(feature = "eventbridge")]
 pub mod eventbridge;
+#[cfg(feature = "idle")]
+pub mod idle;
 #[cfg(feature = "s3")]
 pub mod s3;
 #[cfg(feature = "sqs")]

@@ -74,6 +74,27 @@ impl SqsQueue {
     pub fn client(&self) -> &Client {
         &self.client
     }
+
+    /// Messages in the queue: visible, in flight and delayed (SQS's approximate counts, which
+    /// lag by up to a minute).
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        let attributes = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(backend)?
+            .attributes
+            .unwrap_or_default();
+        Ok(attributes
+            .values()
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum())
+    }
 }
 
 /// Creates (or finds) a work queue and its dead-letter queue, with a redrive after
