@@ -54,6 +54,10 @@ def main():
         "FHIR_EXPORT_TABLE": "fhir-export",
         "FHIR_EXPORT_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/work",
         "FHIR_EXPORT_DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/work-dlq",
+        # The idle pause on, as the template deploys it (nothing is called at start-up).
+        "FHIR_EXPORT_WORK_QUEUE_ARN": "arn:aws:sqs:us-east-1:123456789012:work",
+        "FHIR_EXPORT_WORKER_FUNCTION": "worker",
+        "FHIR_EXPORT_SWEEP_RULE": "stack-sweep",
         "FHIR_EXPORT_OUTPUT": "s3://out/exports/",
         "FHIR_EXPORT_SOURCE": "s3://src/data/",
         "RUST_LOG": "warn",

@@ -45,7 +45,9 @@ impl ControlError {
 /// A client for the JSON control-plane APIs of one account and region.
 #[derive(Clone)]
 pub struct ControlPlane {
-    http: reqwest::Client,
+    /// Built at the first call: a client loads its TLS roots, milliseconds of a cold start
+    /// that most invocations never need.
+    http: std::sync::OnceLock<reqwest::Client>,
     credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     region: String,
     /// The SDK configuration's endpoint override (a stand-in), used for every service.
@@ -66,7 +68,7 @@ pub struct Call<'a> {
 impl ControlPlane {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         ControlPlane {
-            http: reqwest::Client::new(),
+            http: std::sync::OnceLock::new(),
             credentials: config.credentials_provider(),
             region: config
                 .region()
@@ -130,7 +132,10 @@ impl ControlPlane {
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| transport(Box::new(e)))?
             .into_parts();
-        let mut request = self.http.request(call.method.clone(), &url);
+        let mut request = self
+            .http
+            .get_or_init(reqwest::Client::new)
+            .request(call.method.clone(), &url);
         for (name, value) in &headers {
             request = request.header(*name, *value);
         }
