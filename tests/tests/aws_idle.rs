@@ -700,3 +700,24 @@ async fn a_kickoff_that_cannot_resume_the_worker_is_refused_and_leaves_no_job() 
     assert!(!stack.jobs.any_job().await.unwrap(), "no half-created job");
     assert_eq!(stack.work.depth().await.unwrap(), 0, "no plan queued");
 }
+
+#[tokio::test]
+async fn an_unreadable_dead_letter_queue_does_not_stop_the_sweep() {
+    let Some(stack) = stack(2, &[], 3).await else {
+        return;
+    };
+    let aws = sdk_config().await;
+    let worker = worker::Worker {
+        deps: stack.worker.deps.clone(),
+        dead_letters: Some(shared::adapters::aws::sqs::SqsQueue::new(
+            &aws,
+            &format!("{}-gone", stack.dead.url()),
+        )),
+        idle: None,
+        issuer: None,
+    };
+    let report = sweep(&worker).await;
+    assert_eq!(report["dead_letters"], Value::Null, "{report}");
+    assert_eq!(report["restarted"], 0, "{report}");
+    assert_eq!(report["expired"], 0, "{report}");
+}

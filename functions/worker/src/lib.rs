@@ -122,7 +122,14 @@ impl Worker {
     /// restart), then stalled and expired exports, then the idle pause, which sees what is
     /// left.
     pub async fn sweep(&self) -> Result<Value, Error> {
-        let dead_letters = self.drain_dead_letters(DEAD_LETTER_BATCHES).await?;
+        // A dead-letter queue that cannot be read must not stop the rest of the sweep.
+        let dead_letters = match self.drain_dead_letters(DEAD_LETTER_BATCHES).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(error = %e, "dead letters not drained; the next sweep tries again");
+                None
+            }
+        };
         let report = sweep(&self.deps, chrono::Utc::now())
             .await
             .map_err(|e| Box::new(e) as Error)?;
