@@ -224,17 +224,15 @@ async fn kick_off_response(
         schedules: Default::default(),
     };
     let app = kickoff::app(state, &stack.config);
-    let response = app
-        .oneshot(
-            Request::get("/fhir/$export?_type=Patient")
-                .header("Accept", "application/fhir+json")
-                .header("Prefer", "respond-async")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    response
+    app.oneshot(
+        Request::get("/fhir/$export?_type=Patient")
+            .header("Accept", "application/fhir+json")
+            .header("Prefer", "respond-async")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn sweep(worker: &worker::Worker) -> Value {
