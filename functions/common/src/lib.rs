@@ -60,6 +60,16 @@ pub fn idle_switch<F: Fn(&str) -> Option<String>>(
     let quiet = env
         .secs("FHIR_EXPORT_IDLE_QUIET_SECS")?
         .unwrap_or(std::time::Duration::from_secs(600));
+    // A producer that resumed a moment ago does not resume again for a minute: a shorter
+    // quiet period could pause the worker under its next kick-off.
+    let reuse = shared::adapters::aws::idle::RESUME_REUSE;
+    if quiet < reuse {
+        return Err(ConfigError::Invalid {
+            name: "FHIR_EXPORT_IDLE_QUIET_SECS",
+            value: quiet.as_secs().to_string(),
+            reason: format!("must be at least {} seconds", reuse.as_secs()),
+        });
+    }
     Ok(Some(shared::adapters::aws::idle::IdleSwitch::new(
         aws,
         DynamoJobStore::new(aws, &env.require("FHIR_EXPORT_TABLE")?),
@@ -275,6 +285,42 @@ mod tests {
             log_filter(Some("")).default_level(),
             Some(LevelFilter::INFO)
         );
+    }
+
+    #[cfg(feature = "idle")]
+    #[test]
+    fn idle_pause_from_env() {
+        let aws = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let switch = |vars: &[(&'static str, &'static str)]| {
+            let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+            idle_switch(&Env::new(|k| vars.get(k).map(|v| (*v).to_owned())), &aws)
+        };
+        let on = [
+            ("FHIR_EXPORT_WORK_QUEUE_ARN", "arn:aws:sqs:us-east-1:1:work"),
+            ("FHIR_EXPORT_WORKER_FUNCTION", "worker"),
+            ("FHIR_EXPORT_TABLE", "jobs"),
+        ];
+        assert!(switch(&on[1..]).expect("off").is_none());
+        assert!(switch(&on).expect("on").is_some());
+        // The worker names itself.
+        let worker = [on[0], on[2], ("AWS_LAMBDA_FUNCTION_NAME", "stack-worker")];
+        assert!(switch(&worker).expect("worker").is_some());
+        assert_eq!(
+            switch(&[on[0], on[2]]).err(),
+            Some(ConfigError::Missing {
+                name: "AWS_LAMBDA_FUNCTION_NAME"
+            })
+        );
+        let short = [on[0], on[1], on[2], ("FHIR_EXPORT_IDLE_QUIET_SECS", "30")];
+        match switch(&short) {
+            Err(ConfigError::Invalid { name, reason, .. }) => {
+                assert_eq!(name, "FHIR_EXPORT_IDLE_QUIET_SECS");
+                assert!(reason.contains("at least 60"), "{reason}");
+            }
+            other => panic!("{:?}", other.map(|s| s.is_some())),
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::ports::{Delivery, QueueError, StoreError, WorkQueue};
 /// A producer that resumed this long ago does not resume again for its next message: a burst
 /// of kick-offs costs one mark and one look at the mapping. Far below the quiet period, so the
 /// sweep never pauses under a producer that skipped its mark.
-const RESUME_REUSE: Duration = Duration::from_secs(60);
+pub const RESUME_REUSE: Duration = Duration::from_secs(60);
 /// Attempts at changing the mapping while Lambda is still applying an earlier change.
 const MAPPING_ATTEMPTS: u32 = 6;
 
