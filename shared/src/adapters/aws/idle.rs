@@ -178,7 +178,9 @@ impl IdleSwitch {
         if recently(&self.resumed) {
             return Ok(());
         }
-        self.table.mark_activity(Utc::now()).await?;
+        // The same mark as the worker's own messages: one this process made within the last
+        // minute is well inside the quiet period, so the sweep cannot pause under it.
+        self.marks.mark().await?;
         self.set_mapping(true).await?;
         remember(&self.resumed);
         Ok(())
