@@ -397,21 +397,57 @@ impl Stack {
                 .await
                 .unwrap();
             assert_eq!(body.status(), 200);
-            let text = body.text().await.unwrap();
-            assert_eq!(text.lines().count() as u64, item["count"].as_u64().unwrap());
-            for line in text.lines() {
-                let v: Value = serde_json::from_str(line).unwrap();
-                assert_eq!(v["resourceType"], item["type"]);
-                out.entry(v["resourceType"].as_str().unwrap().to_owned())
-                    .or_default()
-                    .push(v);
-            }
+            add_file(&mut out, item, &body.text().await.unwrap());
         }
         out
     }
 
+    /// The worker as Lambda would run it, with every AWS client pointed at `endpoint` (a
+    /// recorder in front of moto, say).
+    pub async fn worker_through(&self, endpoint: &str) -> worker::Worker {
+        // An explicit endpoint: the environment's (moto's) is then ignored.
+        let through = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .load()
+            .await;
+        let source_bucket = self.source_objects.location().bucket.clone();
+        let source = Arc::new(S3Store::new(
+            &through,
+            S3Location::parse(&format!("s3://{source_bucket}/data/")).unwrap(),
+        ));
+        let deps = WorkerDeps {
+            jobs: Arc::new(DynamoJobStore::new(&through, &self.table)),
+            queue: Arc::new(SqsQueue::new(&through, self.work.url())),
+            output: Arc::new(S3Store::new(
+                &through,
+                S3Location::parse(&format!("s3://{}/exports/", self.output_bucket)).unwrap(),
+            )),
+            source: Arc::new(NdjsonSource::new(source, "")),
+            ..self.worker.deps.clone()
+        };
+        worker::Worker {
+            deps,
+            dead_letters: None,
+            idle: None,
+            issuer: None,
+        }
+    }
+
     pub async fn objects(&self, prefix: &str) -> usize {
         self.exports.list(prefix).await.unwrap().len()
+    }
+}
+
+/// Adds the resources of one output file (`item` of a manifest, `text` its body) to `out`,
+/// by type, checking the manifest's count and type.
+pub fn add_file(out: &mut BTreeMap<String, Vec<Value>>, item: &Value, text: &str) {
+    assert_eq!(text.lines().count() as u64, item["count"].as_u64().unwrap());
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["resourceType"], item["type"]);
+        out.entry(v["resourceType"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v);
     }
 }
 

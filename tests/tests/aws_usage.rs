@@ -5,18 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use integration_tests::aws::stack;
 use integration_tests::moto;
 use integration_tests::recorder::Recorder;
 use serde_json::Value;
-use shared::adapters::aws::dynamodb::DynamoJobStore;
-use shared::adapters::aws::s3::{S3Location, S3Store};
-use shared::adapters::aws::sqs::SqsQueue;
-use shared::adapters::ndjson_source::NdjsonSource;
 use shared::usage::Usage;
-use shared::worker::WorkerDeps;
 
 #[tokio::test]
 async fn the_usage_record_counts_what_moto_was_asked() {
@@ -27,32 +20,7 @@ async fn the_usage_record_counts_what_moto_was_asked() {
     let moto_url = moto().await.unwrap();
     let recorder = Recorder::start(&moto_url).await;
     // The worker as Lambda would run it, with every client pointed at the recorder.
-    // An explicit endpoint: the environment's (moto's) is then ignored.
-    let through = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&recorder.url)
-        .load()
-        .await;
-    let source_bucket = stack.source_objects.location().bucket.clone();
-    let source = Arc::new(S3Store::new(
-        &through,
-        S3Location::parse(&format!("s3://{source_bucket}/data/")).unwrap(),
-    ));
-    let deps = WorkerDeps {
-        jobs: Arc::new(DynamoJobStore::new(&through, &stack.table)),
-        queue: Arc::new(SqsQueue::new(&through, stack.work.url())),
-        output: Arc::new(S3Store::new(
-            &through,
-            S3Location::parse(&format!("s3://{}/exports/", stack.output_bucket)).unwrap(),
-        )),
-        source: Arc::new(NdjsonSource::new(source, "")),
-        ..stack.worker.deps.clone()
-    };
-    let worker = worker::Worker {
-        deps,
-        dead_letters: None,
-        idle: None,
-        issuer: None,
-    };
+    let worker = stack.worker_through(&recorder.url).await;
 
     // The kick-off goes straight to moto: only the worker's requests are recorded.
     let status = stack.kickoff("/$export", "").await;

@@ -18,7 +18,7 @@ use shared::adapters::sqlite::{SqliteDb, SqliteJobStore, SqliteQueue};
 use shared::http::{Caller, KickoffState, kickoff_router};
 use shared::ports::{
     ByteStream, Delivery, JobStore, NoEvents, ObjectError, ObjectMeta, ObjectStore, ObjectWriter,
-    QueueError, WorkQueue,
+    PEEK_REUSE, QueueError, WorkQueue,
 };
 use shared::settings::Settings;
 use shared::worker::{NoLease, WorkerDeps, handle_message};
@@ -145,11 +145,11 @@ pub struct ScaleFigures {
     /// Writes to the job's item per completed chunk: 1 when every chunk counts on it, 1/32
     /// when chunks count in groups (see `CountGroup`).
     pub job_item_writes_per_chunk: f64,
-    /// Reads of the job's item per chunk, in strongly consistent reads: its first look
-    /// (eventually consistent: half), the state again after it published (a cancel's
-    /// clean-up may have run meanwhile); plus one per second it runs, added by
-    /// [`ScaleFigures::job_item_read_units_per_sec`] (`state_check_interval`).
-    pub job_item_reads_per_chunk: f64,
+    /// Chunks in count groups, of all: a chunk of a group asks its group's item whether the
+    /// job was stopped (after it published, and once a second while it runs), one outside
+    /// any group the job's item. Every chunk's first look is at the job's item, eventually
+    /// consistent and answered again by the process for `PEEK_REUSE`.
+    pub grouped_share: f64,
     /// Chunks of the largest count group: a group item takes at most this many writes per
     /// chunk-time.
     pub largest_group: u32,
@@ -307,7 +307,7 @@ pub async fn plan_at_scale(
         partition_writes_per_chunk: per_chunk,
         chunk_bytes: settings.chunk_bytes,
         job_item_writes_per_chunk: (groups.len() + ungrouped) as f64 / n,
-        job_item_reads_per_chunk: 1.5,
+        grouped_share: (chunks.len() - ungrouped) as f64 / n,
         largest_group,
         counter_writes_per_chunk: unnumbered.values().copied().max().unwrap_or(0) as f64 / n,
     })
@@ -332,12 +332,19 @@ impl ScaleFigures {
             * self.job_item_bytes.div_ceil(1024) as f64
     }
 
-    /// Read units a second on the job's item.
+    /// Read units a second on the job's item: the first looks (half a unit each, at most one
+    /// per worker and `PEEK_REUSE`), and the stop checks of chunks outside any group.
     pub fn job_item_read_units_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
-        let reads = self.job_item_reads_per_chunk + chunk_secs.floor();
-        self.completions_per_sec(workers, chunk_secs)
-            * reads
-            * self.job_item_bytes.div_ceil(4096) as f64
+        let completions = self.completions_per_sec(workers, chunk_secs);
+        let peeks = completions.min(workers as f64 / PEEK_REUSE.as_secs_f64()) * 0.5;
+        let checks = completions * (1.0 - self.grouped_share) * (1.0 + chunk_secs.floor());
+        (peeks + checks) * self.job_item_bytes.div_ceil(4096) as f64
+    }
+
+    /// Reads a second on one group's item (a read unit each: the item is a few bytes): each
+    /// of its chunks running at once asks after publishing and once a second while it runs.
+    pub fn group_item_reads_per_sec(&self, workers: u64, chunk_secs: f64) -> f64 {
+        self.group_item_writes_per_sec(workers, chunk_secs) * (1.0 + chunk_secs.floor())
     }
 
     /// Writes a second on one group's item: its chunks are at most `largest_group` at once,
@@ -464,10 +471,10 @@ pub async fn run(args: &super::BenchArgs, resources: u64) -> Result<(), BenchErr
         f.partition_writes_per_chunk
     );
     println!(
-        "per chunk: {:.3} writes and {:.1} reads on the job's item ({}), a group of at most {} chunks, {:.3} writes on the busiest file counter",
+        "per chunk: {:.3} writes on the job's item ({}); {:.0} % of chunks in groups of at most {} chunks; {:.3} writes on the busiest file counter",
         f.job_item_writes_per_chunk,
-        f.job_item_reads_per_chunk,
         kb(f.job_item_bytes),
+        f.grouped_share * 100.0,
         f.largest_group,
         f.counter_writes_per_chunk
     );
@@ -475,17 +482,18 @@ pub async fn run(args: &super::BenchArgs, resources: u64) -> Result<(), BenchErr
         "per item and second (DynamoDB: 1,000 write units, 3,000 read units), at the measured chunk time and at 0.5 s (S3-bound):"
     );
     println!(
-        "workers | chunk s | chunks' wall time | partition writes/s | job item WCU/s | job item RCU/s | group item writes/s | counter writes/s"
+        "workers | chunk s | chunks' wall time | partition writes/s | job item WCU/s | job item RCU/s | group item writes/s | group item reads/s | counter writes/s"
     );
     for t in [chunk_secs, 0.5] {
         for w in [100u64, 500, 1000] {
             println!(
-                "{w:>7} | {t:>7.2} | {:>15.0} s | {:>18.0} | {:>14.0} | {:>14.0} | {:>19.0} | {:>16.0}",
+                "{w:>7} | {t:>7.2} | {:>15.0} s | {:>18.0} | {:>14.0} | {:>14.0} | {:>19.0} | {:>18.0} | {:>16.0}",
                 f.wall_secs(w, t),
                 f.partition_writes_per_sec(w, t),
                 f.job_item_write_units_per_sec(w, t),
                 f.job_item_read_units_per_sec(w, t),
                 f.group_item_writes_per_sec(w, t),
+                f.group_item_reads_per_sec(w, t),
                 f.counter_writes_per_sec(w, t),
             );
         }

@@ -9,7 +9,7 @@ use super::{Caller, CancelState, owned_job};
 use crate::job::JobState;
 use crate::job::update_job;
 use crate::outcome::{Issue, single};
-use crate::worker::{after, delete_export};
+use crate::worker::{after, clear_stopped_export};
 
 pub(super) async fn cancel(
     State(state): State<CancelState>,
@@ -37,7 +37,7 @@ async fn run(state: &CancelState, caller: &Caller, id: &str) -> Result<Response,
     .await?
     .ok_or(ApiError::JobNotFound)?;
     // Workers stop at their next batch and remove what they publish after this point.
-    match delete_export(state.output.as_ref(), &cancelled.output_prefix).await {
+    match clear_stopped_export(state.jobs.as_ref(), state.output.as_ref(), &cancelled).await {
         Ok(n) => {
             tracing::info!(job_id = %cancelled.id, files = n, previous = job.state.as_str(), "export cancelled")
         }

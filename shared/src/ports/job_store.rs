@@ -25,6 +25,12 @@ pub enum StoreError {
     Backend(#[source] BoxError),
 }
 
+/// How long a process may answer [`JobStore::peek`] with the job it read before: a chunk
+/// that starts on a job cancelled meanwhile learns of it at its next check (and removes what
+/// it wrote), so the only cost is work thrown away; the gain is that a process reads the
+/// job's item for its chunks' first looks once a second at most, however short they are.
+pub const PEEK_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What `complete_chunk` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkCompletion {
@@ -70,20 +76,46 @@ pub trait JobStore: Send + Sync {
 
     async fn get(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
 
-    /// The job as it was a moment ago, perhaps: where a read that may miss the latest write is
-    /// cheaper (DynamoDB: half the read units), for the chunk's first look, which every chunk
-    /// of an export makes. Stores without the distinction read as [`JobStore::get`].
+    /// The job as it was a moment ago (at most [`PEEK_REUSE`]), perhaps: where a read that
+    /// may miss the latest write is cheaper, for the chunk's first look, which every chunk of
+    /// an export makes (DynamoDB: an eventually consistent read, half the read units, kept
+    /// for [`PEEK_REUSE`] by the process). Stores without the distinction read as
+    /// [`JobStore::get`].
     async fn peek(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
         self.get(id).await
     }
 
-    /// The state of a job, `None` if it does not exist: what a running chunk asks between
-    /// batches to learn of a cancel. Stores that can read it alone override this.
+    /// The state of a job, `None` if it does not exist. Stores that can read it alone
+    /// override this.
     async fn state(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
         Ok(self.get(id).await?.map(|j| j.state))
     }
 
-    /// How often a running chunk may ask [`JobStore::state`]: after every batch where a read
+    /// Whether the job is stopped (cancelled, failed or removed), read for certain: what a
+    /// chunk asks after publishing (a stop's clean-up may have run before its files were in
+    /// place) and, while it runs, to learn of a cancel. With the chunk's count `group`, a
+    /// store may answer from the group's item, which every stop marks (see
+    /// [`JobStore::mark_groups_stopped`]) before it deletes the export's files: then the
+    /// chunks of a large export do not all read the job's one item. Stores without the
+    /// distinction read the job's state.
+    async fn stopped(&self, id: &JobId, group: Option<CountGroup>) -> Result<bool, StoreError> {
+        let _ = group;
+        Ok(matches!(
+            self.state(id).await?,
+            None | Some(JobState::Cancelled | JobState::Failed)
+        ))
+    }
+
+    /// Marks count groups `0..groups` of a stopped job (one moved to `Cancelled` or `Failed`)
+    /// so that [`JobStore::stopped`] answers from them; called after the transition and before
+    /// the export's files are deleted. Idempotent. Stores that read the job's state for
+    /// `stopped` have nothing to mark.
+    async fn mark_groups_stopped(&self, id: &JobId, groups: u32) -> Result<(), StoreError> {
+        let _ = (id, groups);
+        Ok(())
+    }
+
+    /// How often a running chunk may ask [`JobStore::stopped`]: after every batch where a read
     /// is a local query, less often where each read is a billed network round trip.
     fn state_check_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(1)

@@ -14,7 +14,7 @@ mod source;
 pub use events::{
     AllSinks, EVENT_SOURCE, Event, EventError, EventSink, ExportEvent, NoEvents, TypeTotals,
 };
-pub use job_store::{ChunkCompletion, JobStore, Naming, StoreError};
+pub use job_store::{ChunkCompletion, JobStore, Naming, PEEK_REUSE, StoreError};
 pub use object_store::{
     AccessFault, AccessProblem, ByteStream, Encoding, ObjectError, ObjectMeta, ObjectStore,
     ObjectWriter, Refusal, SignedUrls, validate_key, write_probe,

@@ -44,6 +44,7 @@ pub async fn run(store: Arc<dyn JobStore>) {
     let now = Utc::now();
     let s = store.as_ref();
     schedules(s).await;
+    stops(s).await;
 
     // create / get / duplicate create
     let job = sample_job(JobState::Accepted, now);
@@ -454,6 +455,66 @@ pub async fn run(store: Arc<dyn JobStore>) {
 
 /// Schedules' state: compare-and-set on the version, listing, and names unique per store
 /// run (the store may be shared with other suites).
+/// `stopped` is false while a job runs, true once it is cancelled (or failed) and its groups
+/// marked, and true once it is deleted; with a group and without, before and after the
+/// group's first completion.
+async fn stops(s: &dyn JobStore) {
+    let now = Utc::now();
+    for end in [JobState::Cancelled, JobState::Failed] {
+        let mut job = sample_job(JobState::Running, now);
+        job.chunks_total = 3;
+        s.create(&job).await.expect("create");
+        let (g0, g1) = (
+            crate::job::CountGroup { id: 0, size: 2 },
+            crate::job::CountGroup { id: 1, size: 1 },
+        );
+        let specs: Vec<ChunkSpec> = [Some(g0), Some(g0), Some(g1)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, group)| ChunkSpec {
+                group,
+                ..sample_chunk(i as u32)
+            })
+            .collect();
+        s.put_chunks(&job.id, &specs).await.expect("put_chunks");
+        s.complete_chunk(&job.id, 0, &result(1), now, Some(g0))
+            .await
+            .expect("complete");
+        for group in [None, Some(g0), Some(g1)] {
+            assert!(
+                !s.stopped(&job.id, group).await.expect("stopped"),
+                "{group:?} of a running job"
+            );
+        }
+        s.mark_groups_stopped(&job.id, 0).await.expect("no groups");
+        let current = s.get(&job.id).await.expect("get").expect("exists");
+        let stopped = current.transitioned(end, now).expect("transition");
+        s.update(&stopped, current.version).await.expect("stop");
+        s.mark_groups_stopped(&job.id, 2).await.expect("mark");
+        s.mark_groups_stopped(&job.id, 2).await.expect("mark again");
+        for group in [None, Some(g0), Some(g1)] {
+            assert!(
+                s.stopped(&job.id, group).await.expect("stopped"),
+                "{group:?} of a {end:?} job"
+            );
+        }
+        // A late completion in a marked group still counts once and leaves the mark.
+        let c = s
+            .complete_chunk(&job.id, 1, &result(1), now, Some(g0))
+            .await
+            .expect("complete");
+        assert!(c.first);
+        assert!(s.stopped(&job.id, Some(g0)).await.expect("stopped"));
+        s.delete(&job.id).await.expect("delete");
+        for group in [None, Some(g0), Some(g1)] {
+            assert!(
+                s.stopped(&job.id, group).await.expect("stopped"),
+                "{group:?} of a deleted job"
+            );
+        }
+    }
+}
+
 async fn schedules(s: &dyn JobStore) {
     let name = format!("testkit-{}", JobId::new());
     assert!(s.schedule(&name).await.expect("schedule").is_none());

@@ -107,7 +107,7 @@ pub(super) async fn chunk(
             tracing::info!(job_id = %id, chunk = index, "chunk stopped: export cancelled or finished elsewhere");
             // A stopped export loses everything (what this chunk wrote after the cancel's
             // clean-up included); a chunk finished elsewhere loses only this attempt's files.
-            if !clean_if_stopped(deps, &job).await? {
+            if !clean_if_stopped(deps, &job, record.spec.group).await? {
                 deps.output.delete_prefix(&dir).await?;
             }
             return Ok(());
@@ -171,7 +171,7 @@ pub(super) async fn chunk(
         // Looked at whether publishing worked or not: a cancel that deleted the staged files
         // while they were being moved makes the move fail after some had arrived.
         let published = publish(deps, &job, &done).await;
-        if clean_if_stopped(deps, &job).await? {
+        if clean_if_stopped(deps, &job, done.spec.group).await? {
             return Ok(());
         }
         published?;
@@ -269,7 +269,7 @@ async fn nudge(deps: &WorkerDeps, job: &Job, record: &ChunkRecord) -> Result<(),
     } else {
         Ok(())
     };
-    if clean_if_stopped(deps, job).await? {
+    if clean_if_stopped(deps, job, record.spec.group).await? {
         return Ok(());
     }
     published?;

@@ -119,7 +119,7 @@ impl<'a> ChunkCtx<'a> {
             job,
             record,
             dir,
-            watch: Watch::new(deps, job, record.spec.index, lease),
+            watch: Watch::new(deps, job, &record.spec, lease),
             scope: scope(deps, job).await?,
             filters,
             elements: ElementsFilter::new(&job.request.elements).map(Arc::new),

@@ -93,7 +93,7 @@ pub(super) async fn finalize(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkEr
         }
         // Not completed by us: a racing finalizer did, or the export was stopped meanwhile.
         None => {
-            super::clean_if_stopped(deps, &job).await?;
+            super::clean_if_stopped(deps, &job, None).await?;
         }
     }
     Ok(())

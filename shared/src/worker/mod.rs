@@ -32,7 +32,7 @@ pub use messages::WorkMessage;
 pub use recovery::{SweepReport, sweep};
 pub use settle::{Settled, log_failure, settle};
 
-use crate::job::{Job, JobState, update_job};
+use crate::job::{CountGroup, Job, JobState, update_job};
 use crate::model::JobId;
 use crate::ports::{
     BoxError, JobStore, ObjectError, ObjectStore, QueueError, ResourceSource, SourceError,
@@ -215,16 +215,35 @@ pub async fn delete_export(output: &dyn ObjectStore, prefix: &str) -> Result<u64
 
 /// After a step wrote into an export's folder: if the export was cancelled, failed or
 /// removed by now, whoever stopped it may have cleaned the folder before our files arrived,
-/// so the folder is removed here (again). The cancel records its state before it cleans, so
-/// one of the two always sees the other. `true` when the export was stopped.
-pub(crate) async fn clean_if_stopped(deps: &WorkerDeps, job: &Job) -> Result<bool, WorkError> {
-    match deps.jobs.state(&job.id).await? {
-        None | Some(JobState::Cancelled | JobState::Failed) => {
-            delete_export(deps.output.as_ref(), &job.output_prefix).await?;
-            Ok(true)
-        }
-        Some(_) => Ok(false),
+/// so the folder is removed here (again). A stop records itself (the job's state, then the
+/// marks on its count groups) before it cleans, so one of the two always sees the other;
+/// a chunk of a `group` looks at its group's mark. `true` when the export was stopped.
+pub(crate) async fn clean_if_stopped(
+    deps: &WorkerDeps,
+    job: &Job,
+    group: Option<CountGroup>,
+) -> Result<bool, WorkError> {
+    if !deps.jobs.stopped(&job.id, group).await? {
+        return Ok(false);
     }
+    delete_export(deps.output.as_ref(), &job.output_prefix).await?;
+    Ok(true)
+}
+
+/// The clean-up of an export just stopped (`job` as its stop wrote it): its count groups are
+/// marked, then its files deleted, in that order (see [`clean_if_stopped`]). A mark that
+/// fails does not keep the files: those a chunk publishes afterwards go with the job's
+/// expiry. Returns how many objects went.
+pub async fn clear_stopped_export(
+    jobs: &dyn JobStore,
+    output: &dyn ObjectStore,
+    job: &Job,
+) -> Result<u64, ObjectError> {
+    let groups = job.plan.count_groups();
+    if let Err(e) = jobs.mark_groups_stopped(&job.id, groups).await {
+        tracing::error!(job_id = %job.id, groups, error = %crate::error_chain(&e), "count groups of a stopped export not marked");
+    }
+    delete_export(output, &job.output_prefix).await
 }
 
 /// Moves a job to `Failed` with a reason and removes its files. A job already finished,
@@ -249,7 +268,7 @@ pub async fn fail_job(deps: &WorkerDeps, id: &JobId, reason: &str) -> Result<(),
         tracing::error!(job_id = %id, %reason, "export failed");
         // The failure stands whether or not its files can be removed now; the expiry sweep
         // (and the bucket's lifecycle rule) remove them later.
-        if let Err(e) = delete_export(deps.output.as_ref(), &job.output_prefix).await {
+        if let Err(e) = clear_stopped_export(deps.jobs.as_ref(), deps.output.as_ref(), &job).await {
             log_failure("files of a failed export not deleted yet", &e);
         }
     }

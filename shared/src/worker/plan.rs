@@ -15,8 +15,8 @@ use crate::compartment::in_patient_compartment;
 use crate::group::current_members;
 use crate::job::update_job;
 use crate::job::{
-    ChunkRole, ChunkSpec, CountGroup, FileKind, Job, JobPlan, JobState, OutputFile, PackedRead,
-    ProvenanceMode, SourcePiece,
+    ChunkRole, ChunkSpec, CountGroup, FileKind, GROUP_SIZE, GROUPED_FROM, Job, JobPlan, JobState,
+    OutputFile, PackedRead, ProvenanceMode, SourcePiece,
 };
 use crate::layout;
 use crate::model::{JobId, LogicalId, ResourceType};
@@ -81,7 +81,7 @@ pub(super) async fn plan(deps: &WorkerDeps, id: &JobId) -> Result<(), WorkError>
     else {
         // Cancelled (or planned by a duplicate) meanwhile: a cancel's clean-up may have
         // run before the member list and notes above were written.
-        clean_if_stopped(deps, &job).await?;
+        clean_if_stopped(deps, &job, None).await?;
         return Ok(());
     };
     tracing::info!(job_id = %id, chunks = total, phases = ?running.plan.phases, provenance = ?running.plan.provenance, partitions = running.plan.partitions, "export planned");
@@ -171,13 +171,6 @@ pub(super) fn largest_first(
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     order.into_iter().map(|(_, index)| index)
 }
-
-/// Phases of more chunks than this count their completions in groups (see [`CountGroup`]).
-const GROUPED_FROM: u32 = 256;
-/// Chunks per group: a group item then takes at most this many writes per chunk-time
-/// (about 350 a second at 0.09 s a chunk, the fastest measured), and the job's item one
-/// per group (350 a second with 1,000 workers at that pace); both under DynamoDB's 1,000.
-const GROUP_SIZE: u32 = 32;
 
 /// Puts the chunks of each large phase in groups of [`GROUP_SIZE`], in the order they are
 /// sent ([`largest_first`]), so that groups finish one after the other and the job's count
@@ -664,6 +657,26 @@ mod tests {
         let order: Vec<u32> = largest_first(&chunks, 0..4).collect();
         // Chunk 4 is outside the range; equal sizes keep their plan order.
         assert_eq!(order, vec![1, 3, 0, 2]);
+    }
+
+    #[test]
+    fn the_plan_counts_the_groups_its_chunks_are_put_in() {
+        // A small phase (not grouped), a large one, another large one that ends short.
+        let phases = [3u32, 300, 257];
+        let total: u32 = phases.iter().sum();
+        let mut chunks: Vec<ChunkSpec> = (0..total).map(|i| spec(i, u64::from(i % 7))).collect();
+        count_in_groups(&mut chunks, &phases);
+        let ids: std::collections::BTreeSet<u32> = chunks
+            .iter()
+            .filter_map(|c| c.group.map(|g| g.id))
+            .collect();
+        let plan = JobPlan {
+            phases: phases.to_vec(),
+            ..JobPlan::default()
+        };
+        assert_eq!(plan.count_groups(), 10 + 9);
+        assert_eq!(ids, (0..plan.count_groups()).collect());
+        assert!(chunks[..3].iter().all(|c| c.group.is_none()));
     }
 
     fn piece(t: ResourceType, object: &str, bytes: u64) -> Piece {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Lease, WorkError, WorkerDeps, now};
-use crate::job::{Job, JobState};
+use crate::job::{ChunkSpec, CountGroup, Job};
 
 /// How often a running chunk looks whether another attempt finished it, and at most how
 /// often it renews its lease.
@@ -14,6 +14,8 @@ pub(crate) struct Watch<'a> {
     deps: &'a WorkerDeps,
     job: &'a Job,
     index: u32,
+    /// The chunk's count group, whose item says whether the job was stopped.
+    group: Option<CountGroup>,
     lease: &'a dyn Lease,
     /// How often the job's state is read: the store's own pace (after every batch where a
     /// read is local).
@@ -27,13 +29,14 @@ impl<'a> Watch<'a> {
     pub(crate) fn new(
         deps: &'a WorkerDeps,
         job: &'a Job,
-        index: u32,
+        spec: &ChunkSpec,
         lease: &'a dyn Lease,
     ) -> Self {
         Watch {
             deps,
             job,
-            index,
+            index: spec.index,
+            group: spec.group,
             lease,
             state_every: deps.jobs.state_check_interval(),
             last_state: Instant::now(),
@@ -47,7 +50,7 @@ impl<'a> Watch<'a> {
     pub(crate) async fn tick(&mut self) -> Result<bool, WorkError> {
         if self.last_state.elapsed() >= self.state_every {
             self.last_state = Instant::now();
-            if self.deps.jobs.state(&self.job.id).await? != Some(JobState::Running) {
+            if self.deps.jobs.stopped(&self.job.id, self.group).await? {
                 return Ok(false);
             }
         }

@@ -4,7 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | job | `JOB#<id>` | `#JOB` | `doc` (the job, JSON), `state`, `version`, `chunks_done`, `chunks_total`, `updated_at` (ms), `expires_at` (ms), `ttl` (s), `active` (present while active), `expiry_bucket` |
 //! | chunk | `JOB#<id>` | `CHUNK#<index>` | `spec`, `result`, `published` (JSON), `renamed` |
-//! | counter | `JOB#<id>` | `COUNTER#<name>` | `n` |
+//! | counter | `JOB#<id>` | `COUNTER#<name>` | `n`; a count group's (`COUNTER##group-<n>`, written with the chunks): `stopped`, `ttl` once its job is stopped |
 //! | published file | `JOB#<id>` | `OUT#<seq>` | `file` (JSON) |
 //! | usage of one message | `JOB#<id>` | `USAGE#<key>` | `doc` (JSON) |
 //! | schedule | `SCHEDULES` | `SCHEDULE#<name>` | `doc` (its state, JSON), `version` |
@@ -15,12 +15,16 @@
 //! result, and the job's `chunks_done` is then incremented with `ADD` returning the new value,
 //! so exactly one completion sees the last chunk. Chunks of a large phase count on their
 //! group's counter first (`COUNTER##group-<n>`); the group's last chunk adds the group to
-//! `chunks_done`, so that the job's item is not written by every chunk. Two sparse indexes answer the sweep without
+//! `chunks_done`, so that the job's item is not written by every chunk. A cancel or failure
+//! marks every group item `stopped` before it deletes the files, and the chunks of a group
+//! read their group's item, not the job's, to learn of it. Two sparse indexes answer the sweep without
 //! scanning: `active` (`active`, `updated_at`) for stalled jobs, `expiry` (`expiry_bucket`,
 //! `expires_at`) for expired ones; `ttl` lets DynamoDB drop a job's record a day after it
 //! expires (the sweep deletes its files first).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -35,7 +39,7 @@ use futures::StreamExt;
 
 use crate::job::{ChunkRecord, ChunkResult, ChunkSpec, CountGroup, Job, JobState, OutputFile};
 use crate::model::JobId;
-use crate::ports::{ChunkCompletion, JobStore, StoreError};
+use crate::ports::{ChunkCompletion, JobStore, PEEK_REUSE, StoreError};
 use crate::schedule::ScheduleState;
 use crate::usage::{self, Usage, scope::CountRequests};
 
@@ -55,6 +59,8 @@ const TTL_GRACE_SECS: i64 = 86_400;
 const USAGE_TTL_SECS: i64 = 90 * 86_400;
 /// Concurrent writes when storing many chunks.
 const PARALLEL_WRITES: usize = 16;
+/// Running jobs a process keeps from `peek` (it works for few exports at once).
+const PEEKED_JOBS: usize = 8;
 
 /// The last mark that work was queued: unique to that mark, and when it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +73,9 @@ pub struct Activity {
 pub struct DynamoJobStore {
     client: Client,
     table: String,
+    /// Running jobs read by `peek`, with when: answered again for [`PEEK_REUSE`]. Held
+    /// across the read, so that chunks of one batch that miss together read once.
+    peeked: Arc<tokio::sync::Mutex<Vec<(Instant, Job)>>>,
 }
 
 fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
@@ -125,6 +134,22 @@ fn job_from(item: &Item) -> Result<Job, StoreError> {
     Ok(job)
 }
 
+/// Sends independent updates, [`PARALLEL_WRITES`] at a time.
+async fn send_updates(
+    requests: Vec<aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder>,
+) -> Result<(), StoreError> {
+    let mut stream = futures::stream::iter(
+        requests
+            .into_iter()
+            .map(|r| async move { r.send().await.map(|_| ()).map_err(backend) }),
+    )
+    .buffer_unordered(PARALLEL_WRITES);
+    while let Some(r) = stream.next().await {
+        r?;
+    }
+    Ok(())
+}
+
 fn chunk_from(item: &Item) -> Result<ChunkRecord, StoreError> {
     Ok(ChunkRecord {
         spec: json(item, "spec")?
@@ -148,6 +173,7 @@ impl DynamoJobStore {
                     .build(),
             ),
             table: table.to_owned(),
+            peeked: Arc::default(),
         }
     }
 
@@ -483,12 +509,86 @@ impl JobStore for DynamoJobStore {
             .transpose()
     }
 
-    /// Eventually consistent: half a read unit.
+    /// Eventually consistent (half a read unit), and a running job is answered again for
+    /// [`PEEK_REUSE`] without a read: every chunk of an export starts with this look, and the
+    /// job's item takes 3,000 read units a second at most.
     async fn peek(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
-        self.read_item(id, s(JOB_SK), false)
+        let mut peeked = self.peeked.lock().await;
+        peeked.retain(|(at, _)| at.elapsed() < PEEK_REUSE);
+        if let Some((_, job)) = peeked.iter().find(|(_, j)| j.id == *id) {
+            return Ok(Some(job.clone()));
+        }
+        let job = self
+            .read_item(id, s(JOB_SK), false)
             .await?
             .map(|item| job_from(&item))
-            .transpose()
+            .transpose()?;
+        if let Some(job) = job.as_ref().filter(|j| j.state == JobState::Running) {
+            if peeked.len() >= PEEKED_JOBS {
+                peeked.remove(0);
+            }
+            peeked.push((Instant::now(), job.clone()));
+        }
+        Ok(job)
+    }
+
+    /// With a group, its item decides (one read unit on an item of its own); without one, or
+    /// for a group item that is not there (a job planned before groups were written with the
+    /// chunks, or a job deleted), the job's state.
+    async fn stopped(&self, id: &JobId, group: Option<CountGroup>) -> Result<bool, StoreError> {
+        if let Some(g) = group {
+            let item = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", pk(id))
+                .key("sk", s(format!("COUNTER#{}", g.counter())))
+                .projection_expression("#n, #stopped")
+                .expression_attribute_names("#n", "n")
+                .expression_attribute_names("#stopped", "stopped")
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(backend)?
+                .item
+                .filter(|i| !i.is_empty());
+            if let Some(item) = item {
+                return Ok(item
+                    .get("stopped")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+                    .unwrap_or(false));
+            }
+        }
+        Ok(matches!(
+            self.state(id).await?,
+            None | Some(JobState::Cancelled | JobState::Failed)
+        ))
+    }
+
+    async fn mark_groups_stopped(&self, id: &JobId, groups: u32) -> Result<(), StoreError> {
+        // Marks outlive the job's retention; the sweep deletes them with the job, the TTL any
+        // that a mark racing a deletion left.
+        let ttl = Utc::now().timestamp() + USAGE_TTL_SECS;
+        let writes = (0..groups).map(|g| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", pk(id))
+                .key(
+                    "sk",
+                    s(format!(
+                        "COUNTER#{}",
+                        CountGroup { id: g, size: 0 }.counter()
+                    )),
+                )
+                .update_expression("SET #stopped = :t, #ttl = :ttl")
+                .expression_attribute_names("#stopped", "stopped")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":t", AttributeValue::Bool(true))
+                .expression_attribute_values(":ttl", n(ttl))
+        });
+        send_updates(writes.collect()).await
     }
 
     async fn state(&self, id: &JobId) -> Result<Option<JobState>, StoreError> {
@@ -513,9 +613,9 @@ impl JobStore for DynamoJobStore {
         .transpose()
     }
 
-    /// A consistent read per check is a billed round trip, and every running chunk of the
-    /// export reads the same item (3,000 read units a second at most): once a second. A cancel
-    /// is seen a second later at most; what a chunk writes meanwhile is cleaned up.
+    /// A consistent read per check is a billed round trip (of the chunk's group item, or of
+    /// the job's item for a chunk outside any group): once a second. A cancel is seen a second
+    /// later at most; what a chunk writes meanwhile is cleaned up.
     fn state_check_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(1)
     }
@@ -563,6 +663,24 @@ impl JobStore for DynamoJobStore {
     async fn put_chunks(&self, id: &JobId, chunks: &[ChunkSpec]) -> Result<(), StoreError> {
         // SET of the spec only: a chunk that exists keeps its result (idempotent re-plan).
         let mut writes = Vec::with_capacity(chunks.len());
+        // The count groups' items, so that a group's chunks find its item (and any stop mark
+        // on it) from the start: `ADD 0` creates it, or leaves its count as it is.
+        let groups: std::collections::BTreeSet<String> = chunks
+            .iter()
+            .filter_map(|c| c.group.map(|g| g.counter()))
+            .collect();
+        for counter in groups {
+            let request = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", pk(id))
+                .key("sk", s(format!("COUNTER#{counter}")))
+                .update_expression("ADD #n :zero")
+                .expression_attribute_names("#n", "n")
+                .expression_attribute_values(":zero", n(0));
+            writes.push(request);
+        }
         for c in chunks {
             let spec = serde_json::to_string(c).map_err(backend)?;
             let request = self
@@ -573,13 +691,9 @@ impl JobStore for DynamoJobStore {
                 .key("sk", chunk_sk(c.index))
                 .update_expression("SET spec = :spec")
                 .expression_attribute_values(":spec", s(spec));
-            writes.push(async move { request.send().await.map(|_| ()).map_err(backend) });
+            writes.push(request);
         }
-        let mut stream = futures::stream::iter(writes).buffer_unordered(PARALLEL_WRITES);
-        while let Some(r) = stream.next().await {
-            r?;
-        }
-        Ok(())
+        send_updates(writes).await
     }
 
     async fn chunk(&self, id: &JobId, index: u32) -> Result<Option<ChunkRecord>, StoreError> {
