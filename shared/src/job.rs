@@ -61,6 +61,12 @@ impl JobState {
         )
     }
 
+    /// Whether a job in this state (`None`: removed) was stopped before it completed:
+    /// cancelled, failed or gone. What a step that wrote into the export's folder asks.
+    pub fn is_stopped(state: Option<JobState>) -> bool {
+        matches!(state, None | Some(JobState::Cancelled | JobState::Failed))
+    }
+
     /// Whether the state machine allows `self -> to`.
     pub fn can_become(&self, to: JobState) -> bool {
         use JobState::*;
@@ -282,7 +288,12 @@ impl CountGroup {
     /// The job counter its completions are counted on (beside the file-number counters,
     /// which are named after types and kinds: none starts with `#`).
     pub fn counter(&self) -> String {
-        format!("#group-{}", self.id)
+        Self::counter_of(self.id)
+    }
+
+    /// The counter of group `id`.
+    pub fn counter_of(id: u32) -> String {
+        format!("#group-{id}")
     }
 }
 

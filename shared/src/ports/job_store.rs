@@ -100,10 +100,7 @@ pub trait JobStore: Send + Sync {
     /// distinction read the job's state.
     async fn stopped(&self, id: &JobId, group: Option<CountGroup>) -> Result<bool, StoreError> {
         let _ = group;
-        Ok(matches!(
-            self.state(id).await?,
-            None | Some(JobState::Cancelled | JobState::Failed)
-        ))
+        Ok(JobState::is_stopped(self.state(id).await?))
     }
 
     /// Marks count groups `0..groups` of a stopped job (one moved to `Cancelled` or `Failed`)

@@ -94,6 +94,10 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+fn counter_sk(name: &str) -> AttributeValue {
+    s(format!("COUNTER#{name}"))
+}
+
 fn chunk_sk(index: u32) -> AttributeValue {
     s(format!("CHUNK#{index:010}"))
 }
@@ -542,7 +546,7 @@ impl JobStore for DynamoJobStore {
                 .get_item()
                 .table_name(&self.table)
                 .key("pk", pk(id))
-                .key("sk", s(format!("COUNTER#{}", g.counter())))
+                .key("sk", counter_sk(&g.counter()))
                 .projection_expression("#n, #stopped")
                 .expression_attribute_names("#n", "n")
                 .expression_attribute_names("#stopped", "stopped")
@@ -560,10 +564,7 @@ impl JobStore for DynamoJobStore {
                     .unwrap_or(false));
             }
         }
-        Ok(matches!(
-            self.state(id).await?,
-            None | Some(JobState::Cancelled | JobState::Failed)
-        ))
+        Ok(JobState::is_stopped(self.state(id).await?))
     }
 
     async fn mark_groups_stopped(&self, id: &JobId, groups: u32) -> Result<(), StoreError> {
@@ -575,13 +576,7 @@ impl JobStore for DynamoJobStore {
                 .update_item()
                 .table_name(&self.table)
                 .key("pk", pk(id))
-                .key(
-                    "sk",
-                    s(format!(
-                        "COUNTER#{}",
-                        CountGroup { id: g, size: 0 }.counter()
-                    )),
-                )
+                .key("sk", counter_sk(&CountGroup::counter_of(g)))
                 .update_expression("SET #stopped = :t, #ttl = :ttl")
                 .expression_attribute_names("#stopped", "stopped")
                 .expression_attribute_names("#ttl", "ttl")
@@ -675,7 +670,7 @@ impl JobStore for DynamoJobStore {
                 .update_item()
                 .table_name(&self.table)
                 .key("pk", pk(id))
-                .key("sk", s(format!("COUNTER#{counter}")))
+                .key("sk", counter_sk(&counter))
                 .update_expression("ADD #n :zero")
                 .expression_attribute_names("#n", "n")
                 .expression_attribute_values(":zero", n(0));
@@ -812,7 +807,7 @@ impl JobStore for DynamoJobStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", pk(id))
-            .key("sk", s(format!("COUNTER#{counter}")))
+            .key("sk", counter_sk(counter))
             .update_expression("ADD #n :n")
             .expression_attribute_names("#n", "n")
             .expression_attribute_values(":n", n(count))
